@@ -1,0 +1,392 @@
+//! The node config (`cohort.yaml`): this agent's local settings. Every field
+//! has a default, so a file names only what differs; `--dev` swaps in
+//! defaults for a laptop (loopback, a temp data dir, no key file).
+
+use std::fmt;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use serde_saphyr::Spanned;
+
+use super::diagnostic::{Diagnostics, Report};
+use super::duration::HumanDuration;
+use super::yaml::{self, pos};
+use super::{is_valid_name, ConfigError, NAME_RULE};
+
+pub const DEFAULT_CONFIG_PATH: &str = "/etc/cohort/cohort.yaml";
+pub const DEFAULT_PORT: u16 = 3301;
+pub const DEFAULT_API: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 8300);
+
+/// A node's settings, resolved: defaults filled in, addresses parsed.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct NodeConfig {
+    /// This node's name in the topology.
+    pub node: String,
+    /// Gossip from another cluster is refused.
+    pub cluster: String,
+    /// UDP gossip and TCP rpc share this address.
+    pub bind: SocketAddr,
+    /// What peers dial; `None` derives it from `bind` at start.
+    pub advertise: Option<SocketAddr>,
+    pub data_dir: PathBuf,
+    pub topology: PathBuf,
+    pub join: Vec<JoinTarget>,
+    pub gossip: GossipConfig,
+    pub api: ApiConfig,
+    pub log: LogConfig,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct GossipConfig {
+    /// Keyring: base64 keys, one a line; the first encrypts, all decrypt.
+    pub key_file: Option<PathBuf>,
+    pub protocol_period: Duration,
+    pub ack_timeout: Duration,
+    /// Without a key file, gossip in the clear only when this says so.
+    pub allow_plaintext: bool,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct ApiConfig {
+    /// The local HTTP API; `None` switches it off.
+    pub http: Option<SocketAddr>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct LogConfig {
+    /// A tracing filter: `info`, `debug`, `cohort=debug,info`.
+    pub level: String,
+    pub format: LogFormat,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// journald when systemd gave us its stream, else text.
+    #[default]
+    Auto,
+    Text,
+    Json,
+    Journald,
+}
+
+/// A seed to join through: an address, or a DNS name re-resolved to all
+/// its records (`dns:name:port`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(into = "String")]
+pub enum JoinTarget {
+    Addr(SocketAddr),
+    Host { host: String, port: u16 },
+    Dns { name: String, port: u16 },
+}
+
+impl fmt::Display for JoinTarget {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            JoinTarget::Addr(a) => write!(f, "{a}"),
+            JoinTarget::Host { host, port } => write!(f, "{host}:{port}"),
+            JoinTarget::Dns { name, port } => write!(f, "dns:{name}:{port}"),
+        }
+    }
+}
+
+impl From<JoinTarget> for String {
+    fn from(t: JoinTarget) -> String {
+        t.to_string()
+    }
+}
+
+impl JoinTarget {
+    pub fn parse(text: &str) -> Result<JoinTarget, String> {
+        if let Ok(addr) = text.parse::<SocketAddr>() {
+            return Ok(JoinTarget::Addr(addr));
+        }
+        let (dns, rest) = match text.strip_prefix("dns:") {
+            Some(rest) => (true, rest),
+            None => (false, text),
+        };
+        let (host, port) = rest.rsplit_once(':').ok_or_else(|| {
+            format!("`{text}` needs a port: write `host:port` or `dns:name:port`")
+        })?;
+        let port = parse_port(port).map_err(|e| format!("`{text}`: {e}"))?;
+        let valid_host = !host.is_empty()
+            && host
+                .split('.')
+                .all(|l| !l.is_empty() && l.chars().all(|c| c.is_ascii_alphanumeric() || c == '-'));
+        if !valid_host {
+            return Err(format!("`{text}`: `{host}` is not a valid host name"));
+        }
+        let host = host.to_string();
+        Ok(if dns {
+            JoinTarget::Dns { name: host, port }
+        } else {
+            JoinTarget::Host { host, port }
+        })
+    }
+}
+
+pub(crate) fn parse_port(text: &str) -> Result<u16, String> {
+    match text.parse::<u32>() {
+        Ok(p) if (1..=65535).contains(&p) => Ok(p as u16),
+        Ok(p) => Err(format!("port {p} is out of range 1-65535")),
+        Err(_) => Err(format!("`{text}` is not a port number")),
+    }
+}
+
+/// Parses `ip:port`, explaining what is wrong in operator's words.
+pub(crate) fn parse_socket_addr(text: &str) -> Result<SocketAddr, String> {
+    if let Ok(addr) = text.parse::<SocketAddr>() {
+        return if addr.port() == 0 {
+            Err(format!("`{text}`: port 0 is out of range 1-65535"))
+        } else {
+            Ok(addr)
+        };
+    }
+    let Some((ip, port)) = text.rsplit_once(':') else {
+        return Err(format!("`{text}` is not an address: write `ip:port`, like `10.0.0.1:{DEFAULT_PORT}`"));
+    };
+    let port = parse_port(port).map_err(|e| format!("`{text}`: {e}"))?;
+    let ip = ip.trim_start_matches('[').trim_end_matches(']');
+    match ip.parse::<IpAddr>() {
+        Ok(ip) => Ok(SocketAddr::new(ip, port)),
+        Err(_) => Err(format!("`{text}`: `{ip}` is not an IP address")),
+    }
+}
+
+impl NodeConfig {
+    /// The settings of a packaged node with an empty config file.
+    pub fn defaults() -> NodeConfig {
+        NodeConfig {
+            node: hostname(),
+            cluster: "cohort".into(),
+            bind: SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), DEFAULT_PORT),
+            advertise: None,
+            data_dir: "/var/lib/cohort".into(),
+            topology: "/etc/cohort/topology.yaml".into(),
+            join: Vec::new(),
+            gossip: GossipConfig {
+                key_file: Some("/etc/cohort/keys/gossip.key".into()),
+                protocol_period: Duration::from_secs(1),
+                ack_timeout: Duration::from_millis(500),
+                allow_plaintext: false,
+            },
+            api: ApiConfig {
+                http: Some(DEFAULT_API),
+            },
+            log: LogConfig {
+                level: "info".into(),
+                format: LogFormat::Auto,
+            },
+        }
+    }
+
+    /// The settings of `cohort agent --dev`: one node on loopback, its state
+    /// under the temp dir (kept across restarts), no key file needed.
+    pub fn dev_defaults() -> NodeConfig {
+        let data_dir = std::env::temp_dir().join("cohort-dev");
+        NodeConfig {
+            node: "dev".into(),
+            cluster: "dev".into(),
+            bind: SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), DEFAULT_PORT),
+            topology: data_dir.join("topology.yaml"),
+            data_dir,
+            gossip: GossipConfig {
+                key_file: None,
+                allow_plaintext: true,
+                ..NodeConfig::defaults().gossip
+            },
+            ..NodeConfig::defaults()
+        }
+    }
+
+    /// Reads and validates a node config file; absent fields take `base`.
+    pub fn load(path: &Path, base: NodeConfig) -> Result<NodeConfig, ConfigError> {
+        let text = super::read_file(path)?;
+        Ok(NodeConfig::parse(&text, path, base)?)
+    }
+
+    /// Parses and validates node config text. `file` names it in messages.
+    pub fn parse(text: &str, file: &Path, base: NodeConfig) -> Result<NodeConfig, Diagnostics> {
+        let raw: NodeFile = yaml::parse(text, file).map_err(Diagnostics::one)?;
+        raw.resolve(file, base)
+    }
+
+    /// The address peers should dial.
+    pub fn advertise_addr(&self) -> SocketAddr {
+        self.advertise.unwrap_or(self.bind)
+    }
+}
+
+fn hostname() -> String {
+    nix::unistd::gethostname()
+        .ok()
+        .and_then(|h| h.into_string().ok())
+        .map(|h| h.split('.').next().unwrap_or_default().to_string())
+        .filter(|h| is_valid_name(h))
+        .unwrap_or_else(|| "node".into())
+}
+
+/// The file as written: every field optional, every value with its place.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NodeFile {
+    node: Option<Spanned<String>>,
+    cluster: Option<Spanned<String>>,
+    bind: Option<Spanned<String>>,
+    advertise: Option<Spanned<String>>,
+    data_dir: Option<Spanned<PathBuf>>,
+    topology: Option<Spanned<PathBuf>>,
+    #[serde(default)]
+    join: Vec<Spanned<String>>,
+    gossip: Option<GossipFile>,
+    api: Option<ApiFile>,
+    log: Option<LogFile>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct GossipFile {
+    key_file: Option<Spanned<PathBuf>>,
+    protocol_period: Option<Spanned<HumanDuration>>,
+    ack_timeout: Option<Spanned<HumanDuration>>,
+    allow_plaintext: Option<bool>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ApiFile {
+    /// `null` switches the HTTP API off.
+    #[serde(default, deserialize_with = "explicit_option")]
+    http: Option<Option<Spanned<String>>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct LogFile {
+    level: Option<Spanned<String>>,
+    format: Option<LogFormat>,
+}
+
+/// Tells "absent" (outer None) from "null" (inner None).
+fn explicit_option<'de, D, T>(d: D) -> Result<Option<Option<T>>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Deserialize<'de>,
+{
+    Option::<T>::deserialize(d).map(Some)
+}
+
+impl NodeFile {
+    fn resolve(self, file: &Path, base: NodeConfig) -> Result<NodeConfig, Diagnostics> {
+        let mut report = Report::new(file);
+        let mut config = base;
+
+        if let Some(node) = self.node {
+            if !is_valid_name(&node.value) {
+                report.error(pos(&node), format!("node name `{}` is invalid: {NAME_RULE}", node.value));
+            }
+            config.node = node.value;
+        }
+        if let Some(cluster) = self.cluster {
+            if !is_valid_name(&cluster.value) {
+                report.error(pos(&cluster), format!("cluster name `{}` is invalid: {NAME_RULE}", cluster.value));
+            }
+            config.cluster = cluster.value;
+        }
+        if let Some(bind) = self.bind {
+            match parse_socket_addr(&bind.value) {
+                Ok(addr) => config.bind = addr,
+                Err(e) => report.error(pos(&bind), format!("bind: {e}")),
+            }
+        }
+        if let Some(advertise) = self.advertise {
+            match parse_socket_addr(&advertise.value) {
+                Ok(addr) if addr.ip().is_unspecified() => report.error(
+                    pos(&advertise),
+                    format!("advertise: `{}` cannot be dialled by peers; give this node's reachable IP", advertise.value),
+                ),
+                Ok(addr) => config.advertise = Some(addr),
+                Err(e) => report.error(pos(&advertise), format!("advertise: {e}")),
+            }
+        }
+        if let Some(dir) = self.data_dir {
+            check_absolute(&mut report, "data_dir", &dir);
+            config.data_dir = dir.value;
+        }
+        if let Some(topology) = self.topology {
+            check_absolute(&mut report, "topology", &topology);
+            config.topology = topology.value;
+        }
+        if !self.join.is_empty() {
+            config.join.clear();
+            for seed in &self.join {
+                match JoinTarget::parse(&seed.value) {
+                    Ok(target) => config.join.push(target),
+                    Err(e) => report.error(pos(seed), format!("join: {e}")),
+                }
+            }
+        }
+        if let Some(gossip) = self.gossip {
+            if let Some(key_file) = gossip.key_file {
+                check_absolute(&mut report, "gossip.key_file", &key_file);
+                config.gossip.key_file = Some(key_file.value);
+            }
+            if let Some(period) = gossip.protocol_period {
+                if period.value.0.is_zero() {
+                    report.error(pos(&period), "gossip.protocol_period must be greater than 0s");
+                }
+                config.gossip.protocol_period = period.value.0;
+            }
+            if let Some(ack) = gossip.ack_timeout {
+                config.gossip.ack_timeout = ack.value.0;
+                if ack.value.0 >= config.gossip.protocol_period {
+                    report.error(
+                        pos(&ack),
+                        format!(
+                            "gossip.ack_timeout ({}) must be shorter than gossip.protocol_period ({})",
+                            ack.value,
+                            HumanDuration(config.gossip.protocol_period)
+                        ),
+                    );
+                }
+            }
+            if let Some(allow) = gossip.allow_plaintext {
+                config.gossip.allow_plaintext = allow;
+            }
+        }
+        if let Some(api) = self.api {
+            match api.http {
+                None => {}
+                Some(None) => config.api.http = None,
+                Some(Some(http)) => match parse_socket_addr(&http.value) {
+                    Ok(addr) => config.api.http = Some(addr),
+                    Err(e) => report.error(pos(&http), format!("api.http: {e}")),
+                },
+            }
+        }
+        if let Some(log) = self.log {
+            if let Some(level) = log.level {
+                if let Err(e) = tracing_subscriber::EnvFilter::builder().parse(&level.value) {
+                    report.error(pos(&level), format!("log.level: `{}` is not a log filter ({e}); use error, warn, info, debug or trace", level.value));
+                }
+                config.log.level = level.value;
+            }
+            if let Some(format) = log.format {
+                config.log.format = format;
+            }
+        }
+        report.finish()?;
+        Ok(config)
+    }
+}
+
+fn check_absolute(report: &mut Report<'_>, field: &str, path: &Spanned<PathBuf>) {
+    if !path.value.is_absolute() {
+        report.error(
+            pos(path),
+            format!("{field}: `{}` must be an absolute path", path.value.display()),
+        );
+    }
+}

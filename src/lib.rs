@@ -1,0 +1,6 @@
+//! cohort: a cluster agent. Each node gossips membership with SWIM, takes
+//! part in a Raft group that elects the cluster leader and replica-set
+//! masters, and applies every topology change on all nodes at once through
+//! two-phase commit. The modules follow the layers, bottom up.
+
+pub mod config;
