@@ -157,7 +157,10 @@ mod tests {
     #[test]
     fn suggests_only_close_words() {
         assert_eq!(did_you_mean("rolez", ["roles", "nodes"]), Some("roles"));
-        assert_eq!(did_you_mean("replicaset", ["replicasets"]), Some("replicasets"));
+        assert_eq!(
+            did_you_mean("replicaset", ["replicasets"]),
+            Some("replicasets")
+        );
         assert_eq!(did_you_mean("zzz", ["roles", "nodes"]), None);
         assert_eq!(edit_distance("kitten", "sitting"), 3);
     }

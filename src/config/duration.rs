@@ -37,13 +37,17 @@ impl FromStr for HumanDuration {
         }
         let mut total_ms: u64 = 0;
         while !rest.is_empty() {
-            let digits = rest.find(|c: char| !c.is_ascii_digit()).ok_or_else(invalid)?;
+            let digits = rest
+                .find(|c: char| !c.is_ascii_digit())
+                .ok_or_else(invalid)?;
             if digits == 0 {
                 return Err(invalid());
             }
             let number: u64 = rest[..digits].parse().map_err(|_| invalid())?;
             rest = &rest[digits..];
-            let unit_len = rest.find(|c: char| c.is_ascii_digit()).unwrap_or(rest.len());
+            let unit_len = rest
+                .find(|c: char| c.is_ascii_digit())
+                .unwrap_or(rest.len());
             let unit = &rest[..unit_len];
             let (_, scale) = UNITS.iter().find(|(u, _)| *u == unit).ok_or_else(invalid)?;
             total_ms = number
@@ -112,7 +116,16 @@ mod tests {
 
     #[test]
     fn rejects_what_is_not_a_duration() {
-        for text in ["", "1", "s", "1 s", "1sec", "-1s", "1.5s", "99999999999999999999h"] {
+        for text in [
+            "",
+            "1",
+            "s",
+            "1 s",
+            "1sec",
+            "-1s",
+            "1.5s",
+            "99999999999999999999h",
+        ] {
             assert!(text.parse::<HumanDuration>().is_err(), "{text:?} parsed");
         }
     }

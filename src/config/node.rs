@@ -145,7 +145,9 @@ pub(crate) fn parse_socket_addr(text: &str) -> Result<SocketAddr, String> {
         };
     }
     let Some((ip, port)) = text.rsplit_once(':') else {
-        return Err(format!("`{text}` is not an address: write `ip:port`, like `10.0.0.1:{DEFAULT_PORT}`"));
+        return Err(format!(
+            "`{text}` is not an address: write `ip:port`, like `10.0.0.1:{DEFAULT_PORT}`"
+        ));
     };
     let port = parse_port(port).map_err(|e| format!("`{text}`: {e}"))?;
     let ip = ip.trim_start_matches('[').trim_end_matches(']');
@@ -209,7 +211,12 @@ impl NodeConfig {
 
     /// Parses and validates node config text. `file` names it in messages.
     pub fn parse(text: &str, file: &Path, base: NodeConfig) -> Result<NodeConfig, Diagnostics> {
-        let raw: NodeFile = yaml::parse(text, file).map_err(Diagnostics::one)?;
+        // A file of comments only (like the packaged one) means "all defaults".
+        let raw: NodeFile = if yaml::is_blank(text) {
+            NodeFile::default()
+        } else {
+            yaml::parse(text, file).map_err(Diagnostics::one)?
+        };
         raw.resolve(file, base)
     }
 
@@ -229,7 +236,7 @@ fn hostname() -> String {
 }
 
 /// The file as written: every field optional, every value with its place.
-#[derive(Deserialize)]
+#[derive(Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 struct NodeFile {
     node: Option<Spanned<String>>,
@@ -245,7 +252,7 @@ struct NodeFile {
     log: Option<LogFile>,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 struct GossipFile {
     key_file: Option<Spanned<PathBuf>>,
@@ -254,7 +261,7 @@ struct GossipFile {
     allow_plaintext: Option<bool>,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 struct ApiFile {
     /// `null` switches the HTTP API off.
@@ -262,7 +269,7 @@ struct ApiFile {
     http: Option<Option<Spanned<String>>>,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 struct LogFile {
     level: Option<Spanned<String>>,
@@ -285,13 +292,19 @@ impl NodeFile {
 
         if let Some(node) = self.node {
             if !is_valid_name(&node.value) {
-                report.error(pos(&node), format!("node name `{}` is invalid: {NAME_RULE}", node.value));
+                report.error(
+                    pos(&node),
+                    format!("node name `{}` is invalid: {NAME_RULE}", node.value),
+                );
             }
             config.node = node.value;
         }
         if let Some(cluster) = self.cluster {
             if !is_valid_name(&cluster.value) {
-                report.error(pos(&cluster), format!("cluster name `{}` is invalid: {NAME_RULE}", cluster.value));
+                report.error(
+                    pos(&cluster),
+                    format!("cluster name `{}` is invalid: {NAME_RULE}", cluster.value),
+                );
             }
             config.cluster = cluster.value;
         }
@@ -305,7 +318,10 @@ impl NodeFile {
             match parse_socket_addr(&advertise.value) {
                 Ok(addr) if addr.ip().is_unspecified() => report.error(
                     pos(&advertise),
-                    format!("advertise: `{}` cannot be dialled by peers; give this node's reachable IP", advertise.value),
+                    format!(
+                        "advertise: `{}` cannot be dialled by peers; give this node's reachable IP",
+                        advertise.value
+                    ),
                 ),
                 Ok(addr) => config.advertise = Some(addr),
                 Err(e) => report.error(pos(&advertise), format!("advertise: {e}")),
@@ -335,7 +351,10 @@ impl NodeFile {
             }
             if let Some(period) = gossip.protocol_period {
                 if period.value.0.is_zero() {
-                    report.error(pos(&period), "gossip.protocol_period must be greater than 0s");
+                    report.error(
+                        pos(&period),
+                        "gossip.protocol_period must be greater than 0s",
+                    );
                 }
                 config.gossip.protocol_period = period.value.0;
             }
@@ -386,7 +405,10 @@ fn check_absolute(report: &mut Report<'_>, field: &str, path: &Spanned<PathBuf>)
     if !path.value.is_absolute() {
         report.error(
             pos(path),
-            format!("{field}: `{}` must be an absolute path", path.value.display()),
+            format!(
+                "{field}: `{}` must be an absolute path",
+                path.value.display()
+            ),
         );
     }
 }

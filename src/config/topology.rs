@@ -63,7 +63,11 @@ fn default_election_timeout() -> Spanned<HumanDuration> {
 }
 
 fn unplaced<T>(value: T) -> Spanned<T> {
-    Spanned::new(value, serde_saphyr::Location::UNKNOWN, serde_saphyr::Location::UNKNOWN)
+    Spanned::new(
+        value,
+        serde_saphyr::Location::UNKNOWN,
+        serde_saphyr::Location::UNKNOWN,
+    )
 }
 
 /// Who moves a replica set's master when it dies.
@@ -211,7 +215,10 @@ impl Topology {
         if !is_valid_name(&self.cluster.value) {
             report.error(
                 pos(&self.cluster),
-                format!("cluster name `{}` is invalid: {NAME_RULE}", self.cluster.value),
+                format!(
+                    "cluster name `{}` is invalid: {NAME_RULE}",
+                    self.cluster.value
+                ),
             );
         }
         self.check_replicasets(&mut report);
@@ -240,7 +247,10 @@ impl Topology {
             if !is_valid_name(&set_name.value) {
                 report.error(
                     pos(set_name),
-                    format!("replica set name `{}` is invalid: {NAME_RULE}", set_name.value),
+                    format!(
+                        "replica set name `{}` is invalid: {NAME_RULE}",
+                        set_name.value
+                    ),
                 );
             }
             if set.nodes.value.is_empty() {
@@ -252,7 +262,10 @@ impl Topology {
             for (node_name, spec) in set.nodes.value.iter() {
                 let name = node_name.value.as_str();
                 if !is_valid_name(name) {
-                    report.error(pos(node_name), format!("node name `{name}` is invalid: {NAME_RULE}"));
+                    report.error(
+                        pos(node_name),
+                        format!("node name `{name}` is invalid: {NAME_RULE}"),
+                    );
                 }
                 if let Some(first_set) = seen_nodes.insert(name, &set_name.value) {
                     report.error(
@@ -289,7 +302,10 @@ impl Topology {
                         ),
                     );
                 } else if priority_seen.contains(&name) {
-                    report.error(pos(entry), format!("failover_priority: `{name}` is listed twice"));
+                    report.error(
+                        pos(entry),
+                        format!("failover_priority: `{name}` is listed twice"),
+                    );
                 }
                 priority_seen.push(name);
             }
@@ -323,7 +339,10 @@ impl Topology {
             let name = role.value.as_str();
             let builtin = BUILTIN_ROLES.contains(&name);
             if !is_valid_name(name) {
-                report.error(pos(role), format!("role name `{name}` is invalid: {NAME_RULE}"));
+                report.error(
+                    pos(role),
+                    format!("role name `{name}` is invalid: {NAME_RULE}"),
+                );
             }
             match (&spec.exec, builtin) {
                 (Some(exec), true) => report.error(
@@ -360,7 +379,10 @@ impl Topology {
             }
             if let Some(listen) = &spec.listen {
                 if name != "http" {
-                    report.error(pos(role), format!("role `{name}`: only the `http` role takes `listen`"));
+                    report.error(
+                        pos(role),
+                        format!("role `{name}`: only the `http` role takes `listen`"),
+                    );
                 }
                 self.check_listen(listen, report);
             }
@@ -418,7 +440,16 @@ impl Topology {
         let edges: BTreeMap<&str, Vec<&str>> = self
             .roles
             .iter()
-            .map(|(r, s)| (r.value.as_str(), s.depends.iter().map(|d| d.value.as_str()).filter(|d| *d != r.value).collect()))
+            .map(|(r, s)| {
+                (
+                    r.value.as_str(),
+                    s.depends
+                        .iter()
+                        .map(|d| d.value.as_str())
+                        .filter(|d| *d != r.value)
+                        .collect(),
+                )
+            })
             .collect();
         #[derive(Clone, Copy, PartialEq)]
         enum Mark {
@@ -457,7 +488,13 @@ impl Topology {
         // Walk in file order so the same file always names the same cycle.
         for (role, _) in self.roles.iter() {
             let mut cycles = Vec::new();
-            visit(&role.value, &edges, &mut marks, &mut Vec::new(), &mut cycles);
+            visit(
+                &role.value,
+                &edges,
+                &mut marks,
+                &mut Vec::new(),
+                &mut cycles,
+            );
             for cycle in cycles {
                 let first = cycle[0];
                 let at = self

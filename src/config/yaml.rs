@@ -25,21 +25,28 @@ fn options() -> serde_saphyr::Options {
     options
 }
 
+/// Nothing but blank lines and comments.
+pub(crate) fn is_blank(text: &str) -> bool {
+    text.lines()
+        .map(str::trim)
+        .all(|l| l.is_empty() || l.starts_with('#'))
+}
+
 /// Parses one YAML document into `T`, or says exactly where and why not.
 pub(crate) fn parse<T: DeserializeOwned>(text: &str, file: &Path) -> Result<T, Diagnostic> {
-    if text.trim().is_empty() || text.lines().all(|l| l.trim().is_empty() || l.trim_start().starts_with('#')) {
+    if is_blank(text) {
         return Err(Diagnostic::new(
             file,
             Pos::START,
             "the file is empty; expected a mapping of settings",
         ));
     }
-    serde_saphyr::from_str_with_options(text, options()).map_err(|e| to_diagnostic(&e, file))
+    serde_saphyr::from_str_with_options(text, options()).map_err(|e| to_diagnostic(&e, text, file))
 }
 
-fn to_diagnostic(error: &serde_saphyr::Error, file: &Path) -> Diagnostic {
+fn to_diagnostic(error: &serde_saphyr::Error, text: &str, file: &Path) -> Diagnostic {
     let error = error.without_snippet();
-    let pos = error.location().map(|l| Pos::of(&l)).unwrap_or(Pos::START);
+    let mut pos = error.location().map(|l| Pos::of(&l)).unwrap_or(Pos::START);
     let message = match error {
         serde_saphyr::Error::SerdeUnknownField {
             field, expected, ..
@@ -57,23 +64,73 @@ fn to_diagnostic(error: &serde_saphyr::Error, file: &Path) -> Diagnostic {
             expected.join(", "),
             suggestion(variant, expected.iter().copied())
         ),
-        serde_saphyr::Error::DuplicateMappingKey { .. } => {
-            let text = serde_saphyr::DefaultMessageFormatter.format_message(error);
-            // Drop the library's advice to relax the policy: for us a
-            // duplicate key is always an error.
-            let text = text.split(", set DuplicateKeyPolicy").next().unwrap_or(&text);
-            text.replace("duplicate mapping key", "duplicate key")
+        serde_saphyr::Error::DuplicateMappingKey { key: Some(key), .. } => {
+            match first_occurrence(text, key, pos) {
+                Some(line) => format!("duplicate key `{key}` (first at line {line})"),
+                None => format!("duplicate key `{key}`"),
+            }
         }
         other => {
-            let text = serde_saphyr::DefaultMessageFormatter.format_message(other);
-            if text == "expected mapping start" {
-                "expected a mapping (`key: value` lines)".to_string()
-            } else {
-                text.into_owned()
+            let message = serde_saphyr::DefaultMessageFormatter.format_message(other);
+            match message.as_ref() {
+                "expected mapping start" => "expected a mapping (`key: value` lines)".to_string(),
+                "expected string scalar" => {
+                    "expected a text value, not a list or mapping".to_string()
+                }
+                m if m.starts_with("tabs disallowed") => {
+                    // The parser points just past the tab; point at the tab.
+                    if let Some(column) = tab_column(text, pos.line) {
+                        pos.column = column;
+                    }
+                    "tab character in indentation; YAML indents with spaces".to_string()
+                }
+                m if m.contains("DuplicateKeyPolicy") => "duplicate key".to_string(),
+                _ => message.into_owned(),
             }
         }
     };
     Diagnostic::new(file, pos, message)
+}
+
+/// The 1-based column of the first tab on `line`.
+fn tab_column(text: &str, line: u64) -> Option<u64> {
+    let line = text
+        .lines()
+        .nth(usize::try_from(line).ok()?.checked_sub(1)?)?;
+    line.chars().position(|c| c == '\t').map(|i| i as u64 + 1)
+}
+
+/// The line where a block-mapping key first stood, looking back from its
+/// duplicate at the same indentation. Flow mappings (`{a: 1, a: 2}`) are not
+/// searched: the duplicate's own position is enough there.
+fn first_occurrence(text: &str, key: &str, duplicate: Pos) -> Option<u64> {
+    let indent = usize::try_from(duplicate.column.checked_sub(1)?).ok()?;
+    let lines: Vec<&str> = text.lines().collect();
+    let last = usize::try_from(duplicate.line).ok()?.checked_sub(1)?;
+    for (index, line) in lines.get(..last)?.iter().enumerate().rev() {
+        let content = line.get(indent..).unwrap_or("");
+        let this_indent = line.len() - line.trim_start().len();
+        if this_indent < indent
+            && !line.trim().is_empty()
+            && !line.trim_start().starts_with('#')
+            && !line.trim_start().starts_with('-')
+        {
+            return None; // left the enclosing mapping
+        }
+        if this_indent == indent {
+            let content = content.trim_start_matches(['"', '\'']);
+            if let Some(rest) = content.strip_prefix(key) {
+                if rest
+                    .trim_start_matches(['"', '\''])
+                    .trim_start()
+                    .starts_with(':')
+                {
+                    return Some(index as u64 + 1);
+                }
+            }
+        }
+    }
+    None
 }
 
 /// Where a spanned value stands in its file.
