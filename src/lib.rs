@@ -3,4 +3,8 @@
 //! masters, and applies every topology change on all nodes at once through
 //! two-phase commit. The modules follow the layers, bottom up.
 
+pub mod agent;
+pub mod api;
+pub mod cli;
 pub mod config;
+pub mod storage;

@@ -333,6 +333,6 @@ fn validate_file_names_an_unreadable_file() {
         .expect_err("missing file");
     assert_eq!(
         err.to_string(),
-        "cannot read /nonexistent/topology.yaml: No such file or directory (os error 2)"
+        "cannot read /nonexistent/topology.yaml: No such file or directory"
     );
 }

@@ -25,7 +25,7 @@ pub use yaml::OrderedMap;
 /// Why a config could not be had.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    #[error("cannot read {}: {source}", path.display())]
+    #[error("cannot read {}: {}", path.display(), crate::storage::describe(source))]
     Read {
         path: PathBuf,
         source: std::io::Error,

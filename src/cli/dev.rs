@@ -1,0 +1,380 @@
+//! `cohort dev`: a real local cluster of N agent processes on loopback,
+//! each with its own dir, port and API, sharing a generated topology and
+//! keyring. Ctrl-C or SIGTERM stops them all; a child never outlives it,
+//! even if `cohort dev` is SIGKILLed (PR_SET_PDEATHSIG).
+
+use std::fmt::Write as _;
+use std::fs;
+use std::io;
+use std::net::{Ipv4Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use base64::Engine;
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+use std::process::ExitStatus;
+
+use tokio::process::{Child, Command};
+use tokio::signal::unix::{signal, SignalKind};
+use tokio::sync::mpsc;
+
+use crate::config::{NodeConfig, Topology};
+use crate::storage::write_atomic;
+
+#[derive(Debug, clap::Args)]
+pub struct DevArgs {
+    /// How many agents to run.
+    #[arg(long, short, default_value_t = 3, value_parser = clap::value_parser!(u16).range(1..=1000))]
+    pub nodes: u16,
+    /// Where the nodes' configs, data and logs go [default: a new temp dir, removed on exit].
+    #[arg(long, value_name = "DIR")]
+    pub dir: Option<PathBuf>,
+    /// Gossip/rpc port of the first node; node i gets base+i-1.
+    #[arg(long, default_value_t = 3311, value_name = "PORT")]
+    pub port_base: u16,
+    /// HTTP API port of the first node; node i gets base+i-1.
+    #[arg(long, default_value_t = 8311, value_name = "PORT")]
+    pub api_port_base: u16,
+    /// Keep the temp dir on exit.
+    #[arg(long)]
+    pub keep: bool,
+}
+
+/// How long agents get to stop after SIGTERM before SIGKILL.
+const STOP_GRACE: Duration = Duration::from_secs(5);
+/// How long the agents get to answer on their API after start.
+const START_DEADLINE: Duration = Duration::from_secs(30);
+
+struct DevNode {
+    name: String,
+    bind: SocketAddr,
+    api: SocketAddr,
+    dir: PathBuf,
+}
+
+pub fn run(args: DevArgs) -> anyhow::Result<()> {
+    let last = u32::from(args.nodes) - 1;
+    if u32::from(args.port_base) + last > 65535 || u32::from(args.api_port_base) + last > 65535 {
+        bail!("--port-base/--api-port-base plus --nodes goes past port 65535");
+    }
+    let (root, remove_on_exit) = match &args.dir {
+        Some(dir) => (dir.clone(), false),
+        None => (new_temp_dir()?, !args.keep),
+    };
+    let nodes = prepare(&root, &args)?;
+    // One thread forks every child: PR_SET_PDEATHSIG fires when the forking
+    // thread ends, so it must be the thread that lives as long as we do.
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    let result = runtime.block_on(supervise(&nodes, &root));
+    if remove_on_exit {
+        let _ = fs::remove_dir_all(&root);
+    }
+    result
+}
+
+fn new_temp_dir() -> anyhow::Result<PathBuf> {
+    let dir = std::env::temp_dir().join(format!("cohort-dev-{}", uuid::Uuid::new_v4().simple()));
+    fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    Ok(dir)
+}
+
+/// Writes the keyring, the topology and each node's config, all validated.
+fn prepare(root: &Path, args: &DevArgs) -> anyhow::Result<Vec<DevNode>> {
+    let nodes: Vec<DevNode> = (0..args.nodes)
+        .map(|i| {
+            let name = format!("n{}", i + 1);
+            DevNode {
+                bind: SocketAddr::new(Ipv4Addr::LOCALHOST.into(), args.port_base + i),
+                api: SocketAddr::new(Ipv4Addr::LOCALHOST.into(), args.api_port_base + i),
+                dir: root.join(&name),
+                name,
+            }
+        })
+        .collect();
+
+    let key_file = root.join("gossip.key");
+    let key: [u8; 32] = rand::random();
+    let keyring = format!(
+        "{}\n",
+        base64::engine::general_purpose::STANDARD.encode(key)
+    );
+    write_atomic(&key_file, keyring.as_bytes(), 0o600)
+        .with_context(|| format!("cannot write {}", key_file.display()))?;
+
+    let topology = topology_text(&nodes, args.api_port_base);
+    Topology::parse(&topology, Path::new("generated topology"))
+        .map_err(|d| anyhow::anyhow!("the generated topology is invalid (a bug):\n{d}"))?;
+
+    for node in &nodes {
+        fs::create_dir_all(&node.dir)
+            .with_context(|| format!("cannot create {}", node.dir.display()))?;
+        let topology_path = node.dir.join("topology.yaml");
+        write_atomic(&topology_path, topology.as_bytes(), 0o644)
+            .with_context(|| format!("cannot write {}", topology_path.display()))?;
+        let config = format!(
+            "node: {name}\ncluster: dev\nbind: {bind}\ndata_dir: {data}\ntopology: {topology}\njoin: [{seed}]\ngossip:\n  key_file: {key}\napi:\n  http: {api}\nlog:\n  format: text\n",
+            name = node.name,
+            bind = node.bind,
+            data = node.dir.join("data").display(),
+            topology = topology_path.display(),
+            seed = nodes[0].bind,
+            key = key_file.display(),
+            api = node.api,
+        );
+        let config_path = node.dir.join("cohort.yaml");
+        NodeConfig::parse(&config, &config_path, NodeConfig::defaults())
+            .map_err(|d| anyhow::anyhow!("the generated node config is invalid (a bug):\n{d}"))?;
+        write_atomic(&config_path, config.as_bytes(), 0o644)
+            .with_context(|| format!("cannot write {}", config_path.display()))?;
+    }
+    Ok(nodes)
+}
+
+/// Replica sets of up to three nodes; the first of each may lead.
+fn topology_text(nodes: &[DevNode], http_base: u16) -> String {
+    let mut text = String::from("# Generated by `cohort dev`.\ncluster: dev\nfailover: { mode: raft, election_timeout: 1s }\nreplicasets:\n");
+    for (set, members) in nodes.chunks(3).enumerate() {
+        let _ = writeln!(
+            text,
+            "  storage-{}:\n    roles: [storage, http]\n    nodes:",
+            set + 1
+        );
+        for (i, node) in members.iter().enumerate() {
+            let election = if i == 0 { "candidate" } else { "voter" };
+            let _ = writeln!(
+                text,
+                "      {}: {{ address: {}, election: {election} }}",
+                node.name, node.bind
+            );
+        }
+    }
+    text.push_str("roles:\n  http:\n    listen:\n");
+    // The http role's ports sit above the API ports so they never collide.
+    let http_base = u32::from(http_base) + nodes.len() as u32;
+    for (i, node) in nodes.iter().enumerate() {
+        let port = http_base + i as u32;
+        if port <= 65535 {
+            let _ = writeln!(text, "      {}: {port}", node.name);
+        }
+    }
+    text
+}
+
+fn spawn(node: &DevNode) -> anyhow::Result<Child> {
+    let exe = std::env::current_exe().context("cannot find the cohort executable")?;
+    let log_path = node.dir.join("agent.log");
+    let log = fs::File::create(&log_path)
+        .with_context(|| format!("cannot create {}", log_path.display()))?;
+    let mut command = Command::new(exe);
+    command
+        .arg("agent")
+        .arg("--config")
+        .arg(node.dir.join("cohort.yaml"))
+        .stdin(Stdio::null())
+        .stdout(log.try_clone()?)
+        .stderr(log)
+        // Our own group: a terminal's Ctrl-C reaches us, and we stop them in order.
+        .process_group(0);
+    let parent = std::process::id();
+    // SAFETY: only async-signal-safe calls (prctl, getppid, _exit) run
+    // between fork and exec.
+    unsafe {
+        command.pre_exec(move || {
+            nix::sys::prctl::set_pdeathsig(Signal::SIGKILL).map_err(io::Error::from)?;
+            // The parent may have died before the line above took effect.
+            if nix::unistd::getppid().as_raw() as u32 != parent {
+                nix::libc::_exit(1);
+            }
+            Ok(())
+        });
+    }
+    command
+        .spawn()
+        .with_context(|| format!("cannot start agent {}", node.name))
+}
+
+/// The agents as the supervisor sees them: pids, and exits as they happen.
+struct Agents {
+    pids: Vec<Option<Pid>>,
+    exits: mpsc::UnboundedReceiver<(usize, io::Result<ExitStatus>)>,
+}
+
+impl Agents {
+    fn start(nodes: &[DevNode]) -> anyhow::Result<Agents> {
+        let (tx, exits) = mpsc::unbounded_channel();
+        let mut agents = Agents {
+            pids: Vec::new(),
+            exits,
+        };
+        for (index, node) in nodes.iter().enumerate() {
+            let mut child = match spawn(node) {
+                Ok(child) => child,
+                Err(e) => {
+                    agents.signal_all(Signal::SIGKILL);
+                    return Err(e);
+                }
+            };
+            agents
+                .pids
+                .push(child.id().map(|id| Pid::from_raw(id as i32)));
+            // The waiter reaps the child, so no zombie is left behind.
+            let tx = tx.clone();
+            tokio::spawn(async move {
+                let _ = tx.send((index, child.wait().await));
+            });
+        }
+        Ok(agents)
+    }
+
+    fn running(&self) -> usize {
+        self.pids.iter().flatten().count()
+    }
+
+    fn signal_all(&self, signal: Signal) {
+        for pid in self.pids.iter().flatten() {
+            let _ = kill(*pid, signal);
+        }
+    }
+
+    /// Notes an exit; returns the node's index.
+    fn exited(&mut self, index: usize) {
+        if let Some(slot) = self.pids.get_mut(index) {
+            *slot = None;
+        }
+    }
+
+    /// SIGTERM to every agent, a bounded wait, SIGKILL to stragglers, and
+    /// every child reaped before this returns.
+    async fn stop(&mut self) {
+        self.signal_all(Signal::SIGTERM);
+        let deadline = tokio::time::Instant::now() + STOP_GRACE;
+        let mut killed = false;
+        while self.running() > 0 {
+            match tokio::time::timeout_at(deadline, self.exits.recv()).await {
+                Ok(Some((index, _))) => self.exited(index),
+                Ok(None) => break,
+                Err(_) if !killed => {
+                    self.signal_all(Signal::SIGKILL);
+                    killed = true;
+                }
+                Err(_) => {
+                    // Killed and still not reaped: wait for the reaper.
+                    match self.exits.recv().await {
+                        Some((index, _)) => self.exited(index),
+                        None => break,
+                    }
+                }
+            }
+        }
+    }
+}
+
+async fn supervise(nodes: &[DevNode], root: &Path) -> anyhow::Result<()> {
+    let mut terminate = signal(SignalKind::terminate())?;
+    let mut interrupt = signal(SignalKind::interrupt())?;
+    let mut hangup = signal(SignalKind::hangup())?;
+    let mut agents = Agents::start(nodes)?;
+
+    // A stop asked for while starting is a clean stop, like one after.
+    let stop_requested = tokio::select! {
+        r = wait_ready(nodes, &mut agents) => {
+            if let Err(e) = r {
+                agents.stop().await;
+                return Err(e);
+            }
+            false
+        }
+        _ = terminate.recv() => true,
+        _ = interrupt.recv() => true,
+        _ = hangup.recv() => true,
+    };
+    if !stop_requested {
+        print!("{}", banner(nodes, root));
+        loop {
+            tokio::select! {
+                _ = terminate.recv() => break,
+                _ = interrupt.recv() => break,
+                _ = hangup.recv() => break,
+                Some((index, status)) = agents.exits.recv() => {
+                    agents.exited(index);
+                    let node = &nodes[index];
+                    let status = status.map_or_else(|e| e.to_string(), |s| s.to_string());
+                    eprintln!("cohort dev: agent {} exited unexpectedly ({status}); its log: {}",
+                        node.name, node.dir.join("agent.log").display());
+                    if agents.running() == 0 {
+                        bail!("every agent has exited");
+                    }
+                }
+            }
+        }
+    }
+    eprintln!("cohort dev: stopping {} agents", agents.running());
+    agents.stop().await;
+    Ok(())
+}
+
+/// Waits until every agent answers on its API, or one of them dies.
+async fn wait_ready(nodes: &[DevNode], agents: &mut Agents) -> anyhow::Result<()> {
+    let deadline = Instant::now() + START_DEADLINE;
+    for node in nodes {
+        loop {
+            if let Ok((index, status)) = agents.exits.try_recv() {
+                agents.exited(index);
+                let failed = &nodes[index];
+                let log = fs::read_to_string(failed.dir.join("agent.log")).unwrap_or_default();
+                let status = status.map_or_else(|e| e.to_string(), |s| s.to_string());
+                bail!(
+                    "agent {} exited at start ({status}):\n{}",
+                    failed.name,
+                    log.trim_end()
+                );
+            }
+            if tokio::net::TcpStream::connect(node.api).await.is_ok() {
+                break;
+            }
+            if Instant::now() > deadline {
+                bail!(
+                    "agent {} did not open its API at {} within {}s",
+                    node.name,
+                    node.api,
+                    START_DEADLINE.as_secs()
+                );
+            }
+            // Polling a local port: there is no event to wait on instead.
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    Ok(())
+}
+
+fn banner(nodes: &[DevNode], root: &Path) -> String {
+    let mut out = format!(
+        "cohort dev: {} agents running; their files are under {}\n\n",
+        nodes.len(),
+        root.display()
+    );
+    let _ = writeln!(
+        out,
+        "  {:<6} {:<17} {:<17} LOG",
+        "NODE", "GOSSIP/RPC", "API"
+    );
+    for node in nodes {
+        let _ = writeln!(
+            out,
+            "  {:<6} {:<17} {:<17} {}",
+            node.name,
+            node.bind,
+            node.api,
+            node.dir.join("agent.log").display()
+        );
+    }
+    let _ = writeln!(out, "\nTry:  cohort --api {} status", nodes[0].api);
+    out.push_str("Stop: Ctrl-C (or SIGTERM) stops every agent.\n");
+    out
+}

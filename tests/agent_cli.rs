@@ -1,0 +1,322 @@
+//! The real `cohort` binary: identity across restarts, clean stops, clear
+//! one-line errors, reload on SIGHUP, validation from the command line.
+
+mod support;
+
+use std::fs;
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use support::*;
+
+const START: Duration = Duration::from_secs(30);
+const STOP: Duration = Duration::from_secs(10);
+
+fn dev_agent(data_dir: &std::path::Path, port: u16, api_port: u16, stderr: fs::File) -> Proc {
+    Proc::spawn(
+        cohort()
+            .args(["agent", "--dev", "--data-dir"])
+            .arg(data_dir)
+            .args([
+                "--bind",
+                &addr(port).to_string(),
+                "--api-http",
+                &addr(api_port).to_string(),
+            ])
+            .stdout(Stdio::null())
+            .stderr(stderr),
+    )
+}
+
+fn status_via_cli(api_port: u16) -> Option<serde_json::Value> {
+    let out = cohort()
+        .args([
+            "--api",
+            &addr(api_port).to_string(),
+            "status",
+            "--format",
+            "json",
+        ])
+        .output()
+        .expect("run cohort status");
+    if !out.status.success() {
+        return None;
+    }
+    Some(serde_json::from_slice(&out.stdout).expect("status --format json prints JSON"))
+}
+
+#[test]
+fn dev_agent_keeps_its_uuid_across_restarts_with_a_greater_generation() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let (port, api_port) = (free_port(), free_port());
+    let log = dir.path().join("agent.log");
+
+    let mut agent = dev_agent(&data, port, api_port, fs::File::create(&log).unwrap());
+    let first = wait_until(START, "the first start's status", || {
+        status_via_cli(api_port)
+    });
+    let uuid = first["uuid"].as_str().expect("uuid").to_string();
+    assert_eq!(uuid::Uuid::parse_str(&uuid).unwrap().get_version_num(), 4);
+    assert_eq!(
+        fs::read_to_string(data.join("node-id")).unwrap().trim(),
+        uuid
+    );
+    assert_eq!(first["node"], "dev");
+    assert_eq!(first["bind"], addr(port).to_string());
+    assert_eq!(first["pid"], agent.pid());
+
+    let asked = Instant::now();
+    agent.signal(SIGTERM);
+    let exit = agent.wait_exit(STOP);
+    eprintln!("SIGTERM to exit: {:?}", asked.elapsed());
+    assert_eq!(
+        exit.code(),
+        Some(0),
+        "SIGTERM exits 0; log:\n{}",
+        read(&log)
+    );
+
+    let mut agent = dev_agent(&data, port, api_port, fs::File::create(&log).unwrap());
+    let second = wait_until(START, "the second start's status", || {
+        status_via_cli(api_port)
+    });
+    assert_eq!(second["uuid"], uuid.as_str(), "same identity after restart");
+    assert!(
+        second["generation"].as_u64() > first["generation"].as_u64(),
+        "generation grows: {} then {}",
+        first["generation"],
+        second["generation"]
+    );
+    agent.signal(SIGTERM);
+    assert_eq!(agent.wait_exit(STOP).code(), Some(0));
+}
+
+#[test]
+fn a_second_agent_on_a_taken_port_exits_with_one_line_naming_the_address() {
+    let dir = tempfile::tempdir().unwrap();
+    let (port, api1, api2) = (free_port(), free_port(), free_port());
+    let _first = dev_agent(
+        &dir.path().join("a"),
+        port,
+        api1,
+        fs::File::create(dir.path().join("a.log")).unwrap(),
+    );
+    wait_until(START, "the first agent", || status(addr(api1)));
+
+    let out = cohort()
+        .args(["agent", "--dev", "--data-dir"])
+        .arg(dir.path().join("b"))
+        .args([
+            "--bind",
+            &addr(port).to_string(),
+            "--api-http",
+            &addr(api2).to_string(),
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let lines: Vec<&str> = stderr.lines().filter(|l| !l.contains(" INFO ")).collect();
+    assert_eq!(lines.len(), 1, "one line of error, got:\n{stderr}");
+    assert_eq!(
+        lines[0],
+        format!("cohort: cannot bind 127.0.0.1:{port} (tcp): Address already in use")
+    );
+    assert!(!stderr.contains("panicked"), "{stderr}");
+}
+
+#[test]
+fn a_missing_or_broken_config_ends_the_agent_with_clear_lines() {
+    let dir = tempfile::tempdir().unwrap();
+    let missing = dir.path().join("absent.yaml");
+    let out = cohort()
+        .arg("agent")
+        .arg("--config")
+        .arg(&missing)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stderr),
+        format!(
+            "cohort: cannot read {}: no such file; pass --config FILE, or --dev to run a local node without one\n",
+            missing.display()
+        )
+    );
+
+    let broken = dir.path().join("cohort.yaml");
+    fs::write(&broken, "node: a\nbind: nowhere\nclster: x\n").unwrap();
+    let out = cohort()
+        .arg("agent")
+        .arg("--config")
+        .arg(&broken)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stderr),
+        format!(
+            "{}:3:1: unknown field `clster`, did you mean `cluster`?\n",
+            broken.display()
+        )
+    );
+
+    // A data dir that cannot be created.
+    let blocker = dir.path().join("file");
+    fs::write(&blocker, "").unwrap();
+    let out = cohort()
+        .args(["agent", "--dev", "--data-dir"])
+        .arg(blocker.join("data"))
+        .args([
+            "--bind",
+            &addr(free_port()).to_string(),
+            "--api-http",
+            &addr(free_port()).to_string(),
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(
+        stderr.lines().last(),
+        Some(
+            format!(
+                "cohort: cannot use data dir {}: Not a directory",
+                blocker.join("data").display()
+            )
+            .as_str()
+        ),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn sighup_reloads_the_log_level_and_survives_a_broken_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let (port, api_port) = (free_port(), free_port());
+    let config = dir.path().join("cohort.yaml");
+    let body = format!(
+        "node: hup\ncluster: test\nbind: {}\ndata_dir: {}\napi: {{ http: {} }}\nlog: {{ level: info, format: text }}\n",
+        addr(port),
+        dir.path().join("data").display(),
+        addr(api_port)
+    );
+    fs::write(&config, &body).unwrap();
+    let log = dir.path().join("agent.log");
+    let mut agent = Proc::spawn(
+        cohort()
+            .arg("agent")
+            .arg("--config")
+            .arg(&config)
+            .stdout(Stdio::null())
+            .stderr(fs::File::create(&log).unwrap()),
+    );
+    wait_until(START, "the agent", || status(addr(api_port)));
+    assert!(
+        !read(&log).contains("DEBUG"),
+        "no debug lines at level info"
+    );
+
+    fs::write(&config, body.replace("level: info", "level: debug")).unwrap();
+    agent.signal(SIGHUP);
+    wait_until(START, "a debug line after reload", || {
+        let text = read(&log);
+        (text.contains("log level changed") && text.contains("DEBUG")).then_some(())
+    });
+
+    fs::write(&config, "log: [this is not a mapping\n").unwrap();
+    agent.signal(SIGHUP);
+    wait_until(START, "the failed reload to be logged", || {
+        read(&log)
+            .contains("reload failed; keeping the running config")
+            .then_some(())
+    });
+    let still = status(addr(api_port)).expect("the agent still answers after a bad reload");
+    assert_eq!(still["node"], "hup");
+
+    agent.signal(SIGTERM);
+    assert_eq!(agent.wait_exit(STOP).code(), Some(0));
+}
+
+#[test]
+fn validate_prints_every_problem_and_exits_by_result() {
+    let dir = tempfile::tempdir().unwrap();
+    let good = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/packaging/topology.example.yaml"
+    );
+    let out = cohort()
+        .args(["validate", "topology", good])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        format!("{good}: ok\n")
+    );
+
+    let bad = dir.path().join("topology.yaml");
+    fs::write(
+        &bad,
+        "cluster: orders\nreplicasets:\n  s1:\n    roles: [htp]\n    nodes:\n      a: { address: 127.0.0.1:1 }\n      b: { address: 127.0.0.1:1 }\n",
+    )
+    .unwrap();
+    let out = cohort()
+        .arg("validate")
+        .arg("topology")
+        .arg(&bad)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let f = bad.display();
+    assert_eq!(
+        String::from_utf8_lossy(&out.stderr),
+        format!(
+            "{f}:4:13: unknown role `htp`: not built in (http, router, storage) and not defined under `roles:` with an `exec` path, did you mean `http`?\n\
+             {f}:7:21: address 127.0.0.1:1 is already used by node `a`\n"
+        )
+    );
+
+    let node = concat!(env!("CARGO_MANIFEST_DIR"), "/packaging/cohort.yaml");
+    assert!(cohort()
+        .args(["validate", "node", node])
+        .output()
+        .unwrap()
+        .status
+        .success());
+    let out = cohort().args(["validate", "node"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(2), "usage errors exit 2");
+}
+
+#[test]
+fn status_without_an_agent_says_how_to_fix_it() {
+    let api = addr(free_port());
+    let out = cohort()
+        .args(["--api", &api.to_string(), "status"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stderr),
+        format!("cohort: cannot reach the agent API at {api}: connection refused (is the agent running? use --api to reach another node)\n")
+    );
+}
+
+#[test]
+fn completions_and_man_page_come_from_the_same_definitions() {
+    let out = cohort().args(["completions", "bash"]).output().unwrap();
+    assert!(out.status.success());
+    let script = String::from_utf8_lossy(&out.stdout);
+    for word in ["agent", "status", "validate", "dev", "--api", "--format"] {
+        assert!(script.contains(word), "bash completion lacks {word}");
+    }
+    let out = cohort().arg("manpage").output().unwrap();
+    assert!(out.status.success());
+    let page = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        page.starts_with(".ie") || page.contains(".TH cohort"),
+        "roff man page"
+    );
+    assert!(page.contains("validate"));
+}
