@@ -374,7 +374,10 @@ fn banner(nodes: &[DevNode], root: &Path) -> String {
             node.dir.join("agent.log").display()
         );
     }
-    let _ = writeln!(out, "\nTry:  cohort --api {} status", nodes[0].api);
+    // The path it was started as, so the hint works without `cohort` on PATH.
+    let exe =
+        std::env::current_exe().map_or_else(|_| "cohort".to_string(), |p| p.display().to_string());
+    let _ = writeln!(out, "\nTry:  {exe} --api {} status", nodes[0].api);
     out.push_str("Stop: Ctrl-C (or SIGTERM) stops every agent.\n");
     out
 }
