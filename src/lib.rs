@@ -7,4 +7,5 @@ pub mod agent;
 pub mod api;
 pub mod cli;
 pub mod config;
+pub mod discovery;
 pub mod storage;
