@@ -225,6 +225,21 @@ const CASES: &[Case] = &[
         "log: { level: \"info,,=x\" }\n",
         &["cohort.yaml:1:15: log.level: `info,,=x` is not a log filter (invalid filter directive); use error, warn, info, debug or trace"],
     ),
+    node(
+        "node: reclaim time neither a duration nor never",
+        "gossip:\n  reclaim_after: sometimes\n",
+        &["cohort.yaml:2:18: invalid duration `sometimes`: expected a number with a unit, like `1s`, `500ms`, `2m` or `1m30s` (units: ms, s, m, h), or `never`"],
+    ),
+    node(
+        "node: packet size out of range",
+        "gossip: { max_packet_size: 100 }\n",
+        &["cohort.yaml:1:28: gossip.max_packet_size 100 is out of range 512-65507"],
+    ),
+    node(
+        "node: event handler with a relative path",
+        "events:\n  handlers:\n    - { event: deploy, exec: bin/deploy }\n",
+        &["cohort.yaml:3:30: events.handlers.exec: `bin/deploy` must be an absolute path"],
+    ),
     node("node: not a mapping", "just words\n", &["cohort.yaml:1:1: expected a mapping (`key: value` lines)"]),
 ];
 
@@ -289,7 +304,7 @@ fn a_good_topology_keeps_file_order_and_positions() {
 
 #[test]
 fn node_config_fills_defaults_and_keeps_what_the_file_says() {
-    let text = "node: s1-a\ncluster: orders\nbind: 0.0.0.0:3301\nadvertise: 10.0.0.11:3301\njoin: [10.0.0.12:3301, \"dns:cohort.internal:3301\", seed.example:3301]\ngossip: { protocol_period: 500ms, ack_timeout: 200ms }\napi: { http: null }\n";
+    let text = "node: s1-a\ncluster: orders\nbind: 0.0.0.0:3301\nadvertise: 10.0.0.11:3301\njoin: [10.0.0.12:3301, \"dns:cohort.internal:3301\", seed.example:3301]\ngossip: { protocol_period: 500ms, ack_timeout: 200ms, reclaim_after: never }\napi: { http: null }\nevents: { handlers: [{ event: \"*\", exec: /usr/bin/logger }] }\n";
     let config =
         NodeConfig::parse(text, Path::new("cohort.yaml"), NodeConfig::defaults()).expect("valid");
     assert_eq!(config.node, "s1-a");
@@ -308,6 +323,11 @@ fn node_config_fills_defaults_and_keeps_what_the_file_says() {
         std::time::Duration::from_millis(500)
     );
     assert_eq!(config.api.http, None, "`http: null` switches the API off");
+    assert_eq!(
+        config.gossip.reclaim_after, None,
+        "`never` keeps dead members"
+    );
+    assert_eq!(config.event_handlers[0].event, "*");
     // Unset fields keep the defaults.
     assert_eq!(config.data_dir, NodeConfig::defaults().data_dir);
     assert_eq!(

@@ -36,6 +36,7 @@ pub struct NodeConfig {
     pub gossip: GossipConfig,
     pub api: ApiConfig,
     pub log: LogConfig,
+    pub event_handlers: Vec<EventHandler>,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize)]
@@ -46,6 +47,24 @@ pub struct GossipConfig {
     pub ack_timeout: Duration,
     /// Without a key file, gossip in the clear only when this says so.
     pub allow_plaintext: bool,
+    /// Minimum suspicion = this × max(1, log10 N) × period.
+    pub suspicion_multiplier: u32,
+    /// Full-state exchange with one random member this often.
+    pub push_pull_interval: Duration,
+    /// No gossip datagram is bigger; keep it under the path MTU.
+    pub max_packet_size: usize,
+    /// Dead and left members are forgotten this long after; `None` (written
+    /// `never`) keeps them.
+    pub reclaim_after: Option<Duration>,
+}
+
+/// What runs when a user event arrives (`cohort event NAME PAYLOAD`).
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct EventHandler {
+    /// The event name it handles; `*` handles every event.
+    pub event: String,
+    /// Called with the event name as its argument and the payload on stdin.
+    pub exec: PathBuf,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize)]
@@ -173,6 +192,10 @@ impl NodeConfig {
                 protocol_period: Duration::from_secs(1),
                 ack_timeout: Duration::from_millis(500),
                 allow_plaintext: false,
+                suspicion_multiplier: 4,
+                push_pull_interval: Duration::from_secs(30),
+                max_packet_size: 1400,
+                reclaim_after: Some(Duration::from_secs(3600)),
             },
             api: ApiConfig {
                 http: Some(DEFAULT_API),
@@ -181,6 +204,7 @@ impl NodeConfig {
                 level: "info".into(),
                 format: LogFormat::Auto,
             },
+            event_handlers: Vec::new(),
         }
     }
 
@@ -250,6 +274,7 @@ struct NodeFile {
     gossip: Option<GossipFile>,
     api: Option<ApiFile>,
     log: Option<LogFile>,
+    events: Option<EventsFile>,
 }
 
 #[derive(Deserialize, Default)]
@@ -259,6 +284,40 @@ struct GossipFile {
     protocol_period: Option<Spanned<HumanDuration>>,
     ack_timeout: Option<Spanned<HumanDuration>>,
     allow_plaintext: Option<bool>,
+    suspicion_multiplier: Option<Spanned<u32>>,
+    push_pull_interval: Option<Spanned<HumanDuration>>,
+    max_packet_size: Option<Spanned<u32>>,
+    reclaim_after: Option<Spanned<Reclaim>>,
+}
+
+/// A duration, or `never`.
+#[derive(Clone, Copy)]
+struct Reclaim(Option<Duration>);
+
+impl<'de> Deserialize<'de> for Reclaim {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(d)?;
+        if text == "never" {
+            return Ok(Reclaim(None));
+        }
+        text.parse::<HumanDuration>()
+            .map(|h| Reclaim(Some(h.0)))
+            .map_err(|e| serde::de::Error::custom(format!("{e}, or `never`")))
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct EventsFile {
+    #[serde(default)]
+    handlers: Vec<EventHandlerFile>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct EventHandlerFile {
+    event: Spanned<String>,
+    exec: Spanned<PathBuf>,
 }
 
 #[derive(Deserialize, Default)]
@@ -374,6 +433,36 @@ impl NodeFile {
             if let Some(allow) = gossip.allow_plaintext {
                 config.gossip.allow_plaintext = allow;
             }
+            if let Some(m) = gossip.suspicion_multiplier {
+                if m.value == 0 {
+                    report.error(pos(&m), "gossip.suspicion_multiplier must be at least 1");
+                }
+                config.gossip.suspicion_multiplier = m.value;
+            }
+            if let Some(interval) = gossip.push_pull_interval {
+                if interval.value.0.is_zero() {
+                    report.error(
+                        pos(&interval),
+                        "gossip.push_pull_interval must be greater than 0s",
+                    );
+                }
+                config.gossip.push_pull_interval = interval.value.0;
+            }
+            if let Some(size) = gossip.max_packet_size {
+                if !(512..=65_507).contains(&size.value) {
+                    report.error(
+                        pos(&size),
+                        format!(
+                            "gossip.max_packet_size {} is out of range 512-65507",
+                            size.value
+                        ),
+                    );
+                }
+                config.gossip.max_packet_size = size.value as usize;
+            }
+            if let Some(reclaim) = gossip.reclaim_after {
+                config.gossip.reclaim_after = reclaim.value.0;
+            }
         }
         if let Some(api) = self.api {
             match api.http {
@@ -394,6 +483,25 @@ impl NodeFile {
             }
             if let Some(format) = log.format {
                 config.log.format = format;
+            }
+        }
+        if let Some(events) = self.events {
+            config.event_handlers.clear();
+            for handler in events.handlers {
+                if handler.event.value != "*" && !is_valid_name(&handler.event.value) {
+                    report.error(
+                        pos(&handler.event),
+                        format!(
+                            "events.handlers: event name `{}` is invalid: {NAME_RULE}, or `*`",
+                            handler.event.value
+                        ),
+                    );
+                }
+                check_absolute(&mut report, "events.handlers.exec", &handler.exec);
+                config.event_handlers.push(EventHandler {
+                    event: handler.event.value,
+                    exec: handler.exec.value,
+                });
             }
         }
         report.finish()?;
