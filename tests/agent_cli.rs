@@ -197,7 +197,7 @@ fn sighup_reloads_the_log_level_and_survives_a_broken_file() {
     let (port, api_port) = (free_port(), free_port());
     let config = dir.path().join("cohort.yaml");
     let body = format!(
-        "node: hup\ncluster: test\nbind: {}\ndata_dir: {}\napi: {{ http: {} }}\nlog: {{ level: info, format: text }}\n",
+        "node: hup\ncluster: test\nbind: {}\ndata_dir: {}\napi: {{ http: {} }}\ngossip: {{ allow_plaintext: true }}\nlog: {{ level: info, format: text }}\n",
         addr(port),
         dir.path().join("data").display(),
         addr(api_port)

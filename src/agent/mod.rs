@@ -5,6 +5,7 @@
 mod data_dir;
 pub mod identity;
 pub mod logging;
+mod membership;
 
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
@@ -53,6 +54,8 @@ pub enum AgentError {
         what: &'static str,
         source: io::Error,
     },
+    #[error(transparent)]
+    Membership(#[from] membership::MembershipError),
     #[error("cannot start the async runtime: {0}")]
     Runtime(io::Error),
 }
@@ -125,11 +128,11 @@ pub fn run(options: AgentOptions) -> Result<(), AgentError> {
     runtime.block_on(serve(options, config, log))
 }
 
-/// The node's sockets. Gossip (UDP) and rpc (TCP) share one port; the
-/// membership and rpc layers take them over as they land.
+/// The node's sockets. Gossip (UDP) and its streams plus rpc (TCP) share
+/// one port.
 struct NodeSockets {
-    _gossip: UdpSocket,
-    _rpc: TcpListener,
+    gossip: UdpSocket,
+    tcp: TcpListener,
 }
 
 async fn bind_node(addr: SocketAddr) -> Result<NodeSockets, AgentError> {
@@ -147,10 +150,7 @@ async fn bind_node(addr: SocketAddr) -> Result<NodeSockets, AgentError> {
             what: "udp",
             source,
         })?;
-    Ok(NodeSockets {
-        _gossip: gossip,
-        _rpc: rpc,
-    })
+    Ok(NodeSockets { gossip, tcp: rpc })
 }
 
 async fn serve(
@@ -160,7 +160,10 @@ async fn serve(
 ) -> Result<(), AgentError> {
     let data_dir = DataDir::open(&config.data_dir)?;
     let identity = Identity::load_or_create(&data_dir.path, identity::wall_clock_us())?;
-    let _sockets = bind_node(config.bind).await?;
+    // The keyring is checked before anything is bound: a node that cannot
+    // talk to its cluster should not look alive on its port.
+    let security = membership::packet_security(&config)?;
+    let sockets = bind_node(config.bind).await?;
     let advertise = advertise_addr(&config);
 
     let api_listener = match config.api.http {
@@ -177,7 +180,7 @@ async fn serve(
     };
 
     let started_at = SystemTime::now();
-    let state = NodeState::new(Status {
+    let (state, commands) = NodeState::new(Status {
         node: config.node.clone(),
         uuid: identity.id.0,
         generation: identity.generation,
@@ -192,6 +195,19 @@ async fn serve(
         uptime_seconds: 0,
         version: env!("CARGO_PKG_VERSION").to_string(),
     });
+
+    let topology = membership::read_topology(&config.topology);
+    let gossip = membership::start(
+        &config,
+        identity,
+        advertise,
+        security,
+        topology.as_ref(),
+        sockets.gossip,
+        sockets.tcp,
+        Arc::clone(&state),
+    )?;
+    tokio::spawn(answer_commands(commands, gossip.clone(), advertise));
 
     let (stop_api, api_stopped) = tokio::sync::oneshot::channel::<()>();
     let api_task = api_listener.map(|listener| {
@@ -244,6 +260,8 @@ async fn serve(
 
     info!(signal = reason, "stopping");
     notify(&[sd_notify::NotifyState::Stopping]);
+    // Peers mark us `left` at once instead of suspecting us for seconds.
+    gossip.leave(Duration::from_secs(1)).await;
     let _ = stop_api.send(());
     if let Some(task) = api_task {
         // Open connections get a moment to finish; the stop is never held up.
@@ -251,6 +269,44 @@ async fn serve(
     }
     info!("stopped");
     Ok(())
+}
+
+/// Carries out the writes the API asks for.
+async fn answer_commands(
+    mut commands: tokio::sync::mpsc::Receiver<api::AgentCommand>,
+    gossip: crate::membership::driver::Handle,
+    own: SocketAddr,
+) {
+    while let Some(command) = commands.recv().await {
+        match command {
+            api::AgentCommand::Join { address, reply } => {
+                let answer = match crate::config::JoinTarget::parse(&address) {
+                    Err(e) => Err(e),
+                    Ok(target) => {
+                        let found = crate::discovery::resolve_seeds(&[target], own).await;
+                        if found.addrs.is_empty() {
+                            Err(found.failed.first().map_or_else(
+                                || format!("`{address}` is this node itself"),
+                                |(s, why)| format!("`{s}`: {why}"),
+                            ))
+                        } else {
+                            for addr in &found.addrs {
+                                gossip.join(*addr).await;
+                            }
+                            let addrs: Vec<String> =
+                                found.addrs.iter().map(ToString::to_string).collect();
+                            Ok(format!("probing {}", addrs.join(", ")))
+                        }
+                    }
+                };
+                let _ = reply.send(answer);
+            }
+            api::AgentCommand::Leave { reply } => {
+                gossip.leave(Duration::from_secs(1)).await;
+                let _ = reply.send(Ok("left the cluster; peers see this node as `left`".into()));
+            }
+        }
+    }
 }
 
 /// Reads the node config again. Settings that can change at run time take

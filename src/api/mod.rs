@@ -1,94 +1,92 @@
-//! The node's local HTTP API. Response types live here and are shared by
-//! the server and the `cohort` command, so both always agree on the JSON.
+//! The node's local HTTP API. Handlers read what the agent publishes into
+//! `NodeState` (status, the members snapshot, the event feed) and hand
+//! writes to the agent as `AgentCommand`s; they never touch a protocol.
 
+mod types;
+
+use std::convert::Infallible;
 use std::sync::{Arc, RwLock};
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use axum::extract::State;
 use axum::http::StatusCode;
+use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, post};
 use axum::{Json, Router};
-use serde::{Deserialize, Serialize};
+use futures_util::Stream;
+use tokio::sync::{broadcast, mpsc, oneshot};
 
-/// `GET /v1/status`: who this node is and what it runs.
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
-pub struct Status {
-    pub node: String,
-    pub uuid: uuid::Uuid,
-    /// Start time in µs; grows at every restart.
-    pub generation: u64,
-    pub cluster: String,
-    pub bind: String,
-    pub advertise: String,
-    pub data_dir: String,
-    pub pid: u32,
-    /// The committed topology version; none until the first apply.
-    pub config_version: Option<u64>,
-    pub topology: TopologyFile,
-    /// Unix time in ms.
-    pub started_at_ms: u64,
-    pub uptime_seconds: u64,
-    /// cohort's own version.
-    pub version: String,
-}
+pub use types::*;
 
-/// What the agent found in its topology file.
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
-pub struct TopologyFile {
-    pub path: String,
-    pub state: TopologyFileState,
-    /// `FILE:LINE:COLUMN: message` lines when invalid or unreadable.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub problems: Vec<String>,
-}
-
-#[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq)]
-#[serde(rename_all = "lowercase")]
-pub enum TopologyFileState {
-    Valid,
-    Invalid,
-    Missing,
-    Unreadable,
-}
-
-/// Every error the API returns: a stable code for scripts, a message for people.
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
-pub struct ApiError {
-    pub code: String,
-    pub message: String,
+/// A write the API asks of the agent; the answer comes back on `reply`.
+#[derive(Debug)]
+pub enum AgentCommand {
+    Join {
+        address: String,
+        reply: oneshot::Sender<Result<String, String>>,
+    },
+    Leave {
+        reply: oneshot::Sender<Result<String, String>>,
+    },
 }
 
 /// What the agent shares with its API handlers.
 pub struct NodeState {
     pub status: RwLock<Status>,
+    pub members: RwLock<Members>,
+    pub events: broadcast::Sender<ApiEvent>,
+    pub commands: mpsc::Sender<AgentCommand>,
     pub started: Instant,
 }
 
+/// How many events a slow `/v1/events` reader may fall behind before it
+/// is told it missed some.
+const EVENT_BACKLOG: usize = 1024;
+
 impl NodeState {
-    pub fn new(status: Status) -> Arc<NodeState> {
-        Arc::new(NodeState {
+    /// The state, and the receiving end of the commands for the agent.
+    pub fn new(status: Status) -> (Arc<NodeState>, mpsc::Receiver<AgentCommand>) {
+        let (commands, receiver) = mpsc::channel(64);
+        let (events, _) = broadcast::channel(EVENT_BACKLOG);
+        let state = Arc::new(NodeState {
             status: RwLock::new(status),
+            members: RwLock::new(Members::default()),
+            events,
+            commands,
             started: Instant::now(),
-        })
+        });
+        (state, receiver)
     }
 
     pub fn snapshot(&self) -> Status {
-        let mut status = match self.status.read() {
-            Ok(guard) => guard.clone(),
-            Err(poisoned) => poisoned.into_inner().clone(),
-        };
+        let mut status = read(&self.status).clone();
         status.uptime_seconds = self.started.elapsed().as_secs();
         status
     }
 
     pub fn update(&self, change: impl FnOnce(&mut Status)) {
-        let mut guard = match self.status.write() {
-            Ok(guard) => guard,
-            Err(poisoned) => poisoned.into_inner(),
-        };
-        change(&mut guard);
+        change(&mut write(&self.status));
     }
+
+    pub fn set_members(&self, members: Members) {
+        *write(&self.members) = members;
+    }
+
+    /// Publishes an event to every `/v1/events` reader (none is fine).
+    pub fn publish(&self, event: ApiEvent) {
+        let _ = self.events.send(event);
+    }
+}
+
+// A panicking writer must not take the API down with it: the data behind a
+// poisoned lock is a snapshot, still the best answer there is.
+fn read<T>(lock: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
+    lock.read().unwrap_or_else(|p| p.into_inner())
+}
+
+fn write<T>(lock: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
+    lock.write().unwrap_or_else(|p| p.into_inner())
 }
 
 pub fn unix_ms(time: SystemTime) -> u64 {
@@ -100,6 +98,10 @@ pub fn router(state: Arc<NodeState>) -> Router {
     Router::new()
         .route("/v1/status", get(status))
         .route("/v1/health", get(health))
+        .route("/v1/members", get(members))
+        .route("/v1/events", get(event_stream))
+        .route("/v1/join", post(join))
+        .route("/v1/leave", post(leave))
         .fallback(not_found)
         .with_state(state)
 }
@@ -112,13 +114,93 @@ async fn health() -> Json<serde_json::Value> {
     Json(serde_json::json!({ "status": "ok" }))
 }
 
-async fn not_found(uri: axum::http::Uri) -> Response {
+async fn members(State(state): State<Arc<NodeState>>) -> Json<Members> {
+    Json(read(&state.members).clone())
+}
+
+/// Server-sent events: one `data:` line of `ApiEvent` JSON per event. A
+/// reader that falls too far behind gets a `lagged` event, not a cut.
+async fn event_stream(
+    State(state): State<Arc<NodeState>>,
+) -> Sse<impl Stream<Item = Result<Event, Infallible>>> {
+    let receiver = state.events.subscribe();
+    let stream = futures_util::stream::unfold(receiver, |mut receiver| async move {
+        let event = match receiver.recv().await {
+            Ok(event) => event,
+            Err(broadcast::error::RecvError::Lagged(missed)) => ApiEvent {
+                at_ms: unix_ms(SystemTime::now()),
+                kind: "lagged".into(),
+                subject: String::new(),
+                uuid: None,
+                detail: format!("{missed} events were missed by this reader"),
+            },
+            Err(broadcast::error::RecvError::Closed) => return None,
+        };
+        let data = serde_json::to_string(&event).unwrap_or_default();
+        Some((
+            Ok(Event::default().event(event.kind.clone()).data(data)),
+            receiver,
+        ))
+    });
+    Sse::new(stream).keep_alive(KeepAlive::new().interval(Duration::from_secs(15)))
+}
+
+async fn join(State(state): State<Arc<NodeState>>, Json(request): Json<JoinRequest>) -> Response {
+    ask(&state, |reply| AgentCommand::Join {
+        address: request.address,
+        reply,
+    })
+    .await
+}
+
+async fn leave(State(state): State<Arc<NodeState>>) -> Response {
+    ask(&state, |reply| AgentCommand::Leave { reply }).await
+}
+
+/// Hands a command to the agent and turns its answer into a response.
+async fn ask(
+    state: &NodeState,
+    command: impl FnOnce(oneshot::Sender<Result<String, String>>) -> AgentCommand,
+) -> Response {
+    let (reply, answer) = oneshot::channel();
+    if state.commands.send(command(reply)).await.is_err() {
+        return error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "unavailable",
+            "the agent is shutting down".into(),
+        );
+    }
+    match tokio::time::timeout(Duration::from_secs(10), answer).await {
+        Ok(Ok(Ok(message))) => Json(Done { message }).into_response(),
+        Ok(Ok(Err(message))) => error(StatusCode::BAD_REQUEST, "rejected", message),
+        Ok(Err(_)) => error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "unavailable",
+            "the agent dropped the request".into(),
+        ),
+        Err(_) => error(
+            StatusCode::GATEWAY_TIMEOUT,
+            "timeout",
+            "the agent did not answer within 10s".into(),
+        ),
+    }
+}
+
+fn error(status: StatusCode, code: &str, message: String) -> Response {
     (
-        StatusCode::NOT_FOUND,
+        status,
         Json(ApiError {
-            code: "not_found".into(),
-            message: format!("no such endpoint: {}", uri.path()),
+            code: code.into(),
+            message,
         }),
     )
         .into_response()
+}
+
+async fn not_found(uri: axum::http::Uri) -> Response {
+    error(
+        StatusCode::NOT_FOUND,
+        "not_found",
+        format!("no such endpoint: {}", uri.path()),
+    )
 }

@@ -4,6 +4,7 @@
 
 mod client;
 mod dev;
+mod members;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -13,7 +14,7 @@ use anyhow::Context;
 use clap::{CommandFactory, Parser, Subcommand, ValueEnum};
 
 use crate::agent::{self, AgentOptions};
-use crate::api::Status;
+use crate::api::{self, Status};
 use crate::config::{self, ConfigError, FileKind, LogFormat, DEFAULT_API};
 
 const EXIT_CODES: &str = "\
@@ -52,6 +53,17 @@ pub enum Command {
     Agent(AgentArgs),
     /// Show this node's identity and state.
     Status,
+    /// List the members this node knows, with their status and incarnation.
+    Members(MembersArgs),
+    /// Stream membership and user events as they happen (Ctrl-C to stop).
+    Monitor,
+    /// Probe a new address and join the cluster through it.
+    Join {
+        /// host:port of a member.
+        address: String,
+    },
+    /// Leave the cluster gracefully: peers mark this node `left` at once.
+    Leave,
     /// Check a node config or topology file; print every problem as FILE:LINE:COLUMN: message.
     #[command(after_help = EXIT_CODES)]
     Validate {
@@ -68,6 +80,27 @@ pub enum Command {
     },
     /// Print the man page (roff).
     Manpage,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct MembersArgs {
+    /// Show only members with these statuses.
+    #[arg(long, value_enum, value_delimiter = ',')]
+    pub status: Vec<MemberStatusArg>,
+    /// Wait until at least this many members are alive, then show them.
+    #[arg(long, value_name = "N")]
+    pub wait_alive: Option<usize>,
+    /// How long --wait-alive may wait.
+    #[arg(long, default_value = "60s", value_name = "DURATION")]
+    pub timeout: crate::config::HumanDuration,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum MemberStatusArg {
+    Alive,
+    Suspect,
+    Dead,
+    Left,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -127,10 +160,27 @@ impl From<LogFormatArg> for LogFormat {
 
 /// Runs one command line; the process exits with what it returns.
 pub fn run(cli: Cli) -> ExitCode {
+    if !matches!(cli.command, Command::Agent(_) | Command::Dev(_)) {
+        // `cohort members | head` should end quietly like any Unix tool,
+        // not panic on a closed pipe. The agent keeps SIGPIPE ignored.
+        // SAFETY: called before any other thread exists.
+        let _ = unsafe {
+            nix::sys::signal::signal(
+                nix::sys::signal::Signal::SIGPIPE,
+                nix::sys::signal::SigHandler::SigDfl,
+            )
+        };
+    }
     let result = match cli.command {
         Command::Agent(args) => return run_agent(args),
         Command::Validate { kind, file } => return validate(kind, &file),
         Command::Status => status(cli.api, cli.format),
+        Command::Members(args) => members::list(cli.api, cli.format, &args),
+        Command::Monitor => members::monitor(cli.api, cli.format),
+        Command::Join { address } => {
+            members::write(cli.api, "/v1/join", &api::JoinRequest { address })
+        }
+        Command::Leave => members::write(cli.api, "/v1/leave", &serde_json::json!({})),
         Command::Dev(args) => dev::run(args),
         Command::Completions { shell } => {
             clap_complete::generate(shell, &mut Cli::command(), "cohort", &mut std::io::stdout());
@@ -197,9 +247,7 @@ fn validate(kind: ValidateKind, file: &std::path::Path) -> ExitCode {
 }
 
 fn status(api: SocketAddr, format: OutputFormat) -> anyhow::Result<()> {
-    let body = client::get(api, "/v1/status")?;
-    let status: Status = serde_json::from_slice(&body)
-        .context("the agent's status answer is not what this cohort expects")?;
+    let status: Status = client::Client::new(api)?.get("/v1/status")?;
     match format {
         OutputFormat::Json => println!("{}", serde_json::to_string_pretty(&status)?),
         OutputFormat::Text => print!("{}", render_status(&status)),

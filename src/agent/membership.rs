@@ -1,0 +1,328 @@
+//! The agent's use of SWIM: builds the state machine from the node config
+//! and identity, keeps trying the join seeds until the node has company,
+//! and turns member events into the API's view, its event feed and logs.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use tokio::net::{TcpListener, UdpSocket};
+use tracing::{info, warn};
+
+use crate::api::{self, ApiEvent, GossipHealth, MemberInfo, Members, NodeState};
+use crate::config::{NodeConfig, Topology};
+use crate::discovery::{resolve_seeds, Backoff};
+use crate::membership::driver::{self, Handle, Observer};
+use crate::membership::{
+    Keyring, LocalNode, Member, MemberEvent, MemberStatus, PacketSecurity, Payload, Swim,
+    SwimConfig,
+};
+
+use super::identity::Identity;
+
+#[derive(Debug, thiserror::Error)]
+pub enum MembershipError {
+    #[error("cannot read the gossip key file {}: {reason}; set gossip.allow_plaintext: true to gossip unencrypted", path.display())]
+    KeyFile { path: PathBuf, reason: String },
+    #[error("gossip key file {}: {reason}", path.display())]
+    Keyring { path: PathBuf, reason: String },
+    #[error("no gossip key file is configured and gossip.allow_plaintext is false: set gossip.key_file, or allow plaintext for a trusted lab")]
+    NoKey,
+    #[error("gossip settings: {0}")]
+    Settings(String),
+}
+
+/// How packets are protected: the keyring when there is one, plaintext
+/// only when the config allows it.
+pub fn packet_security(config: &NodeConfig) -> Result<PacketSecurity, MembershipError> {
+    let Some(path) = &config.gossip.key_file else {
+        return if config.gossip.allow_plaintext {
+            Ok(PacketSecurity::Plaintext)
+        } else {
+            Err(MembershipError::NoKey)
+        };
+    };
+    match std::fs::read_to_string(path) {
+        Ok(text) => Keyring::parse(&text)
+            .map(PacketSecurity::Encrypted)
+            .map_err(|e| MembershipError::Keyring {
+                path: path.clone(),
+                reason: e.to_string(),
+            }),
+        Err(e) if config.gossip.allow_plaintext && e.kind() == std::io::ErrorKind::NotFound => {
+            warn!(path = %path.display(), "no gossip key file; gossip is NOT encrypted (gossip.allow_plaintext)");
+            Ok(PacketSecurity::Plaintext)
+        }
+        Err(e) => Err(MembershipError::KeyFile {
+            path: path.clone(),
+            reason: crate::storage::describe(&e),
+        }),
+    }
+}
+
+pub fn swim_config(config: &NodeConfig) -> SwimConfig {
+    SwimConfig {
+        cluster: config.cluster.clone(),
+        protocol_period: config.gossip.protocol_period,
+        ack_timeout: config.gossip.ack_timeout,
+        suspicion_multiplier: config.gossip.suspicion_multiplier,
+        push_pull_interval: config.gossip.push_pull_interval,
+        max_packet_size: config.gossip.max_packet_size,
+        reclaim_after: config.gossip.reclaim_after,
+        ..SwimConfig::default()
+    }
+}
+
+/// What this node publishes about itself: its name, rpc address, and its
+/// replica set and roles when the topology file names it.
+pub fn payload(config: &NodeConfig, advertise: SocketAddr, topology: Option<&Topology>) -> Payload {
+    let mut payload = Payload {
+        name: config.node.clone(),
+        rpc_addr: Some(advertise),
+        ..Payload::default()
+    };
+    if let Some(node) = topology.and_then(|t| t.node(&config.node)) {
+        payload.replica_set = Some(node.replicaset.to_string());
+        if let Some(set) = topology.and_then(|t| t.replicasets.value.get(node.replicaset)) {
+            payload.roles = set.roles.iter().map(|r| r.value.clone()).collect();
+        }
+    }
+    payload
+}
+
+/// Starts SWIM on the node's sockets and a task that keeps joining the
+/// seeds until another member is alive.
+#[allow(clippy::too_many_arguments)]
+pub fn start(
+    config: &NodeConfig,
+    identity: Identity,
+    advertise: SocketAddr,
+    security: PacketSecurity,
+    topology: Option<&Topology>,
+    udp: UdpSocket,
+    tcp: TcpListener,
+    state: Arc<NodeState>,
+) -> Result<Handle, MembershipError> {
+    let encrypted = matches!(security, PacketSecurity::Encrypted(_));
+    let local = LocalNode {
+        id: identity.id,
+        generation: identity.generation,
+        addr: advertise,
+    };
+    let now = Instant::now();
+    let mut swim = Swim::new(now, local, swim_config(config), security, rand::random())
+        .map_err(|e| MembershipError::Settings(e.to_string()))?;
+    swim.set_payload(now, payload(config, advertise, topology))
+        .map_err(|e| MembershipError::Settings(e.to_string()))?;
+    let observer = ApiObserver::new(state, encrypted);
+    let handle = driver::spawn(swim, udp, tcp, observer);
+    tokio::spawn(keep_joining(handle.clone(), config.join.clone(), advertise));
+    Ok(handle)
+}
+
+/// Probes the seeds with growing, jittered pauses until another member is
+/// alive; a node with no reachable seed keeps trying and keeps running.
+async fn keep_joining(handle: Handle, seeds: Vec<crate::config::JoinTarget>, own: SocketAddr) {
+    if seeds.is_empty() {
+        return;
+    }
+    let mut backoff = Backoff::new(Duration::from_millis(500), Duration::from_secs(30));
+    loop {
+        let resolved = resolve_seeds(&seeds, own).await;
+        for (seed, why) in &resolved.failed {
+            warn!(seed = %seed, "join seed does not resolve: {why}");
+        }
+        for addr in resolved.addrs {
+            handle.join(addr).await;
+        }
+        tokio::time::sleep(backoff.next_delay(rand::random())).await;
+        let company = handle
+            .inspect(|swim| {
+                swim.members()
+                    .any(|m| m.id != swim.id() && m.status == MemberStatus::Alive)
+            })
+            .await;
+        match company {
+            Some(true) => {
+                info!(attempts = backoff.attempts(), "joined the cluster");
+                return;
+            }
+            Some(false) => {}
+            None => return, // the driver stopped
+        }
+    }
+}
+
+/// Keeps the API's members view and event feed current, and logs changes.
+struct ApiObserver {
+    state: Arc<NodeState>,
+    encrypted: bool,
+    /// An Instant → wall clock anchor for "since" times.
+    anchor: (Instant, SystemTime),
+    names: BTreeMap<crate::membership::NodeId, String>,
+}
+
+impl ApiObserver {
+    fn new(state: Arc<NodeState>, encrypted: bool) -> ApiObserver {
+        ApiObserver {
+            state,
+            encrypted,
+            anchor: (Instant::now(), SystemTime::now()),
+            names: BTreeMap::new(),
+        }
+    }
+
+    fn wall_ms(&self, at: Instant) -> u64 {
+        let (base, wall) = self.anchor;
+        let wall = match at.checked_duration_since(base) {
+            Some(later) => wall + later,
+            None => wall - base.duration_since(at),
+        };
+        api::unix_ms(wall)
+    }
+
+    fn info(&self, m: &Member) -> MemberInfo {
+        MemberInfo {
+            name: display_name(m),
+            uuid: m.id.0,
+            address: m.addr.to_string(),
+            status: m.status.to_string(),
+            generation: m.incarnation.generation,
+            version: m.incarnation.version,
+            replicaset: m.payload.replica_set.clone(),
+            roles: m.payload.roles.clone(),
+            since_ms: self.wall_ms(m.status_since),
+        }
+    }
+
+    fn describe(&self, swim: &Swim, event: &MemberEvent) -> ApiEvent {
+        let id = event.id();
+        let name = swim
+            .member(id)
+            .map(display_name)
+            .or_else(|| self.names.get(&id).cloned())
+            .unwrap_or_else(|| id.to_string());
+        let (kind, detail) = match event {
+            MemberEvent::Joined {
+                addr,
+                status,
+                incarnation,
+                ..
+            } => (
+                "member-joined",
+                format!("{status} at {addr}, incarnation {incarnation}"),
+            ),
+            MemberEvent::StatusChanged { from, to, .. } => {
+                ("member-status", format!("{from} -> {to}"))
+            }
+            MemberEvent::AddressChanged { from, to, .. } => {
+                ("member-address", format!("{from} -> {to}"))
+            }
+            MemberEvent::PayloadChanged { .. } => ("member-payload", "payload updated".to_string()),
+            MemberEvent::IncarnationChanged { from, to, .. } => {
+                ("member-incarnation", format!("{from} -> {to}"))
+            }
+            MemberEvent::Forgotten { .. } => ("member-forgotten", "record reclaimed".to_string()),
+        };
+        ApiEvent {
+            at_ms: api::unix_ms(SystemTime::now()),
+            kind: kind.into(),
+            subject: name,
+            uuid: Some(id.0),
+            detail,
+        }
+    }
+}
+
+fn display_name(m: &Member) -> String {
+    if m.payload.name.is_empty() {
+        m.id.to_string()
+    } else {
+        m.payload.name.clone()
+    }
+}
+
+impl Observer for ApiObserver {
+    fn on_events(&mut self, swim: &Swim, events: &[MemberEvent]) {
+        for event in events {
+            let published = self.describe(swim, event);
+            match event {
+                MemberEvent::StatusChanged {
+                    to: MemberStatus::Dead | MemberStatus::Suspect,
+                    ..
+                }
+                | MemberEvent::AddressChanged { .. } => {
+                    warn!(member = %published.subject, peer = %event.id(), "{}: {}", published.kind, published.detail)
+                }
+                MemberEvent::PayloadChanged { .. } => {}
+                _ => {
+                    info!(member = %published.subject, peer = %event.id(), "{}: {}", published.kind, published.detail)
+                }
+            }
+            if let Some(m) = swim.member(event.id()) {
+                self.names.insert(m.id, display_name(m));
+            }
+            self.state.publish(published);
+        }
+        let mut members: Vec<MemberInfo> = std::iter::once(swim.local())
+            .chain(swim.members())
+            .map(|m| self.info(m))
+            .collect();
+        members.sort_by(|a, b| a.name.cmp(&b.name));
+        self.state.set_members(Members {
+            members,
+            gossip: gossip_health(swim, self.encrypted),
+        });
+    }
+}
+
+fn gossip_health(swim: &Swim, encrypted: bool) -> GossipHealth {
+    let stats = swim.stats();
+    let d = stats.dropped;
+    let dropped: BTreeMap<String, u64> = [
+        ("decode", d.decode),
+        ("decrypt", d.decrypt),
+        ("plaintext_refused", d.plaintext_refused),
+        ("foreign_cluster", d.foreign_cluster),
+        ("old_generation", d.old_generation),
+        ("too_large", d.too_large),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v))
+    .collect();
+    let mut warnings = Vec::new();
+    if d.decrypt > 0 {
+        warnings.push(format!(
+            "{} packets could not be decrypted: a peer uses a key this node lacks",
+            d.decrypt
+        ));
+    }
+    if d.plaintext_refused > 0 {
+        warnings.push(format!(
+            "{} plaintext packets refused: a peer gossips without encryption",
+            d.plaintext_refused
+        ));
+    }
+    if d.foreign_cluster > 0 {
+        warnings.push(format!(
+            "{} packets from another cluster dropped: check `cluster` in the node configs",
+            d.foreign_cluster
+        ));
+    }
+    GossipHealth {
+        encrypted,
+        datagrams_received: stats.datagrams_received,
+        datagrams_sent: stats.datagrams_sent,
+        datagram_bytes_sent: stats.datagram_bytes_sent,
+        stream_bytes_sent: stats.stream_bytes_sent,
+        dropped,
+        warnings,
+    }
+}
+
+/// The topology file's model, if it is valid, for the payload.
+pub fn read_topology(path: &Path) -> Option<Topology> {
+    Topology::load(path).ok()
+}

@@ -1,0 +1,118 @@
+//! The API's JSON, shared by the server and the `cohort` command so the two
+//! cannot drift apart.
+
+use serde::{Deserialize, Serialize};
+
+/// `GET /v1/status`: who this node is and what it runs.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct Status {
+    pub node: String,
+    pub uuid: uuid::Uuid,
+    /// Start time in µs; grows at every restart.
+    pub generation: u64,
+    pub cluster: String,
+    pub bind: String,
+    pub advertise: String,
+    pub data_dir: String,
+    pub pid: u32,
+    /// The committed topology version; none until the first apply.
+    pub config_version: Option<u64>,
+    pub topology: TopologyFile,
+    /// Unix time in ms.
+    pub started_at_ms: u64,
+    pub uptime_seconds: u64,
+    /// cohort's own version.
+    pub version: String,
+}
+
+/// What the agent found in its topology file.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct TopologyFile {
+    pub path: String,
+    pub state: TopologyFileState,
+    /// `FILE:LINE:COLUMN: message` lines when invalid or unreadable.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub problems: Vec<String>,
+}
+
+#[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum TopologyFileState {
+    Valid,
+    Invalid,
+    Missing,
+    Unreadable,
+}
+
+/// Every error the API returns: a stable code for scripts, a message for people.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct ApiError {
+    pub code: String,
+    pub message: String,
+}
+
+/// One member as `GET /v1/members` and `cohort members` show it.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct MemberInfo {
+    /// The node's name in the topology (from its gossip payload).
+    pub name: String,
+    pub uuid: uuid::Uuid,
+    pub address: String,
+    pub status: String,
+    pub generation: u64,
+    pub version: u64,
+    pub replicaset: Option<String>,
+    #[serde(default)]
+    pub roles: Vec<String>,
+    /// Unix ms when this node saw the status change.
+    pub since_ms: u64,
+}
+
+/// `GET /v1/members`: this node's view of the cluster and of its gossip.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+pub struct Members {
+    pub members: Vec<MemberInfo>,
+    pub gossip: GossipHealth,
+}
+
+/// What a node can say about its own gossip traffic.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+pub struct GossipHealth {
+    pub encrypted: bool,
+    pub datagrams_received: u64,
+    pub datagrams_sent: u64,
+    pub datagram_bytes_sent: u64,
+    pub stream_bytes_sent: u64,
+    /// Packets dropped, by reason (decode, decrypt, foreign_cluster, ...).
+    pub dropped: std::collections::BTreeMap<String, u64>,
+    /// Plain words when something is wrong ("12 packets could not be decrypted: wrong key?").
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub warnings: Vec<String>,
+}
+
+/// One event on `GET /v1/events` (server-sent events, `data:` is this JSON).
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct ApiEvent {
+    /// Unix ms on the node that reports it.
+    pub at_ms: u64,
+    /// `member-joined`, `member-status`, `member-address`, `member-payload`,
+    /// `member-incarnation`, `member-forgotten`, `user`.
+    pub kind: String,
+    /// The member's name, or for a user event its name.
+    pub subject: String,
+    pub uuid: Option<uuid::Uuid>,
+    /// One line for people: "alive -> dead", "127.0.0.1:1 -> 127.0.0.1:2".
+    pub detail: String,
+}
+
+/// `POST /v1/join`.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct JoinRequest {
+    pub address: String,
+}
+
+/// The answer of a write that has nothing more to say.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct Done {
+    pub message: String,
+}

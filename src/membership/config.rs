@@ -1,0 +1,129 @@
+//! The knobs of the SWIM state machine, with defaults close to memberlist's
+//! LAN profile (period 1 s, ack timeout 500 ms, 3 indirect probes,
+//! 1400-byte packets) and Lifeguard on.
+
+use std::time::Duration;
+
+/// Tuning of one `Swim` instance. Every node of a cluster should use the
+/// same values; nothing breaks if they differ, detection times just vary.
+#[derive(Clone, Debug, PartialEq)]
+pub struct SwimConfig {
+    /// Packets of another cluster are dropped.
+    pub cluster: String,
+    /// One probe per period (scaled by the local health multiplier).
+    pub protocol_period: Duration,
+    /// A direct ping unanswered after this goes indirect.
+    pub ack_timeout: Duration,
+    /// k: members asked to ping a silent target on our behalf.
+    pub indirect_checks: usize,
+    /// Minimum suspicion = this × max(1, log10 N) × period.
+    pub suspicion_multiplier: u32,
+    /// Lifeguard: a suspicion nobody confirms lasts this × the minimum.
+    pub suspicion_max_multiplier: u32,
+    /// λ: each update is sent λ·⌈log₂(N+1)⌉ times.
+    pub retransmit_multiplier: u32,
+    /// No datagram is ever bigger (encryption included), so never fragmented.
+    pub max_packet_size: usize,
+    /// Random member records added to every datagram (anti-entropy).
+    pub anti_entropy_records: usize,
+    /// Full-state exchange over a stream with one random member.
+    pub push_pull_interval: Duration,
+    /// How often one random dead member is pinged, so that halves of a
+    /// healed partition find each other again.
+    pub reconnect_interval: Duration,
+    /// Dead and left records are forgotten this long after the fact;
+    /// `None` keeps them forever.
+    pub reclaim_after: Option<Duration>,
+    /// Lifeguard: the local health score caps here; timeouts and the probe
+    /// interval are multiplied by score + 1.
+    pub max_local_health: u32,
+    /// Members told directly of a graceful leave (gossip does the rest).
+    pub leave_fanout: usize,
+}
+
+impl Default for SwimConfig {
+    fn default() -> Self {
+        SwimConfig {
+            cluster: "cohort".to_string(),
+            protocol_period: Duration::from_secs(1),
+            ack_timeout: Duration::from_millis(500),
+            indirect_checks: 3,
+            suspicion_multiplier: 4,
+            suspicion_max_multiplier: 6,
+            retransmit_multiplier: 2,
+            max_packet_size: 1400,
+            anti_entropy_records: 2,
+            push_pull_interval: Duration::from_secs(30),
+            reconnect_interval: Duration::from_secs(2),
+            reclaim_after: Some(Duration::from_secs(3600)),
+            max_local_health: 8,
+            leave_fanout: 5,
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum ConfigError {
+    #[error("gossip {0} must be greater than zero")]
+    ZeroDuration(&'static str),
+    #[error("gossip ack timeout ({ack_ms} ms) must be shorter than the protocol period ({period_ms} ms)")]
+    AckTimeoutTooLong { ack_ms: u128, period_ms: u128 },
+    #[error("gossip max packet size {size} is too small: at least {min} bytes are needed")]
+    PacketTooSmall { size: usize, min: usize },
+    #[error("gossip max packet size {size} is above the largest UDP payload (65507)")]
+    PacketTooLarge { size: usize },
+    #[error("gossip {0} must be at least 1")]
+    ZeroCount(&'static str),
+    #[error("the cluster name must be 1 to 64 bytes long")]
+    ClusterName,
+    #[error("the payload given at start does not fit: {0}")]
+    Payload(#[from] super::payload::PayloadTooLarge),
+}
+
+impl SwimConfig {
+    /// Smallest packet that still holds a protocol message and a record.
+    pub const MIN_PACKET_SIZE: usize = 512;
+
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        for (name, d) in [
+            ("protocol period", self.protocol_period),
+            ("ack timeout", self.ack_timeout),
+            ("push-pull interval", self.push_pull_interval),
+            ("reconnect interval", self.reconnect_interval),
+        ] {
+            if d.is_zero() {
+                return Err(ConfigError::ZeroDuration(name));
+            }
+        }
+        if self.ack_timeout >= self.protocol_period {
+            return Err(ConfigError::AckTimeoutTooLong {
+                ack_ms: self.ack_timeout.as_millis(),
+                period_ms: self.protocol_period.as_millis(),
+            });
+        }
+        if self.max_packet_size < Self::MIN_PACKET_SIZE {
+            return Err(ConfigError::PacketTooSmall {
+                size: self.max_packet_size,
+                min: Self::MIN_PACKET_SIZE,
+            });
+        }
+        if self.max_packet_size > 65_507 {
+            return Err(ConfigError::PacketTooLarge {
+                size: self.max_packet_size,
+            });
+        }
+        for (name, n) in [
+            ("suspicion multiplier", self.suspicion_multiplier),
+            ("suspicion max multiplier", self.suspicion_max_multiplier),
+            ("retransmit multiplier", self.retransmit_multiplier),
+        ] {
+            if n == 0 {
+                return Err(ConfigError::ZeroCount(name));
+            }
+        }
+        if self.cluster.is_empty() || self.cluster.len() > 64 {
+            return Err(ConfigError::ClusterName);
+        }
+        Ok(())
+    }
+}

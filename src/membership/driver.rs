@@ -1,0 +1,246 @@
+//! The tokio side of SWIM: owns the node's UDP socket and the gossip
+//! streams on its TCP port, sleeps until the state machine's next deadline,
+//! feeds it datagrams, streams and commands, and carries out what it asks.
+//! The state machine never sees a socket or a clock.
+
+use std::io;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream, UdpSocket};
+use tokio::sync::{mpsc, oneshot};
+use tracing::{debug, warn};
+
+use super::{MemberEvent, Payload, PayloadTooLarge, Swim, Transmit, TransmitKind};
+
+/// The first bytes of a gossip stream on the shared TCP port: the rpc layer
+/// uses the same port with its own preamble.
+pub const GOSSIP_STREAM_MAGIC: [u8; 4] = *b"CHG1";
+/// A full-state exchange bigger than this is refused (a 10,000-member
+/// cluster's state is far below it).
+const MAX_STREAM_BYTES: usize = 16 * 1024 * 1024;
+/// A peer gets this long to connect and send one stream.
+const STREAM_DEADLINE: Duration = Duration::from_secs(5);
+/// Largest datagram read; bigger ones are truncated and then dropped by
+/// the decoder.
+const RECV_BUFFER: usize = 65_536;
+
+/// What the agent asks of membership.
+pub enum Command {
+    Join(SocketAddr),
+    /// Announce `left`, send it, then answer.
+    Leave(oneshot::Sender<()>),
+    SetPayload(Payload, oneshot::Sender<Result<(), PayloadTooLarge>>),
+    /// Runs `f` on the state machine (reads for the API).
+    Inspect(Box<dyn FnOnce(&Swim) + Send>),
+}
+
+/// Sends commands to a running driver.
+#[derive(Clone, Debug)]
+pub struct Handle {
+    commands: mpsc::Sender<Command>,
+}
+
+impl Handle {
+    pub async fn join(&self, addr: SocketAddr) {
+        let _ = self.commands.send(Command::Join(addr)).await;
+    }
+
+    /// Leaves the cluster; returns once the announcement is on the wire
+    /// (or after `deadline`).
+    pub async fn leave(&self, deadline: Duration) {
+        let (done, sent) = oneshot::channel();
+        if self.commands.send(Command::Leave(done)).await.is_ok() {
+            let _ = tokio::time::timeout(deadline, sent).await;
+        }
+    }
+
+    pub async fn set_payload(&self, payload: Payload) -> Result<(), PayloadTooLarge> {
+        let (reply, answer) = oneshot::channel();
+        if self
+            .commands
+            .send(Command::SetPayload(payload, reply))
+            .await
+            .is_err()
+        {
+            return Ok(());
+        }
+        answer.await.unwrap_or(Ok(()))
+    }
+
+    /// Reads the state machine; `None` when the driver has stopped.
+    pub async fn inspect<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Swim) -> T + Send + 'static,
+    ) -> Option<T> {
+        let (reply, answer) = oneshot::channel();
+        let command = Command::Inspect(Box::new(move |swim| {
+            let _ = reply.send(f(swim));
+        }));
+        self.commands.send(command).await.ok()?;
+        answer.await.ok()
+    }
+}
+
+/// Told of every batch of member events, with the state that produced
+/// them, and at least every `REPORT_INTERVAL` (with no events) so that
+/// counters such as dropped packets stay current.
+pub trait Observer: Send + 'static {
+    fn on_events(&mut self, swim: &Swim, events: &[MemberEvent]);
+}
+
+const REPORT_INTERVAL: Duration = Duration::from_secs(1);
+
+/// Starts the driver on the node's bound sockets; it runs until every
+/// `Handle` is dropped.
+pub fn spawn(swim: Swim, udp: UdpSocket, tcp: TcpListener, mut observer: impl Observer) -> Handle {
+    observer.on_events(&swim, &[]);
+    let (commands, receiver) = mpsc::channel(64);
+    tokio::spawn(run(swim, Arc::new(udp), tcp, receiver, observer));
+    Handle { commands }
+}
+
+async fn run(
+    mut swim: Swim,
+    udp: Arc<UdpSocket>,
+    tcp: TcpListener,
+    mut commands: mpsc::Receiver<Command>,
+    mut observer: impl Observer,
+) {
+    let (stream_tx, mut streams) = mpsc::channel::<(SocketAddr, Vec<u8>)>(64);
+    let accept = tokio::spawn(accept_streams(tcp, stream_tx));
+    let mut buffer = vec![0u8; RECV_BUFFER];
+    let mut events = Vec::new();
+    let mut reported = Instant::now();
+    loop {
+        let deadline = swim.poll_timeout().map(tokio::time::Instant::from_std);
+        tokio::select! {
+            received = udp.recv_from(&mut buffer) => match received {
+                Ok((len, from)) => swim.handle_datagram(Instant::now(), from, &buffer[..len]),
+                // ICMP port unreachable and the like surface here; SWIM
+                // already treats silence as the signal.
+                Err(e) => debug!(error = %e, "gossip socket receive error"),
+            },
+            Some((from, bytes)) = streams.recv() => swim.handle_stream(Instant::now(), from, &bytes),
+            _ = sleep_until(deadline) => swim.handle_timeout(Instant::now()),
+            _ = tokio::time::sleep(REPORT_INTERVAL) => {}
+            command = commands.recv() => match command {
+                None => break,
+                Some(Command::Join(addr)) => swim.join(Instant::now(), addr),
+                Some(Command::Leave(done)) => {
+                    swim.leave(Instant::now());
+                    // The announcement leaves before the answer, so the
+                    // agent may exit right after.
+                    flush(&mut swim, &udp).await;
+                    let _ = done.send(());
+                }
+                Some(Command::SetPayload(payload, reply)) => {
+                    let _ = reply.send(swim.set_payload(Instant::now(), payload));
+                }
+                Some(Command::Inspect(f)) => f(&swim),
+            },
+        }
+        flush(&mut swim, &udp).await;
+        while let Some(event) = swim.poll_event() {
+            events.push(event);
+        }
+        if !events.is_empty() || reported.elapsed() >= REPORT_INTERVAL {
+            observer.on_events(&swim, &events);
+            events.clear();
+            reported = Instant::now();
+        }
+    }
+    accept.abort();
+}
+
+async fn sleep_until(deadline: Option<tokio::time::Instant>) {
+    match deadline {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Sends every queued transmit: datagrams at once, streams on their own task.
+async fn flush(swim: &mut Swim, udp: &UdpSocket) {
+    while let Some(Transmit { dst, bytes, kind }) = swim.poll_transmit() {
+        match kind {
+            TransmitKind::Datagram => {
+                if let Err(e) = udp.send_to(&bytes, dst).await {
+                    debug!(%dst, error = %e, "gossip datagram not sent");
+                }
+            }
+            TransmitKind::Stream => {
+                tokio::spawn(async move {
+                    if let Err(e) = tokio::time::timeout(STREAM_DEADLINE, send_stream(dst, &bytes))
+                        .await
+                        .unwrap_or_else(|_| Err(io::ErrorKind::TimedOut.into()))
+                    {
+                        debug!(%dst, error = %e, "gossip stream not sent");
+                    }
+                });
+            }
+        }
+    }
+}
+
+async fn send_stream(dst: SocketAddr, bytes: &[u8]) -> io::Result<()> {
+    let len =
+        u32::try_from(bytes.len()).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
+    let mut stream = TcpStream::connect(dst).await?;
+    stream.set_nodelay(true)?;
+    let mut frame = Vec::with_capacity(8 + bytes.len());
+    frame.extend_from_slice(&GOSSIP_STREAM_MAGIC);
+    frame.extend_from_slice(&len.to_be_bytes());
+    frame.extend_from_slice(bytes);
+    stream.write_all(&frame).await?;
+    stream.shutdown().await
+}
+
+/// Accepts connections on the node's TCP port and hands each gossip
+/// stream's body to the driver. Anything else is closed without a word.
+async fn accept_streams(listener: TcpListener, streams: mpsc::Sender<(SocketAddr, Vec<u8>)>) {
+    loop {
+        let (stream, peer) = match listener.accept().await {
+            Ok(accepted) => accepted,
+            Err(e) => {
+                // Out of file descriptors and the like: back off, keep serving.
+                warn!(error = %e, "cannot accept on the node's TCP port");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let streams = streams.clone();
+        tokio::spawn(async move {
+            match tokio::time::timeout(STREAM_DEADLINE, read_stream(stream)).await {
+                Ok(Ok(body)) => {
+                    let _ = streams.send((peer, body)).await;
+                }
+                Ok(Err(e)) => debug!(%peer, error = %e, "gossip stream refused"),
+                Err(_) => debug!(%peer, "gossip stream too slow; closed"),
+            }
+        });
+    }
+}
+
+async fn read_stream(mut stream: TcpStream) -> io::Result<Vec<u8>> {
+    let mut head = [0u8; 8];
+    stream.read_exact(&mut head).await?;
+    if head[..4] != GOSSIP_STREAM_MAGIC {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            "not a gossip stream",
+        ));
+    }
+    let len = u32::from_be_bytes([head[4], head[5], head[6], head[7]]) as usize;
+    if len > MAX_STREAM_BYTES {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("stream of {len} bytes is too large"),
+        ));
+    }
+    let mut body = vec![0u8; len];
+    stream.read_exact(&mut body).await?;
+    Ok(body)
+}

@@ -1,0 +1,193 @@
+//! The gossip keyring: AES-256-GCM keys, the first encrypts and every one
+//! decrypts, so keys rotate without downtime (add the new key everywhere,
+//! make it first everywhere, then remove the old one).
+
+use aes_gcm::aead::{Aead, KeyInit, Payload as AeadPayload};
+use aes_gcm::{Aes256Gcm, Nonce};
+use base64::Engine;
+
+pub const KEY_LEN: usize = 32;
+pub const NONCE_LEN: usize = 12;
+pub const TAG_LEN: usize = 16;
+
+/// How packets are protected. Plaintext must be asked for by name.
+#[derive(Clone, Debug)]
+pub enum PacketSecurity {
+    Encrypted(Keyring),
+    /// No encryption and no authentication: for tests and trusted labs.
+    Plaintext,
+}
+
+/// Several AES-256-GCM keys; never printed.
+#[derive(Clone)]
+pub struct Keyring {
+    ciphers: Vec<Aes256Gcm>,
+}
+
+impl std::fmt::Debug for Keyring {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Keyring({} keys)", self.ciphers.len())
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum KeyringError {
+    #[error("the keyring holds no key")]
+    Empty,
+    #[error("line {line}: not base64: {reason}")]
+    NotBase64 { line: usize, reason: String },
+    #[error("line {line}: a key must be {KEY_LEN} bytes (44 base64 characters), this one is {len} bytes")]
+    WrongLength { line: usize, len: usize },
+    #[error("line {line}: the same key as line {first}")]
+    Duplicate { line: usize, first: usize },
+}
+
+impl Keyring {
+    /// The first key encrypts.
+    pub fn new(keys: &[[u8; KEY_LEN]]) -> Result<Keyring, KeyringError> {
+        if keys.is_empty() {
+            return Err(KeyringError::Empty);
+        }
+        let ciphers = keys
+            .iter()
+            .map(|key| Aes256Gcm::new(&(*key).into()))
+            .collect();
+        Ok(Keyring { ciphers })
+    }
+
+    /// Parses a keyring file: one base64 key a line, `#` starts a comment,
+    /// blank lines are skipped; the first key encrypts.
+    pub fn parse(text: &str) -> Result<Keyring, KeyringError> {
+        let mut keys: Vec<([u8; KEY_LEN], usize)> = Vec::new();
+        for (index, raw) in text.lines().enumerate() {
+            let line = index + 1;
+            let content = raw.split('#').next().unwrap_or("").trim();
+            if content.is_empty() {
+                continue;
+            }
+            let bytes = base64::engine::general_purpose::STANDARD
+                .decode(content)
+                .map_err(|e| KeyringError::NotBase64 {
+                    line,
+                    reason: e.to_string(),
+                })?;
+            let key: [u8; KEY_LEN] =
+                bytes
+                    .as_slice()
+                    .try_into()
+                    .map_err(|_| KeyringError::WrongLength {
+                        line,
+                        len: bytes.len(),
+                    })?;
+            if let Some((_, first)) = keys.iter().find(|(k, _)| *k == key) {
+                return Err(KeyringError::Duplicate {
+                    line,
+                    first: *first,
+                });
+            }
+            keys.push((key, line));
+        }
+        let keys: Vec<[u8; KEY_LEN]> = keys.into_iter().map(|(k, _)| k).collect();
+        Keyring::new(&keys)
+    }
+
+    /// A key as it is written in a keyring file.
+    pub fn encode_key(key: &[u8; KEY_LEN]) -> String {
+        base64::engine::general_purpose::STANDARD.encode(key)
+    }
+
+    pub fn len(&self) -> usize {
+        self.ciphers.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.ciphers.is_empty()
+    }
+
+    /// Ciphertext with its tag, under the first key. The nonce must never
+    /// repeat under one key: callers draw it from a CSPRNG.
+    pub fn seal(&self, nonce: &[u8; NONCE_LEN], aad: &[u8], plaintext: &[u8]) -> Option<Vec<u8>> {
+        let cipher = self.ciphers.first()?;
+        cipher
+            .encrypt(
+                &Nonce::from(*nonce),
+                AeadPayload {
+                    msg: plaintext,
+                    aad,
+                },
+            )
+            .ok()
+    }
+
+    /// The plaintext if any key authenticates the ciphertext.
+    pub fn open(&self, nonce: &[u8; NONCE_LEN], aad: &[u8], ciphertext: &[u8]) -> Option<Vec<u8>> {
+        let nonce = Nonce::from(*nonce);
+        self.ciphers.iter().find_map(|cipher| {
+            cipher
+                .decrypt(
+                    &nonce,
+                    AeadPayload {
+                        msg: ciphertext,
+                        aad,
+                    },
+                )
+                .ok()
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const NONCE: [u8; NONCE_LEN] = [7; NONCE_LEN];
+
+    #[test]
+    fn first_key_encrypts_all_keys_decrypt() {
+        let old = Keyring::new(&[[1; 32]]).unwrap();
+        let rotating = Keyring::new(&[[2; 32], [1; 32]]).unwrap();
+        let new_only = Keyring::new(&[[2; 32]]).unwrap();
+        let sealed = rotating.seal(&NONCE, b"hdr", b"hello").unwrap();
+        assert_eq!(new_only.open(&NONCE, b"hdr", &sealed).unwrap(), b"hello");
+        assert!(old.open(&NONCE, b"hdr", &sealed).is_none());
+        let from_old = old.seal(&NONCE, b"hdr", b"hi").unwrap();
+        assert_eq!(rotating.open(&NONCE, b"hdr", &from_old).unwrap(), b"hi");
+    }
+
+    #[test]
+    fn tampering_is_detected() {
+        let ring = Keyring::new(&[[9; 32]]).unwrap();
+        let mut sealed = ring.seal(&NONCE, b"hdr", b"hello").unwrap();
+        assert!(ring.open(&NONCE, b"other", &sealed).is_none());
+        sealed[0] ^= 1;
+        assert!(ring.open(&NONCE, b"hdr", &sealed).is_none());
+    }
+
+    #[test]
+    fn parses_keys_comments_and_reports_bad_lines() {
+        let a = Keyring::encode_key(&[1; 32]);
+        let b = Keyring::encode_key(&[2; 32]);
+        let text = format!("# rotated 2026-11\n{a}  # new\n\n  {b}\n");
+        assert_eq!(Keyring::parse(&text).unwrap().len(), 2);
+        assert_eq!(
+            Keyring::parse("# nothing\n").unwrap_err(),
+            KeyringError::Empty
+        );
+        assert!(matches!(
+            Keyring::parse(&format!("{a}\n!!!\n")).unwrap_err(),
+            KeyringError::NotBase64 { line: 2, .. }
+        ));
+        assert_eq!(
+            Keyring::parse("AAAA\n").unwrap_err(),
+            KeyringError::WrongLength { line: 1, len: 3 }
+        );
+        assert_eq!(
+            Keyring::parse(&format!("{a}\n{a}\n")).unwrap_err(),
+            KeyringError::Duplicate { line: 2, first: 1 }
+        );
+        assert_eq!(
+            format!("{:?}", Keyring::parse(&a).unwrap()),
+            "Keyring(1 keys)"
+        );
+    }
+}

@@ -1,0 +1,24 @@
+//! SWIM membership: who is in the cluster, how alive each member looks, and
+//! what each one carries. Everything here is a state machine without I/O;
+//! a driver (tokio, or the simulator in `sim`) moves its bytes and time.
+
+pub mod config;
+pub mod dissemination;
+pub mod driver;
+pub mod health;
+pub mod keyring;
+pub mod member;
+pub mod payload;
+pub mod sim;
+pub mod stats;
+pub mod suspicion;
+pub mod swim;
+mod table;
+pub mod wire;
+
+pub use config::{ConfigError, SwimConfig};
+pub use keyring::{Keyring, KeyringError, PacketSecurity};
+pub use member::{Incarnation, Member, MemberEvent, MemberRecord, MemberStatus, NodeId};
+pub use payload::{ConfigStamp, Payload, PayloadTooLarge, RaftRole};
+pub use stats::{DropStats, Stats};
+pub use swim::{LocalNode, Swim, Transmit, TransmitKind};

@@ -1,0 +1,45 @@
+//! Counters a node keeps about its traffic, above all the packets it had to
+//! drop and why, so that status can say "12 packets could not be decrypted"
+//! instead of a node silently staying alone.
+
+/// Packets dropped, by reason. None of these is fatal.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct DropStats {
+    /// Not a packet of ours: bad framing, unknown wire version, bad body.
+    pub decode: u64,
+    /// No key of the keyring opens it (or it was tampered with).
+    pub decrypt: u64,
+    /// A plaintext packet while encryption is required.
+    pub plaintext_refused: u64,
+    /// A well-formed packet of another cluster.
+    pub foreign_cluster: u64,
+    /// Sent by an older generation of a member that has restarted since.
+    pub old_generation: u64,
+    /// Bigger than any packet we would accept.
+    pub too_large: u64,
+}
+
+impl DropStats {
+    pub fn total(&self) -> u64 {
+        self.decode
+            + self.decrypt
+            + self.plaintext_refused
+            + self.foreign_cluster
+            + self.old_generation
+            + self.too_large
+    }
+}
+
+/// Traffic of one node since it started.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Stats {
+    pub datagrams_sent: u64,
+    pub datagram_bytes_sent: u64,
+    pub streams_sent: u64,
+    pub stream_bytes_sent: u64,
+    pub datagrams_received: u64,
+    pub streams_received: u64,
+    pub dropped: DropStats,
+    /// Suspicions of this node that it refuted.
+    pub refutations: u64,
+}

@@ -1,0 +1,1119 @@
+//! The SWIM state machine with Lifeguard: fed datagrams, streams, timer
+//! ticks and commands with the current time, drained of transmits, the
+//! next deadline and member events (quinn-proto style, no I/O, no clock).
+
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::net::{Ipv6Addr, SocketAddr};
+use std::time::{Duration, Instant};
+
+use rand::rngs::StdRng;
+use rand::seq::SliceRandom;
+use rand::{Rng, RngExt, SeedableRng};
+
+use super::config::{ConfigError, SwimConfig};
+use super::dissemination::{retransmit_limit, Dissemination};
+use super::health::LocalHealth;
+use super::keyring::{PacketSecurity, NONCE_LEN};
+use super::member::{Incarnation, Member, MemberEvent, MemberRecord, MemberStatus, NodeId};
+use super::payload::{Payload, PayloadTooLarge};
+use super::stats::Stats;
+use super::suspicion::Suspicion;
+use super::table::{Entry, MemberTable};
+use super::wire::{self, FrameError, Message, PacketHead, FRAME_OVERHEAD};
+
+/// Who this node is in this run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LocalNode {
+    pub id: NodeId,
+    /// Start time in µs, above every earlier generation of this id.
+    pub generation: u64,
+    /// The address peers reach us at (advertised, not necessarily bound).
+    pub addr: SocketAddr,
+}
+
+/// How the driver must carry a transmit.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum TransmitKind {
+    /// One UDP datagram, at most `max_packet_size` bytes.
+    Datagram,
+    /// One framed message over TCP (push-pull); may be large.
+    Stream,
+}
+
+/// Bytes to send.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Transmit {
+    pub dst: SocketAddr,
+    pub bytes: Vec<u8>,
+    pub kind: TransmitKind,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+enum Timer {
+    Probe,
+    ProbeAck {
+        seq: u32,
+    },
+    /// A ping we sent for someone else's ping-req: nack if still silent.
+    Relay {
+        seq: u32,
+    },
+    Suspicion {
+        id: NodeId,
+    },
+    Reclaim {
+        id: NodeId,
+        incarnation: Incarnation,
+    },
+    /// The forgotten id's tombstone memory expires.
+    Unforget {
+        id: NodeId,
+        incarnation: Incarnation,
+    },
+    PushPull,
+    Reconnect,
+}
+
+#[derive(Clone, Copy, Debug)]
+struct Probe {
+    target: NodeId,
+    incarnation: Incarnation,
+    seq: u32,
+    acked: bool,
+    /// Ping-reqs sent, and nacks received for them.
+    indirect: usize,
+    nacks: usize,
+}
+
+#[derive(Clone, Copy, Debug)]
+struct Relay {
+    requester: SocketAddr,
+    requester_seq: u32,
+}
+
+/// One node's SWIM protocol. See the module doc.
+pub struct Swim {
+    config: SwimConfig,
+    security: PacketSecurity,
+    rng: StdRng,
+    me: Member,
+    members: MemberTable,
+    /// Reclaimed ids and the incarnation they died with: a record not newer
+    /// is a ghost from a lagging peer and must not revive them.
+    forgotten: BTreeMap<NodeId, Incarnation>,
+    broadcasts: Dissemination,
+    /// This round's probe order; reshuffled when exhausted.
+    order: Vec<NodeId>,
+    order_pos: usize,
+    probe: Option<Probe>,
+    relays: BTreeMap<u32, Relay>,
+    next_seq: u32,
+    timers: BTreeSet<(Instant, Timer)>,
+    transmits: VecDeque<Transmit>,
+    events: VecDeque<MemberEvent>,
+    health: LocalHealth,
+    stats: Stats,
+    /// Largest encoded record that fits next to any protocol message.
+    record_limit: usize,
+}
+
+impl std::fmt::Debug for Swim {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Swim")
+            .field("id", &self.me.id)
+            .field("incarnation", &self.me.incarnation)
+            .field("members", &self.members.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Swim {
+    /// A node that knows nobody yet; `join` introduces it. `seed` makes
+    /// every random choice (and the nonces) reproducible: the driver seeds
+    /// it from the OS, the simulator from its own seed.
+    pub fn new(
+        now: Instant,
+        local: LocalNode,
+        config: SwimConfig,
+        security: PacketSecurity,
+        seed: u64,
+    ) -> Result<Swim, ConfigError> {
+        config.validate()?;
+        let mut swim = Swim {
+            security,
+            rng: StdRng::seed_from_u64(seed),
+            me: Member {
+                id: local.id,
+                addr: local.addr,
+                incarnation: Incarnation {
+                    generation: local.generation,
+                    version: 0,
+                },
+                status: MemberStatus::Alive,
+                payload: Payload::default(),
+                status_since: now,
+            },
+            members: MemberTable::default(),
+            forgotten: BTreeMap::new(),
+            broadcasts: Dissemination::default(),
+            order: Vec::new(),
+            order_pos: 0,
+            probe: None,
+            relays: BTreeMap::new(),
+            next_seq: 0,
+            timers: BTreeSet::new(),
+            transmits: VecDeque::new(),
+            events: VecDeque::new(),
+            health: LocalHealth::new(config.max_local_health),
+            stats: Stats::default(),
+            record_limit: 0,
+            config,
+        };
+        swim.record_limit = swim.compute_record_limit();
+        let own_record = wire::encode(&swim.record_of_me()).ok();
+        if own_record.is_none_or(|r| r.len() > swim.record_limit) {
+            return Err(ConfigError::PacketTooSmall {
+                size: swim.config.max_packet_size,
+                min: SwimConfig::MIN_PACKET_SIZE,
+            });
+        }
+        swim.next_seq = swim.rng.random();
+        // Random phases so that nodes started together do not probe in step.
+        let period = swim.config.protocol_period;
+        let first_probe = now + period.mul_f64(swim.rng.random_range(0.0..1.0));
+        swim.timers.insert((first_probe, Timer::Probe));
+        let push_pull = swim.jittered(swim.config.push_pull_interval);
+        swim.timers.insert((now + push_pull, Timer::PushPull));
+        let reconnect = swim.jittered(swim.config.reconnect_interval);
+        swim.timers.insert((now + reconnect, Timer::Reconnect));
+        Ok(swim)
+    }
+
+    // ---- commands -------------------------------------------------------
+
+    /// Exchanges full state with a seed (or any address) over a stream.
+    /// Call again to retry; after `leave`, rejoins with a newer version.
+    pub fn join(&mut self, now: Instant, addr: SocketAddr) {
+        if self.me.status == MemberStatus::Left {
+            self.me.status = MemberStatus::Alive;
+            self.me.status_since = now;
+            self.bump_my_version();
+            if self.timers.iter().all(|(_, t)| *t != Timer::Probe) {
+                self.timers
+                    .insert((now + self.config.protocol_period, Timer::Probe));
+            }
+        }
+        let message = Message::PushPull {
+            reply: true,
+            members: self.full_state(),
+        };
+        self.send_stream(addr, &message);
+    }
+
+    /// Announces a graceful leave: peers mark us left at once. Keep calling
+    /// `handle_*` for a moment (a few periods) so that it spreads.
+    pub fn leave(&mut self, now: Instant) {
+        if self.me.status == MemberStatus::Left {
+            return;
+        }
+        self.me.status = MemberStatus::Left;
+        self.me.status_since = now;
+        self.probe = None;
+        self.bump_my_version();
+        for addr in self.random_active(self.config.leave_fanout, None) {
+            self.send_datagram(addr, Message::Gossip);
+        }
+    }
+
+    /// Publishes a new payload (a new version of our incarnation).
+    pub fn set_payload(&mut self, _now: Instant, payload: Payload) -> Result<(), PayloadTooLarge> {
+        let record = MemberRecord {
+            payload,
+            ..self.record_of_me()
+        };
+        let size = wire::encode(&record).map_or(usize::MAX, |b| b.len());
+        if size > self.record_limit {
+            return Err(PayloadTooLarge {
+                size,
+                limit: self.record_limit,
+                max_packet_size: self.config.max_packet_size,
+            });
+        }
+        self.me.payload = record.payload;
+        self.bump_my_version();
+        Ok(())
+    }
+
+    // ---- inputs ---------------------------------------------------------
+
+    /// A UDP datagram arrived from `from`.
+    pub fn handle_datagram(&mut self, now: Instant, from: SocketAddr, bytes: &[u8]) {
+        self.stats.datagrams_received += 1;
+        if bytes.len() > wire::MAX_DATAGRAM {
+            self.stats.dropped.too_large += 1;
+            return;
+        }
+        self.handle_frame(now, from, bytes);
+    }
+
+    /// One framed stream message (push-pull) arrived from `from`.
+    pub fn handle_stream(&mut self, now: Instant, from: SocketAddr, bytes: &[u8]) {
+        self.stats.streams_received += 1;
+        if bytes.len() > wire::MAX_STREAM {
+            self.stats.dropped.too_large += 1;
+            return;
+        }
+        self.handle_frame(now, from, bytes);
+    }
+
+    /// Runs every timer due at `now`.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        while let Some(&(at, timer)) = self.timers.first() {
+            if at > now {
+                break;
+            }
+            self.timers.pop_first();
+            self.fire(now, timer);
+        }
+    }
+
+    // ---- outputs --------------------------------------------------------
+
+    pub fn poll_transmit(&mut self) -> Option<Transmit> {
+        self.transmits.pop_front()
+    }
+
+    /// When `handle_timeout` must be called next.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        self.timers.first().map(|(at, _)| *at)
+    }
+
+    pub fn poll_event(&mut self) -> Option<MemberEvent> {
+        self.events.pop_front()
+    }
+
+    // ---- queries --------------------------------------------------------
+
+    pub fn id(&self) -> NodeId {
+        self.me.id
+    }
+
+    /// This node as it presents itself.
+    pub fn local(&self) -> &Member {
+        &self.me
+    }
+
+    /// Every other member known, tombstones included (table order).
+    pub fn members(&self) -> impl Iterator<Item = &Member> {
+        self.members.iter().map(|e| &e.member)
+    }
+
+    pub fn member(&self, id: NodeId) -> Option<&Member> {
+        self.members.get(id).map(|e| &e.member)
+    }
+
+    /// Other members with this status.
+    pub fn count(&self, status: MemberStatus) -> usize {
+        self.members.count(status)
+    }
+
+    /// Records held, tombstones included (not counting self).
+    pub fn table_len(&self) -> usize {
+        self.members.len()
+    }
+
+    /// Reclaimed ids still remembered so they are not revived.
+    pub fn forgotten_len(&self) -> usize {
+        self.forgotten.len()
+    }
+
+    /// Lifeguard's local health score (0 = healthy).
+    pub fn health_score(&self) -> u32 {
+        self.health.score()
+    }
+
+    pub fn stats(&self) -> &Stats {
+        &self.stats
+    }
+
+    pub fn config(&self) -> &SwimConfig {
+        &self.config
+    }
+
+    /// Largest encoded member record a payload may produce.
+    pub fn record_limit(&self) -> usize {
+        self.record_limit
+    }
+
+    /// Updates waiting to be piggybacked.
+    pub fn pending_broadcasts(&self) -> usize {
+        self.broadcasts.len()
+    }
+
+    // ---- packet handling ------------------------------------------------
+
+    fn handle_frame(&mut self, now: Instant, from: SocketAddr, bytes: &[u8]) {
+        let body = match wire::open(&self.security, bytes) {
+            Ok(body) => body,
+            Err(FrameError::Decode(_)) => return self.stats.dropped.decode += 1,
+            Err(FrameError::Decrypt) => return self.stats.dropped.decrypt += 1,
+            Err(FrameError::PlaintextRefused) => {
+                return self.stats.dropped.plaintext_refused += 1;
+            }
+        };
+        let Ok(packet) = wire::decode_packet(&body) else {
+            return self.stats.dropped.decode += 1;
+        };
+        if packet.cluster != self.config.cluster {
+            return self.stats.dropped.foreign_cluster += 1;
+        }
+        let sender = packet.from;
+        if sender == self.me.id {
+            // An earlier life of ours, still in flight.
+            if packet.generation < self.me.incarnation.generation {
+                self.stats.dropped.old_generation += 1;
+            }
+            return;
+        }
+        let known_generation = self
+            .members
+            .get(sender)
+            .map(|e| e.member.incarnation.generation)
+            .or_else(|| self.forgotten.get(&sender).map(|i| i.generation));
+        if known_generation.is_some_and(|g| g > packet.generation) {
+            return self.stats.dropped.old_generation += 1;
+        }
+        for record in packet.gossip {
+            self.apply_record(now, record, sender);
+        }
+        match packet.message {
+            Message::Ping { seq, target, buddy } => {
+                if target != self.me.id {
+                    // Meant for an earlier owner of this address.
+                    return;
+                }
+                if let Some((incarnation, status)) = buddy {
+                    self.refute_if_needed(incarnation, status);
+                }
+                self.send_datagram(from, Message::Ack { seq });
+            }
+            Message::Ack { seq } => {
+                if let Some(probe) = self.probe.as_mut().filter(|p| p.seq == seq) {
+                    probe.acked = true;
+                } else if let Some(relay) = self.relays.remove(&seq) {
+                    let ack = Message::Ack {
+                        seq: relay.requester_seq,
+                    };
+                    self.send_datagram(relay.requester, ack);
+                }
+            }
+            Message::PingReq {
+                seq,
+                target,
+                target_addr,
+            } => {
+                let relay_seq = self.take_seq();
+                self.relays.insert(
+                    relay_seq,
+                    Relay {
+                        requester: from,
+                        requester_seq: seq,
+                    },
+                );
+                let buddy = self.buddy_view(target);
+                let ping = Message::Ping {
+                    seq: relay_seq,
+                    target,
+                    buddy,
+                };
+                self.send_datagram(target_addr, ping);
+                // Nack well before the requester's period ends.
+                let nack_at = now + self.config.ack_timeout.mul_f64(0.8);
+                self.timers
+                    .insert((nack_at, Timer::Relay { seq: relay_seq }));
+            }
+            Message::Nack { seq } => {
+                if let Some(probe) = self.probe.as_mut().filter(|p| p.seq == seq) {
+                    probe.nacks += 1;
+                }
+            }
+            Message::Gossip => {}
+            Message::PushPull { reply, members } => {
+                // A stream's source port is ephemeral: answer the sender's
+                // advertised address.
+                let reply_to = members
+                    .iter()
+                    .find(|r| r.id == sender)
+                    .map_or(from, |r| r.addr);
+                for record in members {
+                    self.apply_record(now, record, sender);
+                }
+                if reply {
+                    let message = Message::PushPull {
+                        reply: false,
+                        members: self.full_state(),
+                    };
+                    self.send_stream(reply_to, &message);
+                }
+            }
+        }
+    }
+
+    /// Merges one gossiped record into the table (SWIM's rules plus
+    /// tombstones). `via` is the packet's sender.
+    fn apply_record(&mut self, now: Instant, record: MemberRecord, via: NodeId) {
+        if record.id == self.me.id {
+            return self.refute_if_needed(record.incarnation, record.status);
+        }
+        let Some(entry) = self.members.get(record.id) else {
+            return self.insert_new(now, record, via);
+        };
+        let current = entry.member.incarnation;
+        let status = entry.member.status;
+        if record.incarnation > current {
+            self.overwrite(now, record, via);
+        } else if record.incarnation == current {
+            let accuser = record.suspecter.unwrap_or(via);
+            if record.status > status {
+                // Equal incarnation, disagreeing status: the worse one wins.
+                self.change_status(now, record.id, record.status, accuser);
+                self.broadcasts.enqueue(record.id);
+            } else if record.status == MemberStatus::Suspect && status == MemberStatus::Suspect {
+                self.confirm_suspicion(now, record.id, accuser);
+            }
+        }
+    }
+
+    fn insert_new(&mut self, now: Instant, record: MemberRecord, via: NodeId) {
+        if let Some(gone) = self.forgotten.get(&record.id) {
+            if record.incarnation <= *gone {
+                return;
+            }
+            self.forgotten.remove(&record.id);
+        }
+        let id = record.id;
+        let status = record.status;
+        self.events.push_back(MemberEvent::Joined {
+            id,
+            addr: record.addr,
+            status,
+            incarnation: record.incarnation,
+        });
+        self.members.insert(Entry {
+            member: Member {
+                id,
+                addr: record.addr,
+                incarnation: record.incarnation,
+                status,
+                payload: record.payload,
+                status_since: now,
+            },
+            suspicion: None,
+            suspecter: None,
+            encoded: None,
+        });
+        match status {
+            MemberStatus::Alive => self.add_to_order(id),
+            MemberStatus::Suspect => {
+                self.add_to_order(id);
+                self.start_suspicion(now, id, record.suspecter.unwrap_or(via));
+            }
+            MemberStatus::Dead | MemberStatus::Left => {
+                self.schedule_reclaim(now, id, record.incarnation);
+            }
+        }
+        self.broadcasts.enqueue(id);
+    }
+
+    /// A strictly newer incarnation replaces everything we knew.
+    fn overwrite(&mut self, now: Instant, record: MemberRecord, via: NodeId) {
+        let id = record.id;
+        let Some(entry) = self.members.get_mut(id) else {
+            return;
+        };
+        let old = entry.member.clone();
+        entry.member.incarnation = record.incarnation;
+        entry.member.addr = record.addr;
+        entry.member.payload = record.payload;
+        entry.encoded = None;
+        self.events.push_back(MemberEvent::IncarnationChanged {
+            id,
+            from: old.incarnation,
+            to: record.incarnation,
+        });
+        if old.addr != record.addr {
+            self.events.push_back(MemberEvent::AddressChanged {
+                id,
+                from: old.addr,
+                to: record.addr,
+            });
+        }
+        if self
+            .members
+            .get(id)
+            .is_some_and(|e| e.member.payload != old.payload)
+        {
+            self.events.push_back(MemberEvent::PayloadChanged { id });
+        }
+        let accuser = record.suspecter.unwrap_or(via);
+        if record.status != old.status {
+            self.change_status(now, id, record.status, accuser);
+        } else {
+            match record.status {
+                MemberStatus::Suspect => self.start_suspicion(now, id, accuser),
+                MemberStatus::Dead | MemberStatus::Left => {
+                    self.schedule_reclaim(now, id, record.incarnation);
+                }
+                MemberStatus::Alive => {}
+            }
+        }
+        self.broadcasts.enqueue(id);
+    }
+
+    fn change_status(&mut self, now: Instant, id: NodeId, to: MemberStatus, accuser: NodeId) {
+        let Some(from) = self.members.set_status(id, to) else {
+            return;
+        };
+        let incarnation = match self.members.get_mut(id) {
+            Some(entry) => {
+                entry.member.status_since = now;
+                if to != MemberStatus::Suspect {
+                    entry.suspicion = None;
+                    entry.suspecter = None;
+                }
+                entry.member.incarnation
+            }
+            None => return,
+        };
+        self.events
+            .push_back(MemberEvent::StatusChanged { id, from, to });
+        match to {
+            MemberStatus::Alive => {
+                if !from.is_active() {
+                    self.add_to_order(id);
+                }
+            }
+            MemberStatus::Suspect => {
+                if !from.is_active() {
+                    self.add_to_order(id);
+                }
+                self.start_suspicion(now, id, accuser);
+            }
+            // Left the probe order lazily: `next_probe_target` skips them.
+            MemberStatus::Dead | MemberStatus::Left => {
+                self.schedule_reclaim(now, id, incarnation);
+            }
+        }
+    }
+
+    fn start_suspicion(&mut self, now: Instant, id: NodeId, accuser: NodeId) {
+        let n = self.members.active() + 1;
+        let min = Suspicion::min_timeout(
+            self.config.suspicion_multiplier,
+            n,
+            self.config.protocol_period,
+        );
+        let max = min * self.config.suspicion_max_multiplier;
+        // memberlist's choice: expect (multiplier − 2) confirmations.
+        let expected = self.config.suspicion_multiplier.saturating_sub(2);
+        let suspicion = Suspicion::new(now, min, max, expected, accuser);
+        let deadline = suspicion.deadline();
+        if let Some(entry) = self.members.get_mut(id) {
+            entry.suspicion = Some(suspicion);
+            entry.suspecter = Some(accuser);
+            entry.encoded = None;
+            self.timers.insert((deadline, Timer::Suspicion { id }));
+        }
+    }
+
+    fn confirm_suspicion(&mut self, now: Instant, id: NodeId, by: NodeId) {
+        let Some(entry) = self.members.get_mut(id) else {
+            return;
+        };
+        let Some(suspicion) = entry.suspicion.as_mut() else {
+            return;
+        };
+        if suspicion.confirm(by) {
+            let deadline = suspicion.deadline().max(now);
+            // Pass on this accuser so that others count it too.
+            entry.suspecter = Some(by);
+            entry.encoded = None;
+            self.timers.insert((deadline, Timer::Suspicion { id }));
+            self.broadcasts.enqueue(id);
+        }
+    }
+
+    /// Someone told us how they see us; raise our version if that is a
+    /// suspicion (or death) of this very incarnation.
+    fn refute_if_needed(&mut self, seen: Incarnation, status: MemberStatus) {
+        let mine = self.me.incarnation;
+        if self.me.status == MemberStatus::Left || seen.generation < mine.generation {
+            // They hold an older state of us: make sure ours spreads.
+            if (seen < mine || status != self.me.status) && !self.broadcasts.contains(self.me.id) {
+                self.broadcasts.enqueue(self.me.id);
+            }
+            return;
+        }
+        if seen.generation > mine.generation || status == MemberStatus::Alive {
+            return;
+        }
+        if seen.version >= mine.version {
+            self.me.incarnation.version = seen.version;
+            self.stats.refutations += 1;
+            // Being suspected hints that we are the slow one (Lifeguard).
+            self.health.worsen(1);
+            self.bump_my_version();
+        }
+    }
+
+    fn bump_my_version(&mut self) {
+        self.me.incarnation.version += 1;
+        self.broadcasts.enqueue(self.me.id);
+    }
+
+    fn schedule_reclaim(&mut self, now: Instant, id: NodeId, incarnation: Incarnation) {
+        if let Some(after) = self.config.reclaim_after {
+            self.timers
+                .insert((now + after, Timer::Reclaim { id, incarnation }));
+        }
+    }
+
+    // ---- timers ---------------------------------------------------------
+
+    fn fire(&mut self, now: Instant, timer: Timer) {
+        match timer {
+            Timer::Probe => self.on_probe_tick(now),
+            Timer::ProbeAck { seq } => self.on_ack_timeout(seq),
+            Timer::Relay { seq } => {
+                if let Some(relay) = self.relays.remove(&seq) {
+                    let nack = Message::Nack {
+                        seq: relay.requester_seq,
+                    };
+                    self.send_datagram(relay.requester, nack);
+                }
+            }
+            Timer::Suspicion { id } => {
+                let expired = self.members.get(id).is_some_and(|e| {
+                    e.member.status == MemberStatus::Suspect
+                        && e.suspicion.as_ref().is_some_and(|s| s.deadline() <= now)
+                });
+                if expired {
+                    self.change_status(now, id, MemberStatus::Dead, self.me.id);
+                    self.broadcasts.enqueue(id);
+                }
+            }
+            Timer::Reclaim { id, incarnation } => {
+                let reclaimable = self.members.get(id).is_some_and(|e| {
+                    !e.member.status.is_active() && e.member.incarnation == incarnation
+                });
+                if reclaimable {
+                    self.members.remove(id);
+                    self.broadcasts.remove(id);
+                    self.forgotten.insert(id, incarnation);
+                    if let Some(after) = self.config.reclaim_after {
+                        self.timers
+                            .insert((now + after, Timer::Unforget { id, incarnation }));
+                    }
+                    self.events.push_back(MemberEvent::Forgotten { id });
+                }
+            }
+            Timer::Unforget { id, incarnation } => {
+                if self.forgotten.get(&id) == Some(&incarnation) {
+                    self.forgotten.remove(&id);
+                }
+            }
+            Timer::PushPull => {
+                let next = self.jittered(self.config.push_pull_interval);
+                self.timers.insert((now + next, Timer::PushPull));
+                if self.me.status != MemberStatus::Left {
+                    if let Some(addr) = self.random_active(1, None).first().copied() {
+                        let message = Message::PushPull {
+                            reply: true,
+                            members: self.full_state(),
+                        };
+                        self.send_stream(addr, &message);
+                    }
+                }
+            }
+            Timer::Reconnect => {
+                let next = self.jittered(self.config.reconnect_interval);
+                self.timers.insert((now + next, Timer::Reconnect));
+                if self.me.status != MemberStatus::Left {
+                    self.ping_a_dead_member();
+                }
+            }
+        }
+    }
+
+    fn on_probe_tick(&mut self, now: Instant) {
+        self.finish_probe(now);
+        let multiplier = self.health.multiplier();
+        self.timers
+            .insert((now + self.config.protocol_period * multiplier, Timer::Probe));
+        if self.me.status == MemberStatus::Left {
+            return;
+        }
+        let Some(target) = self.next_probe_target() else {
+            return;
+        };
+        let Some(entry) = self.members.get(target) else {
+            return;
+        };
+        let (addr, incarnation) = (entry.member.addr, entry.member.incarnation);
+        let seq = self.take_seq();
+        self.probe = Some(Probe {
+            target,
+            incarnation,
+            seq,
+            acked: false,
+            indirect: 0,
+            nacks: 0,
+        });
+        let buddy = self.buddy_view(target);
+        self.send_datagram(addr, Message::Ping { seq, target, buddy });
+        let ack_deadline = now + self.config.ack_timeout * multiplier;
+        self.timers.insert((ack_deadline, Timer::ProbeAck { seq }));
+    }
+
+    /// The period of the last probe is over: judge it.
+    fn finish_probe(&mut self, now: Instant) {
+        let Some(probe) = self.probe.take() else {
+            return;
+        };
+        if probe.acked {
+            self.health.improve();
+            return;
+        }
+        // Helpers that could not reach the target either clear us; silent
+        // helpers suggest our own network or CPU is the problem.
+        let penalty = if probe.indirect == 0 {
+            1
+        } else {
+            probe.indirect.saturating_sub(probe.nacks)
+        };
+        self.health
+            .worsen(u32::try_from(penalty).unwrap_or(u32::MAX));
+        let Some(entry) = self.members.get(probe.target) else {
+            return;
+        };
+        if entry.member.incarnation != probe.incarnation {
+            return;
+        }
+        match entry.member.status {
+            MemberStatus::Alive => {
+                self.change_status(now, probe.target, MemberStatus::Suspect, self.me.id);
+                self.broadcasts.enqueue(probe.target);
+            }
+            MemberStatus::Suspect => self.confirm_suspicion(now, probe.target, self.me.id),
+            MemberStatus::Dead | MemberStatus::Left => {}
+        }
+    }
+
+    fn on_ack_timeout(&mut self, seq: u32) {
+        let Some(probe) = self.probe.filter(|p| p.seq == seq && !p.acked) else {
+            return;
+        };
+        let Some(target_addr) = self.members.get(probe.target).map(|e| e.member.addr) else {
+            return;
+        };
+        let helpers = self.random_active(self.config.indirect_checks, Some(probe.target));
+        for helper in &helpers {
+            let request = Message::PingReq {
+                seq,
+                target: probe.target,
+                target_addr,
+            };
+            self.send_datagram(*helper, request);
+        }
+        if let Some(p) = self.probe.as_mut() {
+            p.indirect = helpers.len();
+        }
+    }
+
+    /// Gossip to the dead: if one answers our "you are dead" ping with a
+    /// refutation, it is alive again (a healed partition).
+    fn ping_a_dead_member(&mut self) {
+        if self.members.count(MemberStatus::Dead) == 0 {
+            return;
+        }
+        let len = self.members.len();
+        let start = self.rng.random_range(0..len);
+        let found = (0..len)
+            .filter_map(|i| self.members.at((start + i) % len))
+            .find(|e| e.member.status == MemberStatus::Dead)
+            .map(|e| (e.member.id, e.member.addr, e.member.incarnation));
+        if let Some((target, addr, incarnation)) = found {
+            let seq = self.take_seq();
+            let buddy = Some((incarnation, MemberStatus::Dead));
+            self.send_datagram(addr, Message::Ping { seq, target, buddy });
+        }
+    }
+
+    // ---- helpers --------------------------------------------------------
+
+    fn next_probe_target(&mut self) -> Option<NodeId> {
+        for _ in 0..2 {
+            while let Some(&id) = self.order.get(self.order_pos) {
+                self.order_pos += 1;
+                if self
+                    .members
+                    .get(id)
+                    .is_some_and(|e| e.member.status.is_active())
+                {
+                    return Some(id);
+                }
+            }
+            // Round over: a fresh random order, every active member once.
+            self.order = self
+                .members
+                .iter()
+                .filter(|e| e.member.status.is_active())
+                .map(|e| e.member.id)
+                .collect();
+            self.order.shuffle(&mut self.rng);
+            self.order_pos = 0;
+            if self.order.is_empty() {
+                return None;
+            }
+        }
+        None
+    }
+
+    /// A newcomer goes to a random place in the rest of this round, in
+    /// O(1): appended, then swapped with a random not-yet-probed slot.
+    fn add_to_order(&mut self, id: NodeId) {
+        self.order.push(id);
+        let last = self.order.len() - 1;
+        let at = self.rng.random_range(self.order_pos.min(last)..=last);
+        self.order.swap(at, last);
+    }
+
+    /// How we see `target`, told to it when that is bad (buddy system).
+    fn buddy_view(&self, target: NodeId) -> Option<(Incarnation, MemberStatus)> {
+        self.members
+            .get(target)
+            .filter(|e| e.member.status != MemberStatus::Alive)
+            .map(|e| (e.member.incarnation, e.member.status))
+    }
+
+    /// Up to `n` distinct active members' addresses, chosen at random
+    /// without scanning the table when it is large.
+    fn random_active(&mut self, n: usize, except: Option<NodeId>) -> Vec<SocketAddr> {
+        let len = self.members.len();
+        let mut chosen: Vec<NodeId> = Vec::new();
+        let mut addrs = Vec::new();
+        if len == 0 || n == 0 {
+            return addrs;
+        }
+        let usable = |e: &Entry| e.member.status.is_active() && Some(e.member.id) != except;
+        for _ in 0..n * 8 {
+            if chosen.len() == n {
+                break;
+            }
+            let i = self.rng.random_range(0..len);
+            if let Some(e) = self.members.at(i) {
+                if usable(e) && !chosen.contains(&e.member.id) {
+                    chosen.push(e.member.id);
+                    addrs.push(e.member.addr);
+                }
+            }
+        }
+        if chosen.len() < n {
+            // Sparse: scan once from a random start.
+            let start = self.rng.random_range(0..len);
+            for i in 0..len {
+                if chosen.len() == n {
+                    break;
+                }
+                if let Some(e) = self.members.at((start + i) % len) {
+                    if usable(e) && !chosen.contains(&e.member.id) {
+                        chosen.push(e.member.id);
+                        addrs.push(e.member.addr);
+                    }
+                }
+            }
+        }
+        addrs
+    }
+
+    fn take_seq(&mut self) -> u32 {
+        self.next_seq = self.next_seq.wrapping_add(1);
+        self.next_seq
+    }
+
+    /// `base` ± 25 %, so that periodic exchanges do not synchronise.
+    fn jittered(&mut self, base: Duration) -> Duration {
+        base.mul_f64(self.rng.random_range(0.75..1.25))
+    }
+
+    fn record_of_me(&self) -> MemberRecord {
+        MemberRecord {
+            id: self.me.id,
+            addr: self.me.addr,
+            incarnation: self.me.incarnation,
+            status: self.me.status,
+            payload: self.me.payload.clone(),
+            suspecter: None,
+        }
+    }
+
+    fn record_of(entry: &Entry) -> MemberRecord {
+        MemberRecord {
+            id: entry.member.id,
+            addr: entry.member.addr,
+            incarnation: entry.member.incarnation,
+            status: entry.member.status,
+            payload: entry.member.payload.clone(),
+            suspecter: entry
+                .suspecter
+                .filter(|_| entry.member.status == MemberStatus::Suspect),
+        }
+    }
+
+    /// The encoded record of `id` (self included), cached per member.
+    fn encoded_record(&mut self, id: NodeId) -> Option<Vec<u8>> {
+        if id == self.me.id {
+            return wire::encode(&self.record_of_me()).ok();
+        }
+        let entry = self.members.get_mut(id)?;
+        if entry.encoded.is_none() {
+            entry.encoded = wire::encode(&Self::record_of(entry)).ok();
+        }
+        entry.encoded.clone()
+    }
+
+    fn full_state(&self) -> Vec<MemberRecord> {
+        let mut state = Vec::with_capacity(self.members.len() + 1);
+        state.push(self.record_of_me());
+        state.extend(self.members.iter().map(Self::record_of));
+        state
+    }
+
+    /// Largest record that fits beside the biggest protocol message.
+    fn compute_record_limit(&self) -> usize {
+        let widest_addr = SocketAddr::new(Ipv6Addr::from([0xff; 16]).into(), u16::MAX);
+        let biggest = Incarnation {
+            generation: u64::MAX,
+            version: u64::MAX,
+        };
+        let messages = [
+            Message::PingReq {
+                seq: u32::MAX,
+                target: self.me.id,
+                target_addr: widest_addr,
+            },
+            Message::Ping {
+                seq: u32::MAX,
+                target: self.me.id,
+                buddy: Some((biggest, MemberStatus::Left)),
+            },
+        ];
+        let head = messages
+            .iter()
+            .filter_map(|message| {
+                wire::encode(&PacketHead {
+                    cluster: &self.config.cluster,
+                    from: self.me.id,
+                    generation: u64::MAX,
+                    message,
+                })
+                .ok()
+            })
+            .map(|h| h.len())
+            .max()
+            .unwrap_or(usize::MAX);
+        // One record: a one-byte count.
+        self.config
+            .max_packet_size
+            .saturating_sub(FRAME_OVERHEAD + head + 1)
+    }
+
+    /// Sends `message` with as many pending updates as fit, then a few
+    /// random records (anti-entropy), never above `max_packet_size`.
+    fn send_datagram(&mut self, dst: SocketAddr, message: Message) {
+        let head = PacketHead {
+            cluster: &self.config.cluster,
+            from: self.me.id,
+            generation: self.me.incarnation.generation,
+            message: &message,
+        };
+        let Ok(head) = wire::encode(&head) else {
+            return;
+        };
+        // Two bytes of record count cover up to 16383 records.
+        let mut room = self
+            .config
+            .max_packet_size
+            .saturating_sub(FRAME_OVERHEAD + head.len() + 2);
+        let mut records: Vec<Vec<u8>> = Vec::new();
+        let mut included: Vec<NodeId> = Vec::new();
+        let limit = retransmit_limit(self.config.retransmit_multiplier, self.members.active() + 1);
+        let mut misses = 0;
+        for id in self.broadcasts.candidates(64) {
+            let Some(bytes) = self.encoded_record(id) else {
+                self.broadcasts.remove(id);
+                continue;
+            };
+            if bytes.len() <= room {
+                room -= bytes.len();
+                records.push(bytes);
+                included.push(id);
+                self.broadcasts.mark_sent(id, limit);
+            } else {
+                misses += 1;
+                if misses >= 4 {
+                    break;
+                }
+            }
+        }
+        let len = self.members.len();
+        for _ in 0..self.config.anti_entropy_records.min(len) {
+            let i = self.rng.random_range(0..len);
+            let Some(id) = self.members.at(i).map(|e| e.member.id) else {
+                continue;
+            };
+            if included.contains(&id) {
+                continue;
+            }
+            if let Some(bytes) = self.encoded_record(id).filter(|b| b.len() <= room) {
+                room -= bytes.len();
+                records.push(bytes);
+                included.push(id);
+            }
+        }
+        let body = wire::assemble(&head, &records);
+        self.push_frame(dst, &body, TransmitKind::Datagram);
+    }
+
+    fn send_stream(&mut self, dst: SocketAddr, message: &Message) {
+        let packet = PacketHead {
+            cluster: &self.config.cluster,
+            from: self.me.id,
+            generation: self.me.incarnation.generation,
+            message,
+        };
+        if let Ok(head) = wire::encode(&packet) {
+            let body = wire::assemble(&head, &[]);
+            self.push_frame(dst, &body, TransmitKind::Stream);
+        }
+    }
+
+    fn push_frame(&mut self, dst: SocketAddr, body: &[u8], kind: TransmitKind) {
+        let mut nonce = [0u8; NONCE_LEN];
+        self.rng.fill_bytes(&mut nonce);
+        let Some(bytes) = wire::seal(&self.security, nonce, body) else {
+            return;
+        };
+        match kind {
+            TransmitKind::Datagram => {
+                self.stats.datagrams_sent += 1;
+                self.stats.datagram_bytes_sent += bytes.len() as u64;
+            }
+            TransmitKind::Stream => {
+                self.stats.streams_sent += 1;
+                self.stats.stream_bytes_sent += bytes.len() as u64;
+            }
+        }
+        self.transmits.push_back(Transmit { dst, bytes, kind });
+    }
+}

@@ -1,0 +1,314 @@
+//! The gossip wire format: a two-byte frame header (wire version, mode),
+//! then either the plaintext body or a 96-bit random nonce and the
+//! AES-256-GCM ciphertext of it; the body is postcard. Decoding never
+//! panics: anything malformed is an error the caller counts and drops.
+
+use std::net::SocketAddr;
+
+use serde::{Deserialize, Serialize};
+
+use super::keyring::{PacketSecurity, NONCE_LEN, TAG_LEN};
+use super::member::{Incarnation, MemberRecord, MemberStatus, NodeId};
+
+/// Bumped on any incompatible change of the body; older peers drop ours
+/// (counted as decode errors) rather than misread them.
+pub const WIRE_VERSION: u8 = 1;
+const MODE_PLAINTEXT: u8 = 0;
+const MODE_AES_GCM: u8 = 1;
+const HEADER_LEN: usize = 2;
+
+/// Bytes the frame adds to a body at most (header, nonce, tag).
+pub const FRAME_OVERHEAD: usize = HEADER_LEN + NONCE_LEN + TAG_LEN;
+/// The biggest UDP payload; anything larger is not one of our datagrams.
+pub const MAX_DATAGRAM: usize = 65_507;
+/// Push-pull states above this are refused (about 100k members).
+pub const MAX_STREAM: usize = 16 << 20;
+
+/// What a packet asks or answers.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Message {
+    /// Are you alive? `buddy` tells the target how the sender sees it when
+    /// that is suspect or dead, so it can refute at once (Lifeguard).
+    Ping {
+        seq: u32,
+        target: NodeId,
+        buddy: Option<(Incarnation, MemberStatus)>,
+    },
+    Ack {
+        seq: u32,
+    },
+    /// Please ping `target` for me and forward its ack (indirect probe).
+    PingReq {
+        seq: u32,
+        target: NodeId,
+        target_addr: SocketAddr,
+    },
+    /// I pinged your target and heard nothing (Lifeguard: proves to the
+    /// requester that its own link works).
+    Nack {
+        seq: u32,
+    },
+    /// Only the piggybacked records matter (leave announcements).
+    Gossip,
+    /// Full state; `reply` asks the receiver for its own in return.
+    PushPull {
+        reply: bool,
+        members: Vec<MemberRecord>,
+    },
+}
+
+/// A decoded packet body.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Packet {
+    pub cluster: String,
+    pub from: NodeId,
+    /// The sender's generation: packets of an older life are dropped.
+    pub generation: u64,
+    pub message: Message,
+    /// Piggybacked updates and anti-entropy records. Last, so a sender can
+    /// append records one by one while watching the size.
+    pub gossip: Vec<MemberRecord>,
+}
+
+/// The fields of `Packet` before `gossip`, borrowed: it encodes to the
+/// same bytes, which lets records be appended separately.
+#[derive(Serialize)]
+pub struct PacketHead<'a> {
+    pub cluster: &'a str,
+    pub from: NodeId,
+    pub generation: u64,
+    pub message: &'a Message,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum FrameError {
+    #[error("not a gossip frame: {0}")]
+    Decode(&'static str),
+    #[error("no key of the keyring decrypts the packet")]
+    Decrypt,
+    #[error("plaintext packet refused: this node requires encryption")]
+    PlaintextRefused,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("malformed packet body: {0}")]
+pub struct DecodeError(String);
+
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("cannot encode a gossip message: {0}")]
+pub struct EncodeError(String);
+
+pub fn encode<T: Serialize + ?Sized>(value: &T) -> Result<Vec<u8>, EncodeError> {
+    postcard::to_allocvec(value).map_err(|e| EncodeError(e.to_string()))
+}
+
+/// Concatenates an encoded head and encoded records into a `Packet` body.
+pub fn assemble(head: &[u8], records: &[Vec<u8>]) -> Vec<u8> {
+    let len = head.len() + 5 + records.iter().map(Vec::len).sum::<usize>();
+    let mut body = Vec::with_capacity(len);
+    body.extend_from_slice(head);
+    push_varint(&mut body, records.len());
+    for record in records {
+        body.extend_from_slice(record);
+    }
+    body
+}
+
+/// postcard's length prefix: LEB128.
+fn push_varint(out: &mut Vec<u8>, mut n: usize) {
+    while n >= 0x80 {
+        out.push((n as u8 & 0x7f) | 0x80);
+        n >>= 7;
+    }
+    out.push(n as u8);
+}
+
+/// Bytes `push_varint` writes for `n`.
+pub fn varint_len(n: usize) -> usize {
+    let bits = usize::BITS - n.leading_zeros();
+    (bits.max(1) as usize).div_ceil(7)
+}
+
+pub fn decode_packet(body: &[u8]) -> Result<Packet, DecodeError> {
+    let (packet, rest) =
+        postcard::take_from_bytes::<Packet>(body).map_err(|e| DecodeError(e.to_string()))?;
+    if !rest.is_empty() {
+        return Err(DecodeError(format!("{} trailing bytes", rest.len())));
+    }
+    Ok(packet)
+}
+
+/// Wraps a body into a frame; `nonce` must be fresh from a CSPRNG.
+pub fn seal(security: &PacketSecurity, nonce: [u8; NONCE_LEN], body: &[u8]) -> Option<Vec<u8>> {
+    match security {
+        PacketSecurity::Plaintext => {
+            let mut frame = Vec::with_capacity(HEADER_LEN + body.len());
+            frame.extend_from_slice(&[WIRE_VERSION, MODE_PLAINTEXT]);
+            frame.extend_from_slice(body);
+            Some(frame)
+        }
+        PacketSecurity::Encrypted(keyring) => {
+            let header = [WIRE_VERSION, MODE_AES_GCM];
+            let sealed = keyring.seal(&nonce, &header, body)?;
+            let mut frame = Vec::with_capacity(HEADER_LEN + NONCE_LEN + sealed.len());
+            frame.extend_from_slice(&header);
+            frame.extend_from_slice(&nonce);
+            frame.extend_from_slice(&sealed);
+            Some(frame)
+        }
+    }
+}
+
+/// The body of a frame, checked against how this node is configured.
+pub fn open(security: &PacketSecurity, frame: &[u8]) -> Result<Vec<u8>, FrameError> {
+    let Some((header, rest)) = frame.split_first_chunk::<HEADER_LEN>() else {
+        return Err(FrameError::Decode("shorter than the frame header"));
+    };
+    if header[0] != WIRE_VERSION {
+        return Err(FrameError::Decode("unknown wire version"));
+    }
+    match (header[1], security) {
+        (MODE_PLAINTEXT, PacketSecurity::Plaintext) => Ok(rest.to_vec()),
+        (MODE_PLAINTEXT, PacketSecurity::Encrypted(_)) => Err(FrameError::PlaintextRefused),
+        (MODE_AES_GCM, PacketSecurity::Plaintext) => Err(FrameError::Decrypt),
+        (MODE_AES_GCM, PacketSecurity::Encrypted(keyring)) => {
+            let Some((nonce, ciphertext)) = rest.split_first_chunk::<NONCE_LEN>() else {
+                return Err(FrameError::Decode("shorter than the nonce"));
+            };
+            if ciphertext.len() < TAG_LEN {
+                return Err(FrameError::Decode("shorter than the tag"));
+            }
+            keyring
+                .open(nonce, header, ciphertext)
+                .ok_or(FrameError::Decrypt)
+        }
+        _ => Err(FrameError::Decode("unknown frame mode")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::membership::keyring::Keyring;
+    use crate::membership::payload::Payload;
+    use proptest::prelude::*;
+    use uuid::Uuid;
+
+    fn record(n: u128) -> MemberRecord {
+        MemberRecord {
+            id: NodeId(Uuid::from_u128(n)),
+            addr: "10.0.0.1:7946".parse().unwrap(),
+            incarnation: Incarnation {
+                generation: 1_700_000_000_000_000,
+                version: 3,
+            },
+            status: MemberStatus::Suspect,
+            payload: Payload {
+                roles: vec!["storage".into()],
+                ..Payload::default()
+            },
+            suspecter: Some(NodeId(Uuid::from_u128(9))),
+        }
+    }
+
+    fn packet() -> Packet {
+        Packet {
+            cluster: "orders".into(),
+            from: NodeId(Uuid::from_u128(1)),
+            generation: 42,
+            message: Message::Ping {
+                seq: 7,
+                target: NodeId(Uuid::from_u128(2)),
+                buddy: None,
+            },
+            gossip: vec![record(3), record(4)],
+        }
+    }
+
+    fn body_of(p: &Packet) -> Vec<u8> {
+        let head = encode(&PacketHead {
+            cluster: &p.cluster,
+            from: p.from,
+            generation: p.generation,
+            message: &p.message,
+        })
+        .unwrap();
+        let records: Vec<Vec<u8>> = p.gossip.iter().map(|r| encode(r).unwrap()).collect();
+        assemble(&head, &records)
+    }
+
+    #[test]
+    fn head_plus_records_is_the_packet_encoding() {
+        let p = packet();
+        assert_eq!(body_of(&p), encode(&p).unwrap());
+        assert_eq!(decode_packet(&body_of(&p)).unwrap(), p);
+    }
+
+    #[test]
+    fn varint_len_matches_postcard() {
+        for n in [0usize, 1, 127, 128, 16_383, 16_384, 1 << 30] {
+            let mut out = Vec::new();
+            push_varint(&mut out, n);
+            assert_eq!(out.len(), varint_len(n), "{n}");
+            assert_eq!(out, encode(&vec![(); n]).unwrap(), "{n}");
+        }
+    }
+
+    #[test]
+    fn frames_round_trip_and_modes_are_enforced() {
+        let ring = PacketSecurity::Encrypted(Keyring::new(&[[5; 32]]).unwrap());
+        let other = PacketSecurity::Encrypted(Keyring::new(&[[6; 32]]).unwrap());
+        let body = body_of(&packet());
+        let sealed = seal(&ring, [1; 12], &body).unwrap();
+        assert_eq!(sealed.len(), body.len() + FRAME_OVERHEAD);
+        assert_eq!(open(&ring, &sealed).unwrap(), body);
+        assert_eq!(open(&other, &sealed), Err(FrameError::Decrypt));
+        assert_eq!(
+            open(&PacketSecurity::Plaintext, &sealed),
+            Err(FrameError::Decrypt)
+        );
+        let plain = seal(&PacketSecurity::Plaintext, [0; 12], &body).unwrap();
+        assert_eq!(open(&ring, &plain), Err(FrameError::PlaintextRefused));
+        assert_eq!(open(&PacketSecurity::Plaintext, &plain).unwrap(), body);
+        let mut future = plain.clone();
+        future[0] = WIRE_VERSION + 1;
+        assert!(matches!(
+            open(&PacketSecurity::Plaintext, &future),
+            Err(FrameError::Decode(_))
+        ));
+    }
+
+    #[test]
+    fn trailing_bytes_are_an_error() {
+        let mut body = body_of(&packet());
+        body.push(0);
+        assert!(decode_packet(&body).is_err());
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(4096))]
+
+        #[test]
+        fn arbitrary_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..2048)) {
+            let _ = decode_packet(&bytes);
+            let _ = open(&PacketSecurity::Plaintext, &bytes);
+            let ring = PacketSecurity::Encrypted(Keyring::new(&[[5; 32]]).unwrap());
+            let _ = open(&ring, &bytes);
+        }
+
+        #[test]
+        fn mutated_packets_never_panic(
+            flips in proptest::collection::vec((any::<usize>(), any::<u8>()), 1..8),
+            cut in any::<usize>(),
+        ) {
+            let mut body = body_of(&packet());
+            for (at, byte) in flips {
+                let len = body.len();
+                body[at % len] = byte;
+            }
+            let _ = decode_packet(&body);
+            body.truncate(cut % (body.len() + 1));
+            let _ = decode_packet(&body);
+        }
+    }
+}

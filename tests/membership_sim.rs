@@ -1,0 +1,539 @@
+//! Issue 4 acceptance (a)-(g): SWIM under the seeded simulator, over many
+//! seeds. A failing seed is printed with the command that replays it alone
+//! (`SWIM_SEED=<seed> cargo test --test membership_sim <test>`).
+
+use std::time::{Duration, Instant};
+
+use cohort::membership::sim::{LinkSpec, Sim, SimConfig};
+use cohort::membership::{MemberEvent, MemberStatus};
+
+const PERIOD: Duration = Duration::from_secs(1);
+
+fn periods(d: Duration) -> f64 {
+    d.as_secs_f64() / PERIOD.as_secs_f64()
+}
+
+/// The seeds to run: `SWIM_SEED` alone if set, else 1..=count (count
+/// raised by `SWIM_SEEDS` for a longer soak).
+fn seeds(count: u64) -> Vec<u64> {
+    if let Some(seed) = std::env::var("SWIM_SEED").ok().and_then(|s| s.parse().ok()) {
+        return vec![seed];
+    }
+    let count = std::env::var("SWIM_SEEDS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(count);
+    (1..=count).collect()
+}
+
+/// Named figures one run produced (periods, counts).
+type Figures = Vec<(&'static str, f64)>;
+
+/// Runs `scenario` for every seed. Prints min/median/max of each figure and
+/// fails listing every bad seed with the command that replays it.
+fn over_seeds(test: &str, count: u64, scenario: impl Fn(u64) -> Result<Figures, String>) {
+    let started = Instant::now();
+    let mut figures: Vec<(&'static str, Vec<f64>)> = Vec::new();
+    let mut failures = Vec::new();
+    let seeds = seeds(count);
+    for &seed in &seeds {
+        match scenario(seed) {
+            Ok(run) => {
+                for (name, value) in run {
+                    match figures.iter_mut().find(|(n, _)| *n == name) {
+                        Some((_, values)) => values.push(value),
+                        None => figures.push((name, vec![value])),
+                    }
+                }
+            }
+            Err(why) => failures.push(format!(
+                "seed {seed}: {why}\n  replay: SWIM_SEED={seed} cargo test --test membership_sim {test}"
+            )),
+        }
+    }
+    eprintln!(
+        "{test}: {}/{} seeds ok, wall {:.1} s",
+        seeds.len() - failures.len(),
+        seeds.len(),
+        started.elapsed().as_secs_f64()
+    );
+    for (name, mut values) in figures {
+        values.sort_by(f64::total_cmp);
+        eprintln!(
+            "  {name}: min {:.1} median {:.1} max {:.1}",
+            values[0],
+            values[values.len() / 2],
+            values[values.len() - 1]
+        );
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+/// A deterministic pick in 0..n from the seed.
+fn pick(seed: u64, salt: u64, n: usize) -> usize {
+    let x = seed
+        .wrapping_mul(0x9e37_79b9_7f4a_7c15)
+        .wrapping_add(salt.wrapping_mul(0xbf58_476d_1ce4_e5b9));
+    ((x ^ (x >> 29)) % n as u64) as usize
+}
+
+fn config(seed: u64, loss: f64) -> SimConfig {
+    let mut config = SimConfig::new(seed);
+    config.link = LinkSpec {
+        loss,
+        ..LinkSpec::default()
+    };
+    config
+}
+
+/// `n` nodes joining through node 0 within the first period; returns the
+/// simulation once all see all alive, or an error after `limit` periods.
+fn converged_cluster(config: SimConfig, n: usize, limit: u64) -> Result<(Sim, f64), String> {
+    let mut sim = Sim::new(config);
+    for _ in 0..n {
+        sim.add_node();
+    }
+    let stagger = PERIOD / u32::try_from(n).unwrap_or(1).max(1);
+    for i in 1..n {
+        sim.join(i, 0);
+        sim.run_for(stagger);
+    }
+    let took = sim
+        .run_until_true(PERIOD * u32::try_from(limit).unwrap_or(u32::MAX), |s| {
+            s.all_running_see_each_other_alive()
+        })
+        .ok_or_else(|| format!("{n} nodes not all alive everywhere after {limit} periods"))?;
+    Ok((sim, periods(took)))
+}
+
+// (a) ---------------------------------------------------------------------
+
+#[test]
+fn a_nodes_joining_through_one_seed_all_see_all_alive() {
+    over_seeds(
+        "a_nodes_joining_through_one_seed_all_see_all_alive",
+        50,
+        |seed| {
+            converged_cluster(config(seed, 0.0), 50, 60)
+                .map(|(_, took)| vec![("periods to all-alive", took)])
+        },
+    );
+}
+
+#[test]
+fn a_thousand_nodes_joining_through_one_seed_all_see_all_alive() {
+    over_seeds(
+        "a_thousand_nodes_joining_through_one_seed_all_see_all_alive",
+        2,
+        |seed| {
+            converged_cluster(config(seed, 0.0), 1000, 300)
+                .map(|(_, took)| vec![("periods to all-alive", took)])
+        },
+    );
+}
+
+/// The same with AES-256-GCM on every packet (the sim's default is
+/// plaintext, for speed).
+#[test]
+fn a_encrypted_cluster_converges() {
+    over_seeds("a_encrypted_cluster_converges", 10, |seed| {
+        let mut config = config(seed, 0.05);
+        config.encrypted = true;
+        let (sim, took) = converged_cluster(config, 20, 60)?;
+        let dropped: u64 = sim
+            .running()
+            .filter_map(|i| sim.swim(i))
+            .map(|s| s.stats().dropped.total())
+            .sum();
+        if dropped > 0 {
+            return Err(format!("{dropped} packets dropped by receivers"));
+        }
+        Ok(vec![("periods to all-alive", took)])
+    });
+}
+
+/// A seed replays exactly: same figures, same traffic.
+#[test]
+fn a_same_seed_replays_identically() {
+    let run = || {
+        let (sim, took) = converged_cluster(config(7, 0.1), 40, 60).map_err(|e| e.to_string())?;
+        Ok::<_, String>((took, sim.stats()))
+    };
+    assert_eq!(run(), run());
+}
+
+// (b) ---------------------------------------------------------------------
+
+fn crashed_node_declared_dead(seed: u64, loss: f64) -> Result<Figures, String> {
+    let n = 32;
+    let (mut sim, _) = converged_cluster(config(seed, loss), n, 60)?;
+    let victim = 1 + pick(seed, 1, n - 1);
+    let victim_id = sim.id(victim).ok_or("no victim")?;
+    let crashed_at = sim.elapsed();
+    sim.crash(victim);
+    let took = sim
+        .run_until_true(PERIOD * 120, |s| {
+            s.running()
+                .all(|i| s.status(i, victim) == Some(MemberStatus::Dead))
+        })
+        .ok_or("after 120 periods some live node still does not see the crashed one dead")?;
+    let first = sim
+        .dead_declarations()
+        .iter()
+        .filter(|d| d.subject == victim_id)
+        .map(|d| d.at - crashed_at)
+        .min()
+        .ok_or("no declaration recorded")?;
+    let wrong: Vec<_> = sim
+        .dead_declarations()
+        .iter()
+        .filter(|d| d.subject != victim_id)
+        .collect();
+    if !wrong.is_empty() {
+        return Err(format!("live nodes declared dead: {wrong:?}"));
+    }
+    Ok(vec![
+        ("first declaration (periods)", periods(first)),
+        ("dead everywhere (periods)", periods(took)),
+    ])
+}
+
+#[test]
+fn b_crashed_node_declared_dead_everywhere_without_loss() {
+    over_seeds(
+        "b_crashed_node_declared_dead_everywhere_without_loss",
+        50,
+        |seed| crashed_node_declared_dead(seed, 0.0),
+    );
+}
+
+#[test]
+fn b_crashed_node_declared_dead_everywhere_at_10_percent_loss() {
+    over_seeds(
+        "b_crashed_node_declared_dead_everywhere_at_10_percent_loss",
+        50,
+        |seed| crashed_node_declared_dead(seed, 0.1),
+    );
+}
+
+// (c) ---------------------------------------------------------------------
+
+#[test]
+fn c_no_false_positive_at_10_percent_loss_over_300_periods() {
+    over_seeds(
+        "c_no_false_positive_at_10_percent_loss_over_300_periods",
+        50,
+        |seed| {
+            let (mut sim, _) = converged_cluster(config(seed, 0.1), 16, 60)?;
+            sim.record_events(true);
+            sim.run_for(PERIOD * 300);
+            if let Some(d) = sim.dead_declarations().first() {
+                return Err(format!(
+                    "{} live declarations of death, first: {d:?}",
+                    sim.dead_declarations().len()
+                ));
+            }
+            let suspicions = sim
+                .events()
+                .iter()
+                .filter(|(_, _, e)| {
+                    matches!(
+                        e,
+                        MemberEvent::StatusChanged {
+                            to: MemberStatus::Suspect,
+                            ..
+                        }
+                    )
+                })
+                .count();
+            let refutations: u64 = sim
+                .running()
+                .filter_map(|i| sim.swim(i))
+                .map(|s| s.stats().refutations)
+                .sum();
+            Ok(vec![
+                ("suspect events seen", suspicions as f64),
+                ("refutations", refutations as f64),
+            ])
+        },
+    );
+}
+
+// (d) ---------------------------------------------------------------------
+
+#[test]
+fn d_partition_into_halves_heals_and_converges() {
+    over_seeds("d_partition_into_halves_heals_and_converges", 50, |seed| {
+        let n = 24;
+        let (mut sim, _) = converged_cluster(config(seed, 0.0), n, 60)?;
+        for i in n / 2..n {
+            sim.set_group(i, 1);
+        }
+        // Odd seeds: only one direction is cut (asymmetric partition).
+        if seed % 2 == 0 {
+            sim.partition(0, 1);
+        } else {
+            sim.block(0, 1);
+        }
+        sim.run_for(PERIOD * 40);
+        let split = (0..n / 2).all(|i| sim.status(i, n - 1) == Some(MemberStatus::Dead))
+            && (n / 2..n).all(|i| sim.status(i, 0) == Some(MemberStatus::Dead));
+        if !split {
+            return Err("the halves did not declare each other dead while cut".into());
+        }
+        sim.heal();
+        let took = sim
+            .run_until_true(PERIOD * 60, Sim::all_running_see_each_other_alive)
+            .ok_or("not converged 60 periods after the heal")?;
+        Ok(vec![("periods to all-alive after heal", periods(took))])
+    });
+}
+
+// (e) ---------------------------------------------------------------------
+
+#[test]
+fn e_restart_with_new_generation_is_alive_and_old_packets_ignored() {
+    over_seeds(
+        "e_restart_with_new_generation_is_alive_and_old_packets_ignored",
+        50,
+        |seed| {
+            let n = 16;
+            let (mut sim, _) = converged_cluster(config(seed, 0.0), n, 60)?;
+            let victim = 1 + pick(seed, 2, n - 1);
+            let victim_id = sim.id(victim).ok_or("no victim")?;
+            sim.capture(victim, true);
+            sim.run_for(PERIOD * 2);
+            let (old_dst, old_packet) = sim.captured(victim).cloned().ok_or("nothing captured")?;
+            sim.crash(victim);
+            // Half the seeds restart before anyone declares it dead.
+            let down = if seed % 2 == 0 { 30 } else { 1 };
+            sim.run_for(PERIOD * down);
+            let old_generation = sim.generation(victim).ok_or("no generation")?;
+            // Every third seed comes back at a new address.
+            let moved = seed % 3 == 0;
+            sim.record_events(true);
+            sim.restart(victim, 0, moved);
+            let new_generation = sim.generation(victim).ok_or("no generation")?;
+            if new_generation <= old_generation {
+                return Err("generation did not grow".into());
+            }
+            let took = sim
+                .run_until_true(PERIOD * 60, |s| {
+                    s.all_running_see_each_other_alive()
+                        && s.running().filter(|&i| i != victim).all(|i| {
+                            s.swim(i)
+                                .and_then(|w| w.member(victim_id))
+                                .is_some_and(|m| m.incarnation.generation == new_generation)
+                        })
+                })
+                .ok_or("restarted node not alive with its new generation everywhere")?;
+            if moved {
+                let moved_everywhere = sim.running().filter(|&i| i != victim).all(|i| {
+                    sim.events().iter().any(|(_, o, e)| {
+                        *o == i && matches!(e, MemberEvent::AddressChanged { id, .. } if *id == victim_id)
+                    })
+                });
+                if !moved_everywhere {
+                    return Err("some node saw no address change".into());
+                }
+            }
+            // Replay a packet of the old life to the node it was sent to.
+            let receiver = (0..n)
+                .find(|&i| i != victim && sim.swim(i).is_some_and(|s| s.local().addr == old_dst))
+                .unwrap_or(0);
+            let before = sim.swim(receiver).map(|s| s.stats().dropped.old_generation);
+            sim.inject(victim, receiver, old_packet);
+            sim.run_for(PERIOD / 10);
+            let after = sim.swim(receiver).map(|s| s.stats().dropped.old_generation);
+            if after != before.map(|b| b + 1) {
+                return Err(format!(
+                    "old-generation packet not counted: {before:?} -> {after:?}"
+                ));
+            }
+            if sim.status(receiver, victim) != Some(MemberStatus::Alive) {
+                return Err("the old packet changed the restarted node's status".into());
+            }
+            Ok(vec![(
+                "periods to alive with new generation",
+                periods(took),
+            )])
+        },
+    );
+}
+
+// (f) ---------------------------------------------------------------------
+
+fn stalled_node_run(seed: u64, lifeguard: bool) -> Result<(usize, u32, usize), String> {
+    let n = 16;
+    let mut config = config(seed, 0.0);
+    if !lifeguard {
+        config.swim.max_local_health = 0;
+    }
+    let (mut sim, _) = converged_cluster(config, n, 60)?;
+    let slow = pick(seed, 3, n);
+    let slow_id = sim.id(slow).ok_or("no slow node")?;
+    // Every input reaches it 1.5 s late: its acks come back after the
+    // probe period is over, so its direct and indirect probes all fail.
+    sim.set_input_delay(slow, Duration::from_millis(1500));
+    sim.record_events(true);
+    let mut max_health = 0;
+    for _ in 0..120 {
+        sim.run_for(PERIOD);
+        max_health = max_health.max(sim.swim(slow).map_or(0, |s| s.health_score()));
+    }
+    let healthy_declared_dead = sim
+        .dead_declarations()
+        .iter()
+        .filter(|d| d.subject != slow_id)
+        .count();
+    let suspicions_by_slow = sim
+        .events()
+        .iter()
+        .filter(|(_, o, e)| {
+            *o == slow
+                && matches!(
+                    e,
+                    MemberEvent::StatusChanged {
+                        to: MemberStatus::Suspect,
+                        ..
+                    }
+                )
+        })
+        .count();
+    Ok((healthy_declared_dead, max_health, suspicions_by_slow))
+}
+
+#[test]
+fn f_stalled_node_does_not_get_healthy_peers_declared_dead() {
+    over_seeds(
+        "f_stalled_node_does_not_get_healthy_peers_declared_dead",
+        50,
+        |seed| {
+            let (dead, max_health, suspicions) = stalled_node_run(seed, true)?;
+            if dead > 0 {
+                return Err(format!("{dead} declarations of death of healthy nodes"));
+            }
+            if max_health == 0 {
+                return Err("the slow node never raised its health multiplier".into());
+            }
+            Ok(vec![
+                ("slow node's max health score", f64::from(max_health)),
+                ("suspect events at the slow node", suspicions as f64),
+            ])
+        },
+    );
+}
+
+/// Not an assertion: what the same runs look like with Lifeguard's local
+/// health off, for the report.
+#[test]
+fn f_stalled_node_without_local_health_for_comparison() {
+    over_seeds(
+        "f_stalled_node_without_local_health_for_comparison",
+        10,
+        |seed| {
+            let (dead, _, suspicions) = stalled_node_run(seed, false)?;
+            Ok(vec![
+                ("healthy nodes declared dead", dead as f64),
+                ("suspect events at the slow node", suspicions as f64),
+            ])
+        },
+    );
+}
+
+// (g) ---------------------------------------------------------------------
+
+#[test]
+fn g_churn_leaves_only_current_members_and_young_records() {
+    over_seeds(
+        "g_churn_leaves_only_current_members_and_young_records",
+        50,
+        |seed| {
+            let reclaim = Duration::from_secs(20);
+            let mut config = config(seed, 0.0);
+            config.swim.reclaim_after = Some(reclaim);
+            let stable = 10;
+            let (mut sim, _) = converged_cluster(config, stable, 60)?;
+            // 1,000 short-lived nodes, one joining every period; each leaves
+            // gracefully after 4 periods and its process stops 2 periods later.
+            // (Four a period overloads piggybacking, see the module notes.)
+            let cycles = 1000;
+            let per_period = 1;
+            let mut churned = Vec::new();
+            let ticks = cycles / per_period + 6;
+            for tick in 0..ticks {
+                if tick < cycles / per_period {
+                    for _ in 0..per_period {
+                        let node = sim.add_node();
+                        sim.join(node, 0);
+                        churned.push(node);
+                    }
+                }
+                if tick >= 4 && tick - 4 < cycles / per_period {
+                    for &node in &churned[(tick - 4) * per_period..(tick - 3) * per_period] {
+                        sim.leave(node);
+                    }
+                }
+                if tick >= 6 && tick - 6 < cycles / per_period {
+                    for &node in &churned[(tick - 6) * per_period..(tick - 5) * per_period] {
+                        sim.crash(node);
+                    }
+                }
+                sim.run_for(PERIOD);
+            }
+            // The last leave needs a few periods to reach everyone.
+            sim.run_for(PERIOD * 10);
+            let running: Vec<_> = sim.running().collect();
+            if running.len() != stable {
+                return Err(format!(
+                    "{} nodes running, expected {stable}",
+                    running.len()
+                ));
+            }
+            let now = sim.now();
+            let mut worst_table = 0;
+            for &i in &running {
+                let swim = sim.swim(i).ok_or("not running")?;
+                for m in swim.members() {
+                    let current = running.iter().any(|&r| sim.id(r) == Some(m.id));
+                    let young = now - m.status_since <= reclaim;
+                    if m.status.is_active() && !current {
+                        let index = (0..sim.len()).find(|&x| sim.id(x) == Some(m.id));
+                        let position = index.and_then(|x| churned.iter().position(|&c| c == x));
+                        return Err(format!(
+                        "node {i} holds departed member {index:?} (churn #{position:?} of {}) as {} at {}, since {:?} ago",
+                        churned.len(),
+                        m.status,
+                        m.incarnation,
+                        now - m.status_since
+                    ));
+                    }
+                    if !m.status.is_active() && !young {
+                        return Err(format!(
+                            "node {i} holds a {} record older than reclaim",
+                            m.status
+                        ));
+                    }
+                }
+                worst_table = worst_table.max(swim.table_len());
+            }
+            let leavers_declared_dead = sim
+                .dead_declarations()
+                .iter()
+                .filter(|d| !running.iter().any(|&r| sim.id(r) == Some(d.subject)))
+                .count();
+            if leavers_declared_dead > 0 {
+                return Err(format!(
+                    "{leavers_declared_dead} declarations of death of nodes that left gracefully"
+                ));
+            }
+            Ok(vec![
+                ("largest member table", worst_table as f64),
+                (
+                    "forgotten ids remembered (node 0)",
+                    sim.swim(0).map_or(0, |s| s.forgotten_len()) as f64,
+                ),
+            ])
+        },
+    );
+}

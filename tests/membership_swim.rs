@@ -1,0 +1,657 @@
+//! The fine points of the SWIM state machine, one rule a test, driven by
+//! hand through its public API with crafted packets: refutation, worse
+//! status wins, old generations dropped, the retransmit limit, the packet
+//! size bound, tombstones, payload limits, drop counters, leave, moves.
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use cohort::membership::swim::LocalNode;
+use cohort::membership::wire::{self, Message, PacketHead};
+use cohort::membership::{
+    Incarnation, Keyring, MemberEvent, MemberRecord, MemberStatus, NodeId, PacketSecurity, Payload,
+    Swim, SwimConfig, Transmit, TransmitKind,
+};
+use uuid::Uuid;
+
+const GEN: u64 = 1_000;
+
+fn id(n: u128) -> NodeId {
+    NodeId(Uuid::from_u128(n))
+}
+
+fn addr(n: u128) -> SocketAddr {
+    SocketAddr::from(([10, 0, 0, n as u8], 7946))
+}
+
+fn config() -> SwimConfig {
+    SwimConfig {
+        cluster: "test".into(),
+        reclaim_after: Some(Duration::from_secs(10)),
+        ..SwimConfig::default()
+    }
+}
+
+fn node_with(n: u128, now: Instant, config: SwimConfig, security: PacketSecurity) -> Swim {
+    let local = LocalNode {
+        id: id(n),
+        generation: GEN,
+        addr: addr(n),
+    };
+    Swim::new(now, local, config, security, n as u64).expect("valid config")
+}
+
+fn node(n: u128, now: Instant) -> Swim {
+    node_with(n, now, config(), PacketSecurity::Plaintext)
+}
+
+fn record(n: u128, incarnation: Incarnation, status: MemberStatus) -> MemberRecord {
+    MemberRecord {
+        id: id(n),
+        addr: addr(n),
+        incarnation,
+        status,
+        payload: Payload::default(),
+        suspecter: (status == MemberStatus::Suspect).then(|| id(99)),
+    }
+}
+
+fn inc(generation: u64, version: u64) -> Incarnation {
+    Incarnation {
+        generation,
+        version,
+    }
+}
+
+/// A plaintext packet from member `from` (of `generation`) to anyone.
+fn packet(from: u128, generation: u64, message: Message, records: &[MemberRecord]) -> Vec<u8> {
+    packet_in("test", from, generation, message, records)
+}
+
+fn packet_in(
+    cluster: &str,
+    from: u128,
+    generation: u64,
+    message: Message,
+    records: &[MemberRecord],
+) -> Vec<u8> {
+    let head = wire::encode(&PacketHead {
+        cluster,
+        from: id(from),
+        generation,
+        message: &message,
+    })
+    .expect("encodes");
+    let records: Vec<Vec<u8>> = records
+        .iter()
+        .map(|r| wire::encode(r).expect("encodes"))
+        .collect();
+    wire::seal(
+        &PacketSecurity::Plaintext,
+        [0; 12],
+        &wire::assemble(&head, &records),
+    )
+    .expect("seals")
+}
+
+fn gossip(swim: &mut Swim, now: Instant, from: u128, records: &[MemberRecord]) {
+    let bytes = packet(from, GEN, Message::Gossip, records);
+    swim.handle_datagram(now, addr(from), &bytes);
+}
+
+fn drain(swim: &mut Swim) -> Vec<Transmit> {
+    std::iter::from_fn(|| swim.poll_transmit()).collect()
+}
+
+fn events(swim: &mut Swim) -> Vec<MemberEvent> {
+    std::iter::from_fn(|| swim.poll_event()).collect()
+}
+
+fn status_of(swim: &Swim, n: u128) -> Option<MemberStatus> {
+    swim.member(id(n)).map(|m| m.status)
+}
+
+#[test]
+fn a_suspicion_of_the_current_incarnation_is_refuted() {
+    let now = Instant::now();
+    let mut b = node(2, now);
+    gossip(
+        &mut b,
+        now,
+        1,
+        &[record(2, inc(GEN, 0), MemberStatus::Suspect)],
+    );
+    assert_eq!(b.local().incarnation, inc(GEN, 1));
+    assert_eq!(b.stats().refutations, 1);
+    // An older suspicion is already answered.
+    gossip(
+        &mut b,
+        now,
+        1,
+        &[record(2, inc(GEN, 0), MemberStatus::Dead)],
+    );
+    assert_eq!(b.local().incarnation, inc(GEN, 1));
+    // The buddy system: a ping telling b it is suspect.
+    let ping = Message::Ping {
+        seq: 5,
+        target: id(2),
+        buddy: Some((inc(GEN, 1), MemberStatus::Suspect)),
+    };
+    b.handle_datagram(now, addr(1), &packet(1, GEN, ping, &[]));
+    assert_eq!(b.local().incarnation, inc(GEN, 2));
+    assert_eq!(b.local().status, MemberStatus::Alive);
+    // The ack carries the refutation.
+    let ack = drain(&mut b).pop().expect("an ack");
+    let body = wire::open(&PacketSecurity::Plaintext, &ack.bytes).expect("opens");
+    let decoded = wire::decode_packet(&body).expect("decodes");
+    assert_eq!(decoded.message, Message::Ack { seq: 5 });
+    assert!(decoded
+        .gossip
+        .iter()
+        .any(|r| r.id == id(2) && r.incarnation == inc(GEN, 2) && r.status == MemberStatus::Alive));
+}
+
+#[test]
+fn equal_incarnation_worse_status_wins_and_newer_incarnation_resets() {
+    let now = Instant::now();
+    let mut c = node(3, now);
+    let i = inc(GEN, 4);
+    gossip(&mut c, now, 1, &[record(2, i, MemberStatus::Alive)]);
+    gossip(&mut c, now, 1, &[record(2, i, MemberStatus::Suspect)]);
+    assert_eq!(status_of(&c, 2), Some(MemberStatus::Suspect));
+    gossip(&mut c, now, 1, &[record(2, i, MemberStatus::Alive)]);
+    assert_eq!(
+        status_of(&c, 2),
+        Some(MemberStatus::Suspect),
+        "better status ignored"
+    );
+    gossip(&mut c, now, 1, &[record(2, i, MemberStatus::Dead)]);
+    gossip(&mut c, now, 1, &[record(2, i, MemberStatus::Suspect)]);
+    assert_eq!(status_of(&c, 2), Some(MemberStatus::Dead));
+    gossip(
+        &mut c,
+        now,
+        1,
+        &[record(2, inc(GEN, 3), MemberStatus::Alive)],
+    );
+    assert_eq!(
+        status_of(&c, 2),
+        Some(MemberStatus::Dead),
+        "older incarnation ignored"
+    );
+    gossip(
+        &mut c,
+        now,
+        1,
+        &[record(2, inc(GEN, 5), MemberStatus::Alive)],
+    );
+    assert_eq!(status_of(&c, 2), Some(MemberStatus::Alive));
+}
+
+#[test]
+fn packets_of_an_older_generation_are_dropped_and_counted() {
+    let now = Instant::now();
+    let mut c = node(3, now);
+    gossip(
+        &mut c,
+        now,
+        1,
+        &[record(2, inc(GEN + 10, 0), MemberStatus::Alive)],
+    );
+    let stale = packet(
+        2,
+        GEN,
+        Message::Gossip,
+        &[record(4, inc(GEN, 0), MemberStatus::Alive)],
+    );
+    c.handle_datagram(now, addr(2), &stale);
+    assert_eq!(c.stats().dropped.old_generation, 1);
+    assert!(
+        c.member(id(4)).is_none(),
+        "records of a dropped packet are not applied"
+    );
+    // A record about that older life is stale too.
+    gossip(
+        &mut c,
+        now,
+        1,
+        &[record(2, inc(GEN, 9), MemberStatus::Dead)],
+    );
+    assert_eq!(status_of(&c, 2), Some(MemberStatus::Alive));
+}
+
+#[test]
+fn an_update_is_sent_exactly_lambda_log2_n_times() {
+    let mut now = Instant::now();
+    // Five live nodes that answer each other: N = 5, so 2·⌈log₂ 6⌉ = 6.
+    let mut nodes: Vec<Swim> = (1..=5).map(|n| node(n, now)).collect();
+    for n in nodes.iter_mut().skip(1) {
+        n.join(now, addr(1));
+    }
+    exchange(&mut nodes, now);
+    // Let every queue drain, so that only the new update is counted.
+    for _ in 0..600 {
+        now += Duration::from_millis(100);
+        tick(&mut nodes, now, |_| {});
+        if nodes.iter().all(|n| n.pending_broadcasts() == 0) {
+            break;
+        }
+    }
+    assert!(nodes.iter().all(|n| n.count(MemberStatus::Alive) == 4));
+    assert_eq!(nodes[0].pending_broadcasts(), 0);
+    nodes[0]
+        .set_payload(
+            now,
+            Payload {
+                roles: vec!["x".into()],
+                ..Payload::default()
+            },
+        )
+        .expect("fits");
+    let version = nodes[0].local().incarnation;
+    let mut sends = 0;
+    for _ in 0..300 {
+        now += Duration::from_millis(100);
+        tick(&mut nodes, now, |t| {
+            if t.kind == TransmitKind::Datagram {
+                let body = wire::open(&PacketSecurity::Plaintext, &t.bytes).expect("opens");
+                let p = wire::decode_packet(&body).expect("decodes");
+                sends += p
+                    .gossip
+                    .iter()
+                    .filter(|r| r.id == id(1) && r.incarnation == version)
+                    .count();
+            }
+        });
+    }
+    assert_eq!(sends, 6);
+    assert_eq!(nodes[0].pending_broadcasts(), 0);
+}
+
+/// Runs every node's timers at `now`, then delivers everything; `sent_by_first`
+/// sees each transmit of node 0.
+fn tick(nodes: &mut [Swim], now: Instant, sent_by_first: impl FnMut(&Transmit)) {
+    for n in nodes.iter_mut() {
+        n.handle_timeout(now);
+    }
+    deliver_all(nodes, now, sent_by_first);
+}
+
+/// Moves every transmit between the given nodes until all is quiet;
+/// `sent_by_first` sees each transmit of node 0.
+fn deliver_all(nodes: &mut [Swim], now: Instant, mut sent_by_first: impl FnMut(&Transmit)) {
+    loop {
+        let mut moved = false;
+        for i in 0..nodes.len() {
+            let from = nodes[i].local().addr;
+            for t in drain(&mut nodes[i]) {
+                moved = true;
+                if i == 0 {
+                    sent_by_first(&t);
+                }
+                if let Some(to) = nodes.iter_mut().find(|n| n.local().addr == t.dst) {
+                    match t.kind {
+                        TransmitKind::Datagram => to.handle_datagram(now, from, &t.bytes),
+                        TransmitKind::Stream => to.handle_stream(now, from, &t.bytes),
+                    }
+                }
+            }
+        }
+        if !moved {
+            return;
+        }
+    }
+}
+
+#[test]
+fn datagrams_never_exceed_the_packet_size_even_with_big_payloads() {
+    let now = Instant::now();
+    for security in [
+        PacketSecurity::Plaintext,
+        PacketSecurity::Encrypted(Keyring::new(&[[1; 32]]).expect("key")),
+    ] {
+        let mut a = node_with(1, now, config(), security.clone());
+        let limit = a.record_limit();
+        let records: Vec<_> = (2..400u128)
+            .map(|n| MemberRecord {
+                payload: Payload {
+                    tags: [("k".to_string(), "v".repeat(limit / 2))].into(),
+                    ..Payload::default()
+                },
+                ..record(n, inc(GEN, 0), MemberStatus::Alive)
+            })
+            .collect();
+        // Sent as a push-pull stream: big state arrives in one piece.
+        let head = wire::encode(&PacketHead {
+            cluster: "test",
+            from: id(500),
+            generation: GEN,
+            message: &Message::PushPull {
+                reply: true,
+                members: records,
+            },
+        })
+        .expect("encodes");
+        let bytes = wire::seal(&security, [3; 12], &wire::assemble(&head, &[])).expect("seals");
+        a.handle_stream(now, addr(200), &bytes);
+        assert_eq!(a.count(MemberStatus::Alive), 398);
+        let reply = drain(&mut a);
+        assert!(reply
+            .iter()
+            .any(|t| t.kind == TransmitKind::Stream && t.bytes.len() > 1400));
+        let mut later = now;
+        let mut datagrams = 0;
+        for _ in 0..100 {
+            later += Duration::from_millis(250);
+            a.handle_timeout(later);
+            for t in drain(&mut a)
+                .into_iter()
+                .filter(|t| t.kind == TransmitKind::Datagram)
+            {
+                assert!(t.bytes.len() <= 1400, "{} bytes", t.bytes.len());
+                datagrams += 1;
+            }
+        }
+        // Silent members: Lifeguard slows probing down, but some go out.
+        assert!(datagrams >= 5, "{datagrams}");
+    }
+}
+
+#[test]
+fn tombstones_keep_ghosts_out_until_reclaimed_then_a_new_life_rejoins() {
+    let start = Instant::now();
+    let mut c = node(3, start);
+    gossip(
+        &mut c,
+        start,
+        1,
+        &[record(2, inc(GEN, 1), MemberStatus::Dead)],
+    );
+    assert_eq!(
+        status_of(&c, 2),
+        Some(MemberStatus::Dead),
+        "an unknown dead member is a tombstone"
+    );
+    // A lagging peer's older alive record does not revive it.
+    gossip(
+        &mut c,
+        start,
+        1,
+        &[record(2, inc(GEN, 0), MemberStatus::Alive)],
+    );
+    gossip(
+        &mut c,
+        start,
+        1,
+        &[record(2, inc(GEN, 1), MemberStatus::Alive)],
+    );
+    assert_eq!(status_of(&c, 2), Some(MemberStatus::Dead));
+    events(&mut c);
+    let later = start + Duration::from_secs(11);
+    c.handle_timeout(later);
+    assert!(c.member(id(2)).is_none(), "reclaimed");
+    assert!(events(&mut c).contains(&MemberEvent::Forgotten { id: id(2) }));
+    // Still no revival from the ghost after it was forgotten.
+    gossip(
+        &mut c,
+        later,
+        1,
+        &[record(2, inc(GEN, 1), MemberStatus::Alive)],
+    );
+    assert!(c.member(id(2)).is_none());
+    // Its next life rejoins.
+    gossip(
+        &mut c,
+        later,
+        1,
+        &[record(2, inc(GEN + 1, 0), MemberStatus::Alive)],
+    );
+    assert_eq!(status_of(&c, 2), Some(MemberStatus::Alive));
+    // The remembered id expires too.
+    let much_later = later + Duration::from_secs(30);
+    c.handle_timeout(much_later);
+    assert_eq!(c.forgotten_len(), 0);
+}
+
+#[test]
+fn reclaim_none_keeps_records_forever() {
+    let start = Instant::now();
+    let mut c = node_with(
+        3,
+        start,
+        SwimConfig {
+            reclaim_after: None,
+            ..config()
+        },
+        PacketSecurity::Plaintext,
+    );
+    gossip(
+        &mut c,
+        start,
+        1,
+        &[record(2, inc(GEN, 1), MemberStatus::Left)],
+    );
+    c.handle_timeout(start + Duration::from_secs(100_000));
+    assert_eq!(status_of(&c, 2), Some(MemberStatus::Left));
+}
+
+#[test]
+fn a_payload_too_big_for_one_packet_is_refused_at_set_payload() {
+    let now = Instant::now();
+    let mut a = node(1, now);
+    let big = Payload {
+        tags: [("blob".to_string(), "x".repeat(1400))].into(),
+        ..Payload::default()
+    };
+    let err = a.set_payload(now, big).expect_err("too large");
+    assert!(err.to_string().contains("1400-byte"), "{err}");
+    assert_eq!(a.local().incarnation, inc(GEN, 0), "nothing changed");
+    let fits = Payload {
+        rpc_addr: Some(addr(1)),
+        roles: vec!["storage".into(), "http".into()],
+        replica_set: Some("storage-1".into()),
+        ..Payload::default()
+    };
+    a.set_payload(now, fits.clone()).expect("fits");
+    assert_eq!(a.local().payload, fits);
+    assert_eq!(a.local().incarnation, inc(GEN, 1));
+}
+
+#[test]
+fn undecodable_foreign_and_undecryptable_packets_are_counted_by_reason() {
+    let now = Instant::now();
+    let ring = Keyring::new(&[[1; 32]]).expect("key");
+    let mut a = node_with(1, now, config(), PacketSecurity::Encrypted(ring));
+    a.handle_datagram(now, addr(2), b"");
+    a.handle_datagram(now, addr(2), &[wire::WIRE_VERSION, 1, 0, 0]);
+    assert_eq!(a.stats().dropped.decode, 2);
+    a.handle_datagram(now, addr(2), &packet(2, GEN, Message::Gossip, &[]));
+    assert_eq!(a.stats().dropped.plaintext_refused, 1);
+    let other = PacketSecurity::Encrypted(Keyring::new(&[[2; 32]]).expect("key"));
+    let mut b = node_with(2, now, config(), other);
+    b.join(now, addr(1));
+    let join = drain(&mut b).pop().expect("join");
+    a.handle_stream(now, addr(2), &join.bytes);
+    assert_eq!(a.stats().dropped.decrypt, 1);
+    assert!(
+        a.member(id(2)).is_none(),
+        "a node with the wrong key is never admitted"
+    );
+    // Same key, another cluster.
+    let same_key = PacketSecurity::Encrypted(Keyring::new(&[[1; 32]]).expect("key"));
+    let mut foreign = node_with(
+        4,
+        now,
+        SwimConfig {
+            cluster: "other".into(),
+            ..config()
+        },
+        same_key,
+    );
+    foreign.join(now, addr(1));
+    let join = drain(&mut foreign).pop().expect("join");
+    a.handle_stream(now, addr(4), &join.bytes);
+    assert_eq!(a.stats().dropped.foreign_cluster, 1);
+    assert_eq!(a.stats().dropped.total(), 5);
+    assert_eq!(a.table_len(), 0);
+}
+
+/// Moves every transmit between the given nodes until all is quiet.
+fn exchange(nodes: &mut [Swim], now: Instant) {
+    deliver_all(nodes, now, |_| {});
+}
+
+#[test]
+fn a_graceful_leave_is_seen_as_left_without_suspicion() {
+    let now = Instant::now();
+    let mut nodes = vec![node(1, now), node(2, now), node(3, now)];
+    nodes[1].join(now, addr(1));
+    nodes[2].join(now, addr(1));
+    exchange(&mut nodes, now);
+    nodes[0].join(now, addr(2));
+    exchange(&mut nodes, now);
+    assert!(nodes.iter().all(|n| n.count(MemberStatus::Alive) == 2));
+    for n in nodes.iter_mut() {
+        events(n);
+    }
+    nodes[2].leave(now);
+    exchange(&mut nodes, now);
+    for n in &mut nodes[..2] {
+        assert_eq!(status_of(n, 3), Some(MemberStatus::Left));
+        let seen = events(n);
+        assert!(seen.contains(&MemberEvent::StatusChanged {
+            id: id(3),
+            from: MemberStatus::Alive,
+            to: MemberStatus::Left
+        }));
+        assert!(!seen.iter().any(|e| matches!(
+            e,
+            MemberEvent::StatusChanged {
+                to: MemberStatus::Suspect,
+                ..
+            }
+        )));
+    }
+}
+
+#[test]
+fn the_same_id_at_a_new_address_is_accepted_as_a_move() {
+    let now = Instant::now();
+    let mut c = node(3, now);
+    gossip(
+        &mut c,
+        now,
+        1,
+        &[record(2, inc(GEN, 0), MemberStatus::Alive)],
+    );
+    events(&mut c);
+    let moved = MemberRecord {
+        addr: addr(42),
+        ..record(2, inc(GEN + 5, 0), MemberStatus::Alive)
+    };
+    gossip(&mut c, now, 1, &[moved]);
+    assert_eq!(c.member(id(2)).map(|m| m.addr), Some(addr(42)));
+    let seen = events(&mut c);
+    assert!(seen.contains(&MemberEvent::AddressChanged {
+        id: id(2),
+        from: addr(2),
+        to: addr(42)
+    }));
+    assert!(seen.contains(&MemberEvent::IncarnationChanged {
+        id: id(2),
+        from: inc(GEN, 0),
+        to: inc(GEN + 5, 0)
+    }));
+}
+
+#[test]
+fn a_silent_member_is_suspected_then_dead_after_the_suspicion_timeout() {
+    let start = Instant::now();
+    let mut a = node(1, start);
+    gossip(
+        &mut a,
+        start,
+        2,
+        &[record(2, inc(GEN, 0), MemberStatus::Alive)],
+    );
+    let mut now = start;
+    let mut suspected_at = None;
+    let mut dead_at = None;
+    for _ in 0..600 {
+        now += Duration::from_millis(100);
+        a.handle_timeout(now);
+        drain(&mut a);
+        for e in events(&mut a) {
+            match e {
+                MemberEvent::StatusChanged {
+                    to: MemberStatus::Suspect,
+                    ..
+                } => suspected_at = Some(now),
+                MemberEvent::StatusChanged {
+                    to: MemberStatus::Dead,
+                    ..
+                } => dead_at = Some(now),
+                _ => {}
+            }
+        }
+    }
+    let suspected_at = suspected_at.expect("suspected");
+    let dead_at = dead_at.expect("declared dead");
+    // One accuser and no confirmation: the longest suspicion (Lifeguard),
+    // 6 × 4 × 1 s for a two-member cluster.
+    let suspicion = dead_at - suspected_at;
+    assert!(
+        suspicion >= Duration::from_secs(24) && suspicion <= Duration::from_millis(24_200),
+        "{suspicion:?}"
+    );
+}
+
+mod any_input {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(2048))]
+
+        /// No input, framed or not, panics the state machine.
+        #[test]
+        fn the_state_machine_survives_arbitrary_frames(
+            body in proptest::collection::vec(any::<u8>(), 0..1500),
+            plaintext_header in any::<bool>(),
+        ) {
+            let now = Instant::now();
+            let mut a = node(1, now);
+            gossip(&mut a, now, 2, &[record(2, inc(GEN, 0), MemberStatus::Alive)]);
+            let mut frame = if plaintext_header { vec![wire::WIRE_VERSION, 0] } else { Vec::new() };
+            frame.extend_from_slice(&body);
+            a.handle_datagram(now, addr(2), &frame);
+            a.handle_stream(now, addr(2), &frame);
+            a.handle_timeout(now + Duration::from_secs(5));
+            prop_assert!(a.stats().dropped.total() <= 2);
+        }
+
+        /// Valid packets with bytes flipped: decoded or dropped, never a panic.
+        #[test]
+        fn the_state_machine_survives_mutated_packets(
+            flips in proptest::collection::vec((any::<usize>(), any::<u8>()), 1..6),
+        ) {
+            let now = Instant::now();
+            let mut a = node(1, now);
+            let message = Message::PingReq { seq: 3, target: id(3), target_addr: addr(3) };
+            let mut frame = packet(2, GEN, message, &[
+                record(2, inc(GEN, 0), MemberStatus::Alive),
+                record(3, inc(GEN, 1), MemberStatus::Suspect),
+                record(4, inc(GEN, 2), MemberStatus::Dead),
+            ]);
+            for (at, byte) in flips {
+                let len = frame.len();
+                frame[at % len] = byte;
+            }
+            a.handle_datagram(now, addr(2), &frame);
+            for step in 1..30u64 {
+                a.handle_timeout(now + Duration::from_millis(500 * step));
+                drain(&mut a);
+            }
+        }
+    }
+}
