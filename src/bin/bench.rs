@@ -12,7 +12,7 @@
 //! positives (a live node suspected or declared dead); samples per-node
 //! gossip bytes/s and packets/s, and RSS and CPU of each agent while idle.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
@@ -75,10 +75,14 @@ impl Drop for Agent {
     }
 }
 
-fn free_port() -> anyhow::Result<u16> {
+/// A port free for TCP and UDP now and never handed out before in this
+/// run: agents bind theirs a moment later, and the OS could otherwise give
+/// the same ephemeral port twice in between.
+fn free_port(taken: &mut BTreeSet<u16>) -> anyhow::Result<u16> {
     loop {
         let port = TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
-        if UdpSocket::bind(("127.0.0.1", port)).is_ok() {
+        if !taken.contains(&port) && UdpSocket::bind(("127.0.0.1", port)).is_ok() {
+            taken.insert(port);
             return Ok(port);
         }
     }
@@ -90,8 +94,9 @@ fn start_agent(
     name: &str,
     seed: Option<SocketAddr>,
     args: &MembershipArgs,
+    taken: &mut BTreeSet<u16>,
 ) -> anyhow::Result<(Agent, SocketAddr)> {
-    let (port, api_port) = (free_port()?, free_port()?);
+    let (port, api_port) = (free_port(taken)?, free_port(taken)?);
     let dir = root.join(name);
     fs::create_dir_all(&dir)?;
     let bind = SocketAddr::from(([127, 0, 0, 1], port));
@@ -226,10 +231,21 @@ fn membership(args: MembershipArgs) -> anyhow::Result<()> {
 
     // Start: the first node is every other node's seed.
     let mut agents: Vec<Agent> = Vec::new();
-    let (first, seed) = start_agent(&cohort, &root, "n1", None, &args)?;
+    let mut taken = BTreeSet::new();
+    let (first, seed) = start_agent(&cohort, &root, "n1", None, &args, &mut taken)?;
     agents.push(first);
     for i in 2..=args.nodes {
-        agents.push(start_agent(&cohort, &root, &format!("n{i}"), Some(seed), &args)?.0);
+        agents.push(
+            start_agent(
+                &cohort,
+                &root,
+                &format!("n{i}"),
+                Some(seed),
+                &args,
+                &mut taken,
+            )?
+            .0,
+        );
     }
     let last_started = Instant::now();
     eprintln!(
@@ -243,6 +259,13 @@ fn membership(args: MembershipArgs) -> anyhow::Result<()> {
             .all(|a| members(a.api).is_some_and(|v| alive_count(&v) == args.nodes));
         if converged {
             break;
+        }
+        for agent in &mut agents {
+            if let Ok(Some(exit)) = agent.child.try_wait() {
+                let log = fs::read_to_string(root.join(&agent.name).join("agent.log"))
+                    .unwrap_or_default();
+                bail!("agent {} exited ({exit}):\n{}", agent.name, log.trim_end());
+            }
         }
         if Instant::now() > deadline {
             bail!("no full membership within 300 s");
