@@ -6,8 +6,13 @@ use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
 
-/// Replaces `path` with `bytes` atomically and durably, with `mode` bits.
+/// Tells apart the temp files of concurrent writers in one process.
+static WRITES: AtomicU64 = AtomicU64::new(0);
+
+/// Replaces `path` with `bytes` atomically and durably, with `mode` bits
+/// (applied to a new file; umask still narrows them).
 pub fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> io::Result<()> {
     let dir = path
         .parent()
@@ -17,7 +22,8 @@ pub fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> io::Result<()> {
         .file_name()
         .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "path has no file name"))?;
     let mut tmp_name = name.to_os_string();
-    tmp_name.push(format!(".tmp.{}", std::process::id()));
+    let seq = WRITES.fetch_add(1, Ordering::Relaxed);
+    tmp_name.push(format!(".tmp.{}.{seq}", std::process::id()));
     let tmp = dir.join(tmp_name);
     let result = (|| {
         let mut file = OpenOptions::new()

@@ -4,7 +4,7 @@
 mod support;
 
 use std::fs;
-use std::process::Stdio;
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use support::*;
@@ -12,17 +12,23 @@ use support::*;
 const START: Duration = Duration::from_secs(30);
 const STOP: Duration = Duration::from_secs(10);
 
+fn dev_agent_command(data_dir: &std::path::Path, port: u16, api_port: u16) -> Command {
+    let mut command = cohort();
+    command
+        .args(["agent", "--dev", "--data-dir"])
+        .arg(data_dir)
+        .args([
+            "--bind",
+            &addr(port).to_string(),
+            "--api-http",
+            &addr(api_port).to_string(),
+        ]);
+    command
+}
+
 fn dev_agent(data_dir: &std::path::Path, port: u16, api_port: u16, stderr: fs::File) -> Proc {
     Proc::spawn(
-        cohort()
-            .args(["agent", "--dev", "--data-dir"])
-            .arg(data_dir)
-            .args([
-                "--bind",
-                &addr(port).to_string(),
-                "--api-http",
-                &addr(api_port).to_string(),
-            ])
+        dev_agent_command(data_dir, port, api_port)
             .stdout(Stdio::null())
             .stderr(stderr),
     )
@@ -65,22 +71,53 @@ fn dev_agent_keeps_its_uuid_across_restarts_with_a_greater_generation() {
     assert_eq!(first["node"], "dev");
     assert_eq!(first["bind"], addr(port).to_string());
     assert_eq!(first["pid"], agent.pid());
+    assert_eq!(first["config_version"], serde_json::Value::Null);
+    assert_eq!(first["topology"]["state"], "missing");
+    assert_eq!(first["version"], env!("CARGO_PKG_VERSION"));
+    let started_at = first["started_at"].as_str().expect("started_at");
+    assert!(
+        started_at.len() == 24 && started_at.ends_with('Z'),
+        "{started_at}"
+    );
+    for field in ["cluster", "advertise", "data_dir", "uptime_seconds"] {
+        assert!(!first[field].is_null(), "status has {field}");
+    }
 
     let asked = Instant::now();
     agent.signal(SIGTERM);
     let exit = agent.wait_exit(STOP);
-    eprintln!("SIGTERM to exit: {:?}", asked.elapsed());
+    let took = asked.elapsed();
+    eprintln!("SIGTERM to exit: {took:?}");
     assert_eq!(
         exit.code(),
         Some(0),
         "SIGTERM exits 0; log:\n{}",
         read(&log)
     );
+    // The promise is 2 s; a normal stop takes milliseconds, so this only
+    // fails when the stop really hangs.
+    assert!(
+        took < Duration::from_secs(2),
+        "SIGTERM to exit took {took:?}"
+    );
 
-    let mut agent = dev_agent(&data, port, api_port, fs::File::create(&log).unwrap());
+    // The second run logs JSON: every line is one JSON object.
+    let mut agent = Proc::spawn(
+        dev_agent_command(&data, port, api_port)
+            .args(["--log-format", "json"])
+            .stdout(Stdio::null())
+            .stderr(fs::File::create(&log).unwrap()),
+    );
     let second = wait_until(START, "the second start's status", || {
         status_via_cli(api_port)
     });
+    let started = wait_until(START, "the JSON `agent started` line", || {
+        read(&log)
+            .lines()
+            .map(|l| serde_json::from_str::<serde_json::Value>(l).expect("a JSON log line"))
+            .find(|l| l["message"] == "agent started")
+    });
+    assert_eq!(started["uuid"], uuid.as_str());
     assert_eq!(second["uuid"], uuid.as_str(), "same identity after restart");
     assert!(
         second["generation"].as_u64() > first["generation"].as_u64(),
@@ -116,14 +153,76 @@ fn a_second_agent_on_a_taken_port_exits_with_one_line_naming_the_address() {
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(1));
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    let lines: Vec<&str> = stderr.lines().filter(|l| !l.contains(" INFO ")).collect();
-    assert_eq!(lines.len(), 1, "one line of error, got:\n{stderr}");
     assert_eq!(
-        lines[0],
-        format!("cohort: cannot bind 127.0.0.1:{port} (tcp): Address already in use")
+        String::from_utf8_lossy(&out.stderr),
+        format!("cohort: cannot bind 127.0.0.1:{port} (tcp): Address already in use\n"),
+        "exactly one line on stderr"
     );
-    assert!(!stderr.contains("panicked"), "{stderr}");
+}
+
+#[test]
+fn the_api_answers_health_and_json_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let (port, api_port) = (free_port(), free_port());
+    let _agent = dev_agent(
+        &dir.path().join("data"),
+        port,
+        api_port,
+        fs::File::create(dir.path().join("agent.log")).unwrap(),
+    );
+    let api = addr(api_port);
+    let health = wait_until(START, "the API", || http(api, "GET", "/v1/health"));
+    assert_eq!(health.0, 200);
+    assert_eq!(
+        serde_json::from_str::<serde_json::Value>(&health.1).unwrap(),
+        serde_json::json!({ "status": "ok" })
+    );
+
+    let (code, body) = http(api, "GET", "/v1/nothing-here").expect("an answer");
+    assert_eq!(code, 404);
+    assert_eq!(
+        serde_json::from_str::<serde_json::Value>(&body).unwrap(),
+        serde_json::json!({ "code": "not_found", "message": "no such endpoint: /v1/nothing-here" })
+    );
+    let (code, body) = http(api, "DELETE", "/v1/status").expect("an answer");
+    assert_eq!(code, 405);
+    let error: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(error["code"], "method_not_allowed");
+}
+
+#[test]
+fn api_http_null_switches_the_api_off() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("cohort.yaml");
+    fs::write(
+        &config,
+        format!(
+            "node: quiet\nbind: {}\ndata_dir: {}\napi: {{ http: null }}\n",
+            addr(free_port()),
+            dir.path().join("data").display()
+        ),
+    )
+    .unwrap();
+    let log = dir.path().join("agent.log");
+    let mut agent = Proc::spawn(
+        cohort()
+            .arg("agent")
+            .arg("--dev")
+            .arg("--config")
+            .arg(&config)
+            .args(["--log-format", "text"])
+            .stdout(Stdio::null())
+            .stderr(fs::File::create(&log).unwrap()),
+    );
+    let line = wait_until(START, "the `agent started` line", || {
+        read(&log)
+            .lines()
+            .find(|l| l.contains("agent started"))
+            .map(str::to_string)
+    });
+    assert!(line.contains(" api=off "), "{line}");
+    agent.signal(SIGTERM);
+    assert_eq!(agent.wait_exit(STOP).code(), Some(0), "{}", read(&log));
 }
 
 #[test]
@@ -145,6 +244,17 @@ fn a_missing_or_broken_config_ends_the_agent_with_clear_lines() {
         )
     );
 
+    // Without --config the packaged path is read (only checkable where
+    // no package is installed).
+    if !std::path::Path::new("/etc/cohort/cohort.yaml").exists() {
+        let out = cohort().arg("agent").output().unwrap();
+        assert_eq!(out.status.code(), Some(1));
+        assert_eq!(
+            String::from_utf8_lossy(&out.stderr),
+            "cohort: cannot read /etc/cohort/cohort.yaml: no such file; pass --config FILE, or --dev to run a local node without one\n"
+        );
+    }
+
     let broken = dir.path().join("cohort.yaml");
     fs::write(&broken, "node: a\nbind: nowhere\nclster: x\n").unwrap();
     let out = cohort()
@@ -159,6 +269,24 @@ fn a_missing_or_broken_config_ends_the_agent_with_clear_lines() {
         format!(
             "{}:3:1: unknown field `clster`, did you mean `cluster`?\n",
             broken.display()
+        )
+    );
+
+    // Several problems: one FILE:LINE:COL line each, nothing else.
+    fs::write(&broken, "node: \"bad name!\"\nbind: nowhere\n").unwrap();
+    let out = cohort()
+        .arg("agent")
+        .arg("--config")
+        .arg(&broken)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let f = broken.display();
+    assert_eq!(
+        String::from_utf8_lossy(&out.stderr),
+        format!(
+            "{f}:1:7: node name `bad name!` is invalid: use 1 to 63 letters, digits, `-`, `_` or `.`, starting with a letter or digit\n\
+             {f}:2:7: bind: `nowhere` is not an address: write `ip:port`, like `10.0.0.1:3301`\n"
         )
     );
 
@@ -177,17 +305,35 @@ fn a_missing_or_broken_config_ends_the_agent_with_clear_lines() {
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(1));
-    let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(
-        stderr.lines().last(),
-        Some(
-            format!(
-                "cohort: cannot use data dir {}: Not a directory",
-                blocker.join("data").display()
-            )
-            .as_str()
-        ),
-        "{stderr}"
+        String::from_utf8_lossy(&out.stderr),
+        format!(
+            "cohort: cannot use data dir {}: Not a directory\n",
+            blocker.join("data").display()
+        )
+    );
+
+    // A data dir held by another agent is refused, naming the holder.
+    let data = dir.path().join("held");
+    let (port, api_port) = (free_port(), free_port());
+    let _first = dev_agent(
+        &data,
+        port,
+        api_port,
+        fs::File::create(dir.path().join("held.log")).unwrap(),
+    );
+    let holder = wait_until(START, "the first agent", || status(addr(api_port)));
+    let out = dev_agent_command(&data, free_port(), free_port())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stderr),
+        format!(
+            "cohort: data dir {} is in use by another cohort agent (pid {})\n",
+            data.display(),
+            holder["pid"]
+        )
     );
 }
 
@@ -218,12 +364,33 @@ fn sighup_reloads_the_log_level_and_survives_a_broken_file() {
         "no debug lines at level info"
     );
 
-    fs::write(&config, body.replace("level: info", "level: debug")).unwrap();
+    // A new level and a new cluster name: the first takes effect at once,
+    // the second is named as waiting for a restart.
+    fs::write(
+        &config,
+        body.replace("level: info", "level: debug")
+            .replace("cluster: test", "cluster: other"),
+    )
+    .unwrap();
     agent.signal(SIGHUP);
-    wait_until(START, "a debug line after reload", || {
-        let text = read(&log);
-        (text.contains("log level changed") && text.contains("DEBUG")).then_some(())
+    wait_until(START, "the reload to finish", || {
+        read(&log).contains(" INFO reloaded").then_some(())
     });
+    let text = read(&log);
+    let changed = text.find("log level changed").expect("level change logged");
+    let debug = text
+        .find("DEBUG node config read again")
+        .expect("a debug line after the reload");
+    assert!(changed < debug, "{text}");
+    assert!(
+        text.contains("WARN changed settings take effect at the next restart; until then the running values stay settings=cluster"),
+        "{text}"
+    );
+    assert_eq!(
+        status(addr(api_port)).expect("status")["cluster"],
+        "test",
+        "status shows what runs"
+    );
 
     fs::write(&config, "log: [this is not a mapping\n").unwrap();
     agent.signal(SIGHUP);
@@ -319,4 +486,44 @@ fn completions_and_man_page_come_from_the_same_definitions() {
         "roff man page"
     );
     assert!(page.contains("validate"));
+}
+
+#[test]
+fn sigterm_ends_open_event_streams_with_a_last_event() {
+    use std::io::{BufRead, BufReader, Read, Write};
+    let dir = tempfile::tempdir().unwrap();
+    let (port, api_port) = (free_port(), free_port());
+    let log = dir.path().join("agent.log");
+    let mut agent = dev_agent(
+        &dir.path().join("data"),
+        port,
+        api_port,
+        fs::File::create(&log).unwrap(),
+    );
+    wait_until(START, "the agent", || status(addr(api_port)));
+
+    let mut stream = std::net::TcpStream::connect(addr(api_port)).unwrap();
+    stream.set_read_timeout(Some(STOP)).unwrap();
+    write!(stream, "GET /v1/events HTTP/1.0\r\nHost: x\r\n\r\n").unwrap();
+    let mut reader = BufReader::new(stream);
+    // The headers come once the handler has subscribed to the feed.
+    let mut line = String::new();
+    while line != "\r\n" {
+        line.clear();
+        assert!(reader.read_line(&mut line).unwrap() > 0, "headers end");
+    }
+
+    agent.signal(SIGTERM);
+    let mut body = String::new();
+    reader
+        .read_to_string(&mut body)
+        .expect("the stream ends (not cut by a timeout)");
+    assert!(body.contains("event: agent-stopping\n"), "{body}");
+    assert!(body.contains("stopping on SIGTERM"), "{body}");
+    assert_eq!(agent.wait_exit(STOP).code(), Some(0));
+    assert!(
+        !read(&log).contains("stopped before"),
+        "the API drained without hitting the stop budget:\n{}",
+        read(&log)
+    );
 }

@@ -26,15 +26,14 @@ impl LogControl {
 }
 
 /// Installs the process-wide subscriber. `format: Auto` means journald when
-/// systemd handed us its journal stream, else text.
+/// our stderr is systemd's journal stream, else text.
 pub fn init(level: &str, format: LogFormat) -> Result<LogControl, String> {
     let filter = EnvFilter::builder()
         .parse(level)
         .map_err(|e| format!("log level `{level}`: {e}"))?;
     let (filter, handle) = reload::Layer::new(filter);
-    let under_systemd = std::env::var_os("JOURNAL_STREAM").is_some();
     let mut format = match format {
-        LogFormat::Auto if under_systemd => LogFormat::Journald,
+        LogFormat::Auto if stderr_is_the_journal() => LogFormat::Journald,
         LogFormat::Auto => LogFormat::Text,
         other => other,
     };
@@ -70,4 +69,39 @@ pub fn init(level: &str, format: LogFormat) -> Result<LogControl, String> {
         .try_init()
         .map_err(|e| format!("cannot set up logging: {e}"))?;
     Ok(LogControl { handle, format })
+}
+
+/// systemd sets `JOURNAL_STREAM=DEV:INODE` for the stderr it connects to
+/// the journal. Children inherit the variable even when their stderr goes
+/// elsewhere (a file, a pipe), so it counts only if it names our stderr
+/// (as systemd.exec(5) advises).
+fn stderr_is_the_journal() -> bool {
+    let Some(value) = std::env::var_os("JOURNAL_STREAM") else {
+        return false;
+    };
+    let Ok(stat) = nix::sys::stat::fstat(std::io::stderr()) else {
+        return false;
+    };
+    names_stream(&value.to_string_lossy(), stat.st_dev, stat.st_ino)
+}
+
+fn names_stream(journal_stream: &str, dev: u64, ino: u64) -> bool {
+    let Some((d, i)) = journal_stream.trim().split_once(':') else {
+        return false;
+    };
+    d.parse() == Ok(dev) && i.parse() == Ok(ino)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn journal_stream_must_name_our_stderr() {
+        assert!(names_stream("8:1234", 8, 1234));
+        assert!(!names_stream("8:1234", 8, 99), "another stream: inherited");
+        assert!(!names_stream("8", 8, 1234));
+        assert!(!names_stream("", 0, 0));
+        assert!(!names_stream("x:y", 0, 0));
+    }
 }

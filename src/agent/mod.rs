@@ -2,46 +2,47 @@
 //! binds its gossip/rpc port, serves the local API, and lives until SIGTERM
 //! or SIGINT; SIGHUP reloads the node config and the log level.
 
+mod commands;
 mod data_dir;
 pub mod identity;
 pub mod logging;
 mod membership;
+mod options;
+mod reload;
+mod sockets;
+mod systemd;
+mod topology_file;
 
 use std::io;
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
-use std::path::{Path, PathBuf};
+use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use tokio::net::{TcpListener, UdpSocket};
 use tokio::signal::unix::{signal, SignalKind};
-use tracing::{debug, info, warn};
+use tokio::time::Instant;
+use tracing::{info, warn};
 
-use crate::api::{self, NodeState, Status, TopologyFile, TopologyFileState};
-use crate::config::{ConfigError, LogFormat, NodeConfig, Topology, DEFAULT_CONFIG_PATH};
+use crate::api::{self, NodeState, Status};
+use crate::config::{ConfigError, NodeConfig};
 pub use data_dir::{DataDir, DataDirError};
 pub use identity::{Identity, IdentityError, NodeId};
+pub use options::AgentOptions;
 
-/// How the agent was asked to start: a config file, dev defaults, and
-/// command-line settings that win over both.
-#[derive(Clone, Debug, Default)]
-pub struct AgentOptions {
-    pub config: Option<PathBuf>,
-    pub dev: bool,
-    pub node: Option<String>,
-    pub bind: Option<SocketAddr>,
-    pub data_dir: Option<PathBuf>,
-    pub api_http: Option<SocketAddr>,
-    pub log_level: Option<String>,
-    pub log_format: Option<LogFormat>,
-}
+/// From SIGTERM to the end of `serve`: leaving the cluster and draining
+/// the API share it, so the process exits well within systemd's patience
+/// and the 2 s the operator was promised.
+const STOP_BUDGET: Duration = Duration::from_secs(1);
+/// What blocking work (a DNS lookup) gets before the process exits anyway.
+const RUNTIME_GRACE: Duration = Duration::from_millis(200);
 
 #[derive(Debug, thiserror::Error)]
 pub enum AgentError {
     #[error("{0}")]
     Config(ConfigError),
-    #[error("cannot read {}: no such file; pass --config FILE, or --dev to run a local node without one", .0.display())]
-    NoConfigFile(PathBuf),
+    #[error("cannot read {}: no such file{}", path.display(),
+        if *dev { "" } else { "; pass --config FILE, or --dev to run a local node without one" })]
+    NoConfigFile { path: PathBuf, dev: bool },
     #[error("{0}")]
     Logging(String),
     #[error(transparent)]
@@ -56,8 +57,11 @@ pub enum AgentError {
     },
     #[error(transparent)]
     Membership(#[from] membership::MembershipError),
-    #[error("cannot start the async runtime: {0}")]
-    Runtime(io::Error),
+    #[error("cannot set up {what}: {}", crate::storage::describe(source))]
+    Runtime {
+        what: &'static str,
+        source: io::Error,
+    },
 }
 
 impl AgentError {
@@ -68,54 +72,6 @@ impl AgentError {
     }
 }
 
-impl AgentOptions {
-    /// The node config these options describe, read afresh (also on SIGHUP).
-    pub fn load_config(&self) -> Result<NodeConfig, AgentError> {
-        let base = if self.dev {
-            NodeConfig::dev_defaults()
-        } else {
-            NodeConfig::defaults()
-        };
-        let mut config = match (&self.config, self.dev) {
-            (Some(path), _) => load_node_config(path, base)?,
-            (None, true) => base,
-            (None, false) => load_node_config(Path::new(DEFAULT_CONFIG_PATH), base)?,
-        };
-        if let Some(node) = &self.node {
-            config.node = node.clone();
-        }
-        if let Some(bind) = self.bind {
-            config.bind = bind;
-        }
-        if let Some(dir) = &self.data_dir {
-            if self.dev && self.config.is_none() {
-                config.topology = dir.join("topology.yaml");
-            }
-            config.data_dir = dir.clone();
-        }
-        if let Some(api) = self.api_http {
-            config.api.http = Some(api);
-        }
-        if let Some(level) = &self.log_level {
-            config.log.level = level.clone();
-        }
-        if let Some(format) = self.log_format {
-            config.log.format = format;
-        }
-        Ok(config)
-    }
-}
-
-/// A missing file gets advice; other problems are reported as they are.
-fn load_node_config(path: &Path, base: NodeConfig) -> Result<NodeConfig, AgentError> {
-    NodeConfig::load(path, base).map_err(|e| match e {
-        ConfigError::Read { ref source, .. } if source.kind() == io::ErrorKind::NotFound => {
-            AgentError::NoConfigFile(path.to_path_buf())
-        }
-        e => AgentError::Config(e),
-    })
-}
-
 /// Runs the agent until it is told to stop. Returns when it stopped cleanly.
 pub fn run(options: AgentOptions) -> Result<(), AgentError> {
     let config = options.load_config()?;
@@ -124,33 +80,39 @@ pub fn run(options: AgentOptions) -> Result<(), AgentError> {
         .worker_threads(2)
         .enable_all()
         .build()
-        .map_err(AgentError::Runtime)?;
-    runtime.block_on(serve(options, config, log))
-}
-
-/// The node's sockets. Gossip (UDP) and its streams plus rpc (TCP) share
-/// one port.
-struct NodeSockets {
-    gossip: UdpSocket,
-    tcp: TcpListener,
-}
-
-async fn bind_node(addr: SocketAddr) -> Result<NodeSockets, AgentError> {
-    let rpc = TcpListener::bind(addr)
-        .await
-        .map_err(|source| AgentError::Bind {
-            addr,
-            what: "tcp",
+        .map_err(|source| AgentError::Runtime {
+            what: "the async runtime",
             source,
         })?;
-    let gossip = UdpSocket::bind(addr)
-        .await
-        .map_err(|source| AgentError::Bind {
-            addr,
-            what: "udp",
-            source,
-        })?;
-    Ok(NodeSockets { gossip, tcp: rpc })
+    let result = runtime.block_on(serve(options, config, log));
+    // Dropping the runtime would wait for every blocking task (a slow DNS
+    // lookup of a join seed); the exit must not.
+    runtime.shutdown_timeout(RUNTIME_GRACE);
+    result
+}
+
+/// SIGTERM, SIGINT and SIGHUP, taken over before any start-up work, so a
+/// stop asked for while starting is still a clean stop.
+struct Signals {
+    terminate: tokio::signal::unix::Signal,
+    interrupt: tokio::signal::unix::Signal,
+    hangup: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn install() -> Result<Signals, AgentError> {
+        let install = |kind| {
+            signal(kind).map_err(|source| AgentError::Runtime {
+                what: "signal handling",
+                source,
+            })
+        };
+        Ok(Signals {
+            terminate: install(SignalKind::terminate())?,
+            interrupt: install(SignalKind::interrupt())?,
+            hangup: install(SignalKind::hangup())?,
+        })
+    }
 }
 
 async fn serve(
@@ -158,27 +120,20 @@ async fn serve(
     mut config: NodeConfig,
     log: logging::LogControl,
 ) -> Result<(), AgentError> {
+    let mut signals = Signals::install()?;
     let data_dir = DataDir::open(&config.data_dir)?;
     let identity = Identity::load_or_create(&data_dir.path, identity::wall_clock_us())?;
     // The keyring is checked before anything is bound: a node that cannot
     // talk to its cluster should not look alive on its port.
     let security = membership::packet_security(&config)?;
-    let sockets = bind_node(config.bind).await?;
-    let advertise = advertise_addr(&config);
-
+    let node_sockets = sockets::bind_node(config.bind).await?;
+    let advertise = sockets::advertise_addr(&config);
     let api_listener = match config.api.http {
-        Some(addr) => Some(
-            TcpListener::bind(addr)
-                .await
-                .map_err(|source| AgentError::Bind {
-                    addr,
-                    what: "http api",
-                    source,
-                })?,
-        ),
+        Some(addr) => Some(sockets::bind_tcp(addr, "http api").await?),
         None => None,
     };
 
+    let topology_file = topology_file::check(&config.topology);
     let started_at = SystemTime::now();
     let (state, commands) = NodeState::new(Status {
         node: config.node.clone(),
@@ -190,7 +145,8 @@ async fn serve(
         data_dir: config.data_dir.display().to_string(),
         pid: std::process::id(),
         config_version: None,
-        topology: topology_file(&config.topology),
+        topology: topology_file.clone(),
+        started_at: api::rfc3339(started_at),
         started_at_ms: api::unix_ms(started_at),
         uptime_seconds: 0,
         version: env!("CARGO_PKG_VERSION").to_string(),
@@ -203,11 +159,11 @@ async fn serve(
         advertise,
         security,
         topology.as_ref(),
-        sockets.gossip,
-        sockets.tcp,
+        node_sockets.udp,
+        node_sockets.tcp,
         Arc::clone(&state),
     )?;
-    tokio::spawn(answer_commands(commands, gossip.clone(), advertise));
+    tokio::spawn(commands::answer(commands, gossip.clone(), advertise));
 
     let (stop_api, api_stopped) = tokio::sync::oneshot::channel::<()>();
     let api_task = api_listener.map(|listener| {
@@ -225,7 +181,6 @@ async fn serve(
         })
     });
 
-    let topology_state = state.snapshot().topology;
     info!(
         node = %config.node,
         cluster = %config.cluster,
@@ -237,191 +192,43 @@ async fn serve(
         data_dir = %config.data_dir.display(),
         "agent started"
     );
-    report_topology_file(&topology_state);
-    notify(&[
-        sd_notify::NotifyState::Ready,
-        sd_notify::NotifyState::Status(&format!("{}: node {} up", config.cluster, config.node)),
-    ]);
+    topology_file::report(&topology_file);
+    systemd::ready(&format!("{}: node {} up", config.cluster, config.node));
 
-    let mut terminate = signal(SignalKind::terminate()).map_err(AgentError::Runtime)?;
-    let mut interrupt = signal(SignalKind::interrupt()).map_err(AgentError::Runtime)?;
-    let mut hangup = signal(SignalKind::hangup()).map_err(AgentError::Runtime)?;
     let reason = loop {
         tokio::select! {
-            _ = terminate.recv() => break "SIGTERM",
-            _ = interrupt.recv() => break "SIGINT",
-            _ = hangup.recv() => {
-                notify(&[sd_notify::NotifyState::Reloading]);
-                config = reload(&options, config, &log, &state);
-                notify(&[sd_notify::NotifyState::Ready]);
+            _ = signals.terminate.recv() => break "SIGTERM",
+            _ = signals.interrupt.recv() => break "SIGINT",
+            _ = signals.hangup.recv() => {
+                systemd::reloading();
+                config = reload::reload(&options, config, &log, &state);
+                systemd::reloaded();
             }
         }
     };
 
     info!(signal = reason, "stopping");
-    notify(&[sd_notify::NotifyState::Stopping]);
-    // Peers mark us `left` at once instead of suspecting us for seconds.
-    gossip.leave(Duration::from_secs(1)).await;
+    systemd::stopping();
+    let deadline = Instant::now() + STOP_BUDGET;
+    // The API stops accepting while peers hear we leave (marked `left` at
+    // once instead of suspected for seconds); open API requests get what
+    // is left of the budget, never more.
+    state.end_streams(&format!("stopping on {reason}"));
     let _ = stop_api.send(());
-    if let Some(task) = api_task {
-        // Open connections get a moment to finish; the stop is never held up.
-        let _ = tokio::time::timeout(Duration::from_secs(1), task).await;
+    let leave = gossip.leave(STOP_BUDGET);
+    let drain = async {
+        if let Some(task) = api_task {
+            let _ = task.await;
+        }
+    };
+    if tokio::time::timeout_at(deadline, async { tokio::join!(leave, drain) })
+        .await
+        .is_err()
+    {
+        warn!("stopped before leaving and draining the API finished");
     }
     info!("stopped");
+    // The data dir stays locked until the very end.
+    drop(data_dir);
     Ok(())
-}
-
-/// Carries out the writes the API asks for.
-async fn answer_commands(
-    mut commands: tokio::sync::mpsc::Receiver<api::AgentCommand>,
-    gossip: crate::membership::driver::Handle,
-    own: SocketAddr,
-) {
-    while let Some(command) = commands.recv().await {
-        match command {
-            api::AgentCommand::Join { address, reply } => {
-                let answer = match crate::config::JoinTarget::parse(&address) {
-                    Err(e) => Err(e),
-                    Ok(target) => {
-                        let found = crate::discovery::resolve_seeds(&[target], own).await;
-                        if found.addrs.is_empty() {
-                            Err(found.failed.first().map_or_else(
-                                || format!("`{address}` is this node itself"),
-                                |(s, why)| format!("`{s}`: {why}"),
-                            ))
-                        } else {
-                            for addr in &found.addrs {
-                                gossip.join(*addr).await;
-                            }
-                            let addrs: Vec<String> =
-                                found.addrs.iter().map(ToString::to_string).collect();
-                            Ok(format!("probing {}", addrs.join(", ")))
-                        }
-                    }
-                };
-                let _ = reply.send(answer);
-            }
-            api::AgentCommand::Leave { reply } => {
-                gossip.leave(Duration::from_secs(1)).await;
-                let _ = reply.send(Ok("left the cluster; peers see this node as `left`".into()));
-            }
-        }
-    }
-}
-
-/// Reads the node config again. Settings that can change at run time take
-/// effect; the others are named so the operator knows to restart.
-fn reload(
-    options: &AgentOptions,
-    running: NodeConfig,
-    log: &logging::LogControl,
-    state: &NodeState,
-) -> NodeConfig {
-    let fresh = match options.load_config() {
-        Ok(fresh) => fresh,
-        Err(e) => {
-            warn!(error = %e, "reload failed; keeping the running config");
-            return running;
-        }
-    };
-    if fresh.log.level != running.log.level {
-        match log.set_level(&fresh.log.level) {
-            Ok(()) => info!(level = %fresh.log.level, "log level changed"),
-            Err(e) => warn!(error = %e, "cannot change the log level"),
-        }
-    }
-    let needs_restart: Vec<&str> = [
-        ("node", fresh.node != running.node),
-        ("cluster", fresh.cluster != running.cluster),
-        ("bind", fresh.bind != running.bind),
-        ("advertise", fresh.advertise != running.advertise),
-        ("data_dir", fresh.data_dir != running.data_dir),
-        ("api", fresh.api != running.api),
-        ("log.format", fresh.log.format != running.log.format),
-    ]
-    .into_iter()
-    .filter_map(|(name, changed)| changed.then_some(name))
-    .collect();
-    if !needs_restart.is_empty() {
-        warn!(settings = %needs_restart.join(", "), "these changed settings take effect at the next restart");
-    }
-    debug!(config = ?options.config, "node config read again");
-    let topology = topology_file(&fresh.topology);
-    report_topology_file(&topology);
-    state.update(|s| s.topology = topology);
-    info!("reloaded");
-    // Keep what needs a restart as it runs, so status tells the truth.
-    NodeConfig {
-        log: crate::config::LogConfig {
-            level: fresh.log.level.clone(),
-            format: running.log.format,
-        },
-        gossip: fresh.gossip.clone(),
-        join: fresh.join.clone(),
-        topology: fresh.topology.clone(),
-        ..running
-    }
-}
-
-fn topology_file(path: &Path) -> TopologyFile {
-    let (state, problems) = match Topology::load(path) {
-        Ok(_) => (TopologyFileState::Valid, Vec::new()),
-        Err(ConfigError::Read { source, .. }) if source.kind() == io::ErrorKind::NotFound => {
-            (TopologyFileState::Missing, Vec::new())
-        }
-        Err(ConfigError::Read { path, source }) => (
-            TopologyFileState::Unreadable,
-            vec![format!("cannot read {}: {source}", path.display())],
-        ),
-        Err(ConfigError::Invalid(d)) => (
-            TopologyFileState::Invalid,
-            d.iter().map(|d| d.to_string()).collect(),
-        ),
-    };
-    TopologyFile {
-        path: path.display().to_string(),
-        state,
-        problems,
-    }
-}
-
-fn report_topology_file(file: &TopologyFile) {
-    match file.state {
-        TopologyFileState::Valid => info!(path = %file.path, "topology file is valid"),
-        TopologyFileState::Missing => info!(path = %file.path, "no topology file yet"),
-        TopologyFileState::Invalid | TopologyFileState::Unreadable => {
-            for problem in &file.problems {
-                warn!(path = %file.path, "topology file rejected: {problem}");
-            }
-        }
-    }
-}
-
-/// The address peers dial: `advertise`, or `bind` when it is a real
-/// address, or else the first non-loopback IPv4 address of this host.
-fn advertise_addr(config: &NodeConfig) -> SocketAddr {
-    if let Some(addr) = config.advertise {
-        return addr;
-    }
-    if !config.bind.ip().is_unspecified() {
-        return config.bind;
-    }
-    let ip = nix::ifaddrs::getifaddrs()
-        .ok()
-        .into_iter()
-        .flatten()
-        .filter_map(|i| i.address.and_then(|a| a.as_sockaddr_in().map(|s| s.ip())))
-        .find(|ip| !ip.is_loopback() && !ip.is_unspecified());
-    match ip {
-        Some(ip) => SocketAddr::new(IpAddr::V4(ip), config.bind.port()),
-        None => {
-            warn!("no non-loopback address found; advertising 127.0.0.1 (set `advertise` in the node config)");
-            SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), config.bind.port())
-        }
-    }
-}
-
-/// Tells systemd about the agent's state; does nothing outside systemd.
-fn notify(states: &[sd_notify::NotifyState<'_>]) {
-    let _ = sd_notify::notify(states);
 }

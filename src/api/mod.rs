@@ -2,11 +2,12 @@
 //! `NodeState` (status, the members snapshot, the event feed) and hand
 //! writes to the agent as `AgentCommand`s; they never touch a protocol.
 
+mod clock;
 mod types;
 
 use std::convert::Infallible;
 use std::sync::{Arc, RwLock};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime};
 
 use axum::extract::State;
 use axum::http::StatusCode;
@@ -15,8 +16,9 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use futures_util::Stream;
-use tokio::sync::{broadcast, mpsc, oneshot};
+use tokio::sync::{broadcast, mpsc, oneshot, watch};
 
+pub use clock::{rfc3339, unix_ms};
 pub use types::*;
 
 /// A write the API asks of the agent; the answer comes back on `reply`.
@@ -38,6 +40,9 @@ pub struct NodeState {
     pub events: broadcast::Sender<ApiEvent>,
     pub commands: mpsc::Sender<AgentCommand>,
     pub started: Instant,
+    /// Set once at shutdown: open event streams end, so the API drains at
+    /// once instead of holding the stop.
+    stopping: watch::Sender<bool>,
 }
 
 /// How many events a slow `/v1/events` reader may fall behind before it
@@ -55,6 +60,7 @@ impl NodeState {
             events,
             commands,
             started: Instant::now(),
+            stopping: watch::Sender::new(false),
         });
         (state, receiver)
     }
@@ -77,6 +83,23 @@ impl NodeState {
     pub fn publish(&self, event: ApiEvent) {
         let _ = self.events.send(event);
     }
+
+    /// Tells every `/v1/events` reader the agent is stopping, then ends
+    /// their streams.
+    pub fn end_streams(&self, why: &str) {
+        let (node, uuid) = {
+            let status = read(&self.status);
+            (status.node.clone(), status.uuid)
+        };
+        self.publish(ApiEvent {
+            at_ms: unix_ms(SystemTime::now()),
+            kind: "agent-stopping".into(),
+            subject: node,
+            uuid: Some(uuid),
+            detail: why.to_string(),
+        });
+        self.stopping.send_replace(true);
+    }
 }
 
 // A panicking writer must not take the API down with it: the data behind a
@@ -89,11 +112,6 @@ fn write<T>(lock: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
     lock.write().unwrap_or_else(|p| p.into_inner())
 }
 
-pub fn unix_ms(time: SystemTime) -> u64 {
-    time.duration_since(UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
-}
-
 pub fn router(state: Arc<NodeState>) -> Router {
     Router::new()
         .route("/v1/status", get(status))
@@ -103,6 +121,7 @@ pub fn router(state: Arc<NodeState>) -> Router {
         .route("/v1/join", post(join))
         .route("/v1/leave", post(leave))
         .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
         .with_state(state)
 }
 
@@ -124,24 +143,34 @@ async fn event_stream(
     State(state): State<Arc<NodeState>>,
 ) -> Sse<impl Stream<Item = Result<Event, Infallible>>> {
     let receiver = state.events.subscribe();
-    let stream = futures_util::stream::unfold(receiver, |mut receiver| async move {
-        let event = match receiver.recv().await {
-            Ok(event) => event,
-            Err(broadcast::error::RecvError::Lagged(missed)) => ApiEvent {
-                at_ms: unix_ms(SystemTime::now()),
-                kind: "lagged".into(),
-                subject: String::new(),
-                uuid: None,
-                detail: format!("{missed} events were missed by this reader"),
-            },
-            Err(broadcast::error::RecvError::Closed) => return None,
-        };
-        let data = serde_json::to_string(&event).unwrap_or_default();
-        Some((
-            Ok(Event::default().event(event.kind.clone()).data(data)),
-            receiver,
-        ))
-    });
+    let stopping = state.stopping.subscribe();
+    let stream = futures_util::stream::unfold(
+        (receiver, stopping),
+        |(mut receiver, mut stopping)| async move {
+            let next = tokio::select! {
+                // Events already published (the last one says why) go out first.
+                biased;
+                next = receiver.recv() => next,
+                _ = stopping.wait_for(|stopping| *stopping) => return None,
+            };
+            let event = match next {
+                Ok(event) => event,
+                Err(broadcast::error::RecvError::Lagged(missed)) => ApiEvent {
+                    at_ms: unix_ms(SystemTime::now()),
+                    kind: "lagged".into(),
+                    subject: String::new(),
+                    uuid: None,
+                    detail: format!("{missed} events were missed by this reader"),
+                },
+                Err(broadcast::error::RecvError::Closed) => return None,
+            };
+            let data = serde_json::to_string(&event).unwrap_or_default();
+            Some((
+                Ok(Event::default().event(event.kind.clone()).data(data)),
+                (receiver, stopping),
+            ))
+        },
+    );
     Sse::new(stream).keep_alive(KeepAlive::new().interval(Duration::from_secs(15)))
 }
 
@@ -202,5 +231,13 @@ async fn not_found(uri: axum::http::Uri) -> Response {
         StatusCode::NOT_FOUND,
         "not_found",
         format!("no such endpoint: {}", uri.path()),
+    )
+}
+
+async fn method_not_allowed(method: axum::http::Method, uri: axum::http::Uri) -> Response {
+    error(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+        format!("{} does not take {method}", uri.path()),
     )
 }

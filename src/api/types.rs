@@ -18,7 +18,9 @@ pub struct Status {
     /// The committed topology version; none until the first apply.
     pub config_version: Option<u64>,
     pub topology: TopologyFile,
-    /// Unix time in ms.
+    /// When this run started, RFC 3339 in UTC.
+    pub started_at: String,
+    /// The same instant in Unix ms, for scripts.
     pub started_at_ms: u64,
     pub uptime_seconds: u64,
     /// cohort's own version.
@@ -96,7 +98,8 @@ pub struct ApiEvent {
     /// Unix ms on the node that reports it.
     pub at_ms: u64,
     /// `member-joined`, `member-status`, `member-address`, `member-payload`,
-    /// `member-incarnation`, `member-forgotten`, `user`.
+    /// `member-incarnation`, `member-forgotten`, `user`, and last on a
+    /// stream `agent-stopping` (detail: the signal), then the stream ends.
     pub kind: String,
     /// The member's name, or for a user event its name.
     pub subject: String,

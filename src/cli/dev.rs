@@ -8,21 +8,19 @@ use std::fs;
 use std::io;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
+use std::process::{ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use base64::Engine;
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
-use std::process::ExitStatus;
-
 use tokio::process::{Child, Command};
 use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::mpsc;
 
 use crate::config::{NodeConfig, Topology};
-use crate::storage::write_atomic;
+use crate::storage::{describe, write_atomic};
 
 #[derive(Debug, clap::Args)]
 pub struct DevArgs {
@@ -35,10 +33,10 @@ pub struct DevArgs {
     /// Gossip/rpc port of the first node; node i gets base+i-1.
     #[arg(long, default_value_t = 3311, value_name = "PORT")]
     pub port_base: u16,
-    /// HTTP API port of the first node; node i gets base+i-1.
+    /// HTTP API port of the first node; node i gets base+i-1, and the http role's ports follow the last API port.
     #[arg(long, default_value_t = 8311, value_name = "PORT")]
     pub api_port_base: u16,
-    /// Keep the temp dir on exit.
+    /// Keep the temp dir on exit (a --dir is always kept).
     #[arg(long)]
     pub keep: bool,
 }
@@ -56,12 +54,16 @@ struct DevNode {
 }
 
 pub fn run(args: DevArgs) -> anyhow::Result<()> {
-    let last = u32::from(args.nodes) - 1;
-    if u32::from(args.port_base) + last > 65535 || u32::from(args.api_port_base) + last > 65535 {
-        bail!("--port-base/--api-port-base plus --nodes goes past port 65535");
-    }
+    check_ports(&args)?;
     let (root, remove_on_exit) = match &args.dir {
-        Some(dir) => (dir.clone(), false),
+        Some(dir) => {
+            fs::create_dir_all(dir).map_err(io_error("create", dir))?;
+            // Node configs take absolute paths only.
+            (
+                std::path::absolute(dir).map_err(io_error("resolve", dir))?,
+                false,
+            )
+        }
         None => (new_temp_dir()?, !args.keep),
     };
     let nodes = prepare(&root, &args)?;
@@ -78,9 +80,36 @@ pub fn run(args: DevArgs) -> anyhow::Result<()> {
     result
 }
 
+/// Node i (from 0) uses gossip/rpc port P+i, API port Q+i and http-role
+/// port Q+N+i; the three ranges must fit and not overlap.
+fn check_ports(args: &DevArgs) -> anyhow::Result<()> {
+    let n = u32::from(args.nodes);
+    let gossip = u32::from(args.port_base)..u32::from(args.port_base) + n;
+    let api_and_http = u32::from(args.api_port_base)..u32::from(args.api_port_base) + 2 * n;
+    if gossip.end > 65_536 || api_and_http.end > 65_536 {
+        bail!(
+            "{} nodes do not fit: ports {}-{} (gossip/rpc) and {}-{} (API, then the http role) must stay below 65536; lower --port-base or --api-port-base",
+            n, gossip.start, gossip.end - 1, api_and_http.start, api_and_http.end - 1
+        );
+    }
+    if gossip.start < api_and_http.end && api_and_http.start < gossip.end {
+        bail!(
+            "ports {}-{} (gossip/rpc) overlap ports {}-{} (API, then the http role); move --port-base or --api-port-base",
+            gossip.start, gossip.end - 1, api_and_http.start, api_and_http.end - 1
+        );
+    }
+    Ok(())
+}
+
+/// An I/O failure on `path` as one line, without Rust's "(os error N)".
+fn io_error(action: &'static str, path: &Path) -> impl FnOnce(io::Error) -> anyhow::Error {
+    let path = path.display().to_string();
+    move |e| anyhow::anyhow!("cannot {action} {path}: {}", describe(&e))
+}
+
 fn new_temp_dir() -> anyhow::Result<PathBuf> {
     let dir = std::env::temp_dir().join(format!("cohort-dev-{}", uuid::Uuid::new_v4().simple()));
-    fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    fs::create_dir_all(&dir).map_err(io_error("create", &dir))?;
     Ok(dir)
 }
 
@@ -104,36 +133,40 @@ fn prepare(root: &Path, args: &DevArgs) -> anyhow::Result<Vec<DevNode>> {
         "{}\n",
         base64::engine::general_purpose::STANDARD.encode(key)
     );
-    write_atomic(&key_file, keyring.as_bytes(), 0o600)
-        .with_context(|| format!("cannot write {}", key_file.display()))?;
+    write_atomic(&key_file, keyring.as_bytes(), 0o600).map_err(io_error("write", &key_file))?;
 
     let topology = topology_text(&nodes, args.api_port_base);
     Topology::parse(&topology, Path::new("generated topology"))
         .map_err(|d| anyhow::anyhow!("the generated topology is invalid (a bug):\n{d}"))?;
 
     for node in &nodes {
-        fs::create_dir_all(&node.dir)
-            .with_context(|| format!("cannot create {}", node.dir.display()))?;
+        fs::create_dir_all(&node.dir).map_err(io_error("create", &node.dir))?;
         let topology_path = node.dir.join("topology.yaml");
         write_atomic(&topology_path, topology.as_bytes(), 0o644)
-            .with_context(|| format!("cannot write {}", topology_path.display()))?;
+            .map_err(io_error("write", &topology_path))?;
         let config = format!(
             "node: {name}\ncluster: dev\nbind: {bind}\ndata_dir: {data}\ntopology: {topology}\njoin: [{seed}]\ngossip:\n  key_file: {key}\napi:\n  http: {api}\nlog:\n  format: text\n",
             name = node.name,
             bind = node.bind,
-            data = node.dir.join("data").display(),
-            topology = topology_path.display(),
+            data = yaml_string(&node.dir.join("data")),
+            topology = yaml_string(&topology_path),
             seed = nodes[0].bind,
-            key = key_file.display(),
+            key = yaml_string(&key_file),
             api = node.api,
         );
         let config_path = node.dir.join("cohort.yaml");
         NodeConfig::parse(&config, &config_path, NodeConfig::defaults())
             .map_err(|d| anyhow::anyhow!("the generated node config is invalid (a bug):\n{d}"))?;
         write_atomic(&config_path, config.as_bytes(), 0o644)
-            .with_context(|| format!("cannot write {}", config_path.display()))?;
+            .map_err(io_error("write", &config_path))?;
     }
     Ok(nodes)
+}
+
+/// A path as a double-quoted YAML scalar: a JSON string is one, and it
+/// survives spaces, `#` and `: ` in the temp dir's name.
+fn yaml_string(path: &Path) -> String {
+    serde_json::to_string(&path.display().to_string()).unwrap_or_default()
 }
 
 /// Replica sets of up to three nodes; the first of each may lead.
@@ -158,10 +191,7 @@ fn topology_text(nodes: &[DevNode], http_base: u16) -> String {
     // The http role's ports sit above the API ports so they never collide.
     let http_base = u32::from(http_base) + nodes.len() as u32;
     for (i, node) in nodes.iter().enumerate() {
-        let port = http_base + i as u32;
-        if port <= 65535 {
-            let _ = writeln!(text, "      {}: {port}", node.name);
-        }
+        let _ = writeln!(text, "      {}: {}", node.name, http_base + i as u32);
     }
     text
 }
@@ -169,15 +199,14 @@ fn topology_text(nodes: &[DevNode], http_base: u16) -> String {
 fn spawn(node: &DevNode) -> anyhow::Result<Child> {
     let exe = std::env::current_exe().context("cannot find the cohort executable")?;
     let log_path = node.dir.join("agent.log");
-    let log = fs::File::create(&log_path)
-        .with_context(|| format!("cannot create {}", log_path.display()))?;
+    let log = fs::File::create(&log_path).map_err(io_error("create", &log_path))?;
     let mut command = Command::new(exe);
     command
         .arg("agent")
         .arg("--config")
         .arg(node.dir.join("cohort.yaml"))
         .stdin(Stdio::null())
-        .stdout(log.try_clone()?)
+        .stdout(log.try_clone().map_err(io_error("use", &log_path))?)
         .stderr(log)
         // Our own group: a terminal's Ctrl-C reaches us, and we stop them in order.
         .process_group(0);
@@ -196,7 +225,7 @@ fn spawn(node: &DevNode) -> anyhow::Result<Child> {
     }
     command
         .spawn()
-        .with_context(|| format!("cannot start agent {}", node.name))
+        .map_err(|e| anyhow::anyhow!("cannot start agent {}: {}", node.name, describe(&e)))
 }
 
 /// The agents as the supervisor sees them: pids, and exits as they happen.
@@ -242,7 +271,7 @@ impl Agents {
         }
     }
 
-    /// Notes an exit; returns the node's index.
+    /// Notes that node `index` has exited and been reaped.
     fn exited(&mut self, index: usize) {
         if let Some(slot) = self.pids.get_mut(index) {
             *slot = None;
@@ -314,7 +343,7 @@ async fn supervise(nodes: &[DevNode], root: &Path) -> anyhow::Result<()> {
             }
         }
     }
-    eprintln!("cohort dev: stopping {} agents", agents.running());
+    eprintln!("cohort dev: stopping {}", agents_word(agents.running()));
     agents.stop().await;
     Ok(())
 }
@@ -353,10 +382,18 @@ async fn wait_ready(nodes: &[DevNode], agents: &mut Agents) -> anyhow::Result<()
     Ok(())
 }
 
+fn agents_word(n: usize) -> String {
+    if n == 1 {
+        "1 agent".into()
+    } else {
+        format!("{n} agents")
+    }
+}
+
 fn banner(nodes: &[DevNode], root: &Path) -> String {
     let mut out = format!(
-        "cohort dev: {} agents running; their files are under {}\n\n",
-        nodes.len(),
+        "cohort dev: {} running; their files are under {}\n\n",
+        agents_word(nodes.len()),
         root.display()
     );
     let _ = writeln!(
@@ -380,4 +417,68 @@ fn banner(nodes: &[DevNode], root: &Path) -> String {
     let _ = writeln!(out, "\nTry:  {exe} --api {} status", nodes[0].api);
     out.push_str("Stop: Ctrl-C (or SIGTERM) stops every agent.\n");
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Election;
+
+    fn args(nodes: u16, port_base: u16, api_port_base: u16) -> DevArgs {
+        DevArgs {
+            nodes,
+            dir: None,
+            port_base,
+            api_port_base,
+            keep: false,
+        }
+    }
+
+    fn nodes(n: u16) -> Vec<DevNode> {
+        (0..n)
+            .map(|i| DevNode {
+                name: format!("n{}", i + 1),
+                bind: SocketAddr::new(Ipv4Addr::LOCALHOST.into(), 3311 + i),
+                api: SocketAddr::new(Ipv4Addr::LOCALHOST.into(), 8311 + i),
+                dir: PathBuf::new(),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn the_generated_topology_is_valid_in_sets_of_three_with_one_candidate_each() {
+        for n in [1, 2, 3, 4, 7] {
+            let text = topology_text(&nodes(n), 8311);
+            let topology = Topology::parse(&text, Path::new("t.yaml"))
+                .unwrap_or_else(|d| panic!("{n} nodes:\n{d}\n{text}"));
+            let sets: Vec<_> = topology.replicasets.value.iter().collect();
+            assert_eq!(sets.len(), usize::from(n).div_ceil(3), "{text}");
+            for (_, set) in sets {
+                let elections: Vec<Election> = set
+                    .nodes
+                    .value
+                    .iter()
+                    .map(|(_, node)| node.election)
+                    .collect();
+                assert_eq!(elections[0], Election::Candidate, "{text}");
+                assert!(
+                    elections[1..].iter().all(|e| *e == Election::Voter),
+                    "{text}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn port_ranges_must_fit_and_not_overlap() {
+        check_ports(&args(3, 3311, 8311)).unwrap();
+        check_ports(&args(1000, 3311, 8311)).unwrap();
+        let overlap = check_ports(&args(10, 8300, 8305)).unwrap_err().to_string();
+        assert!(
+            overlap.contains("8300-8309 (gossip/rpc) overlap ports 8305-8324"),
+            "{overlap}"
+        );
+        let past = check_ports(&args(10, 3311, 65530)).unwrap_err().to_string();
+        assert!(past.contains("must stay below 65536"), "{past}");
+    }
 }

@@ -64,11 +64,12 @@ pub enum Command {
     },
     /// Leave the cluster gracefully: peers mark this node `left` at once.
     Leave,
-    /// Check a node config or topology file; print every problem as FILE:LINE:COLUMN: message.
+    /// Check a node config or topology file: `FILE: ok` on stdout when good, else every problem on stderr as FILE:LINE:COLUMN: message.
     #[command(after_help = EXIT_CODES)]
     Validate {
         #[arg(value_enum)]
         kind: ValidateKind,
+        /// The file to check.
         file: PathBuf,
     },
     /// Run a real local cluster of N agent processes on loopback (Ctrl-C stops them all).
@@ -247,10 +248,14 @@ fn validate(kind: ValidateKind, file: &std::path::Path) -> ExitCode {
 }
 
 fn status(api: SocketAddr, format: OutputFormat) -> anyhow::Result<()> {
-    let status: Status = client::Client::new(api)?.get("/v1/status")?;
+    let client = client::Client::new(api)?;
     match format {
-        OutputFormat::Json => println!("{}", serde_json::to_string_pretty(&status)?),
-        OutputFormat::Text => print!("{}", render_status(&status)),
+        // As the agent sent it: fields a newer agent adds are not lost.
+        OutputFormat::Json => {
+            let status: serde_json::Value = client.get("/v1/status")?;
+            println!("{}", serde_json::to_string_pretty(&status)?);
+        }
+        OutputFormat::Text => print!("{}", render_status(&client.get::<Status>("/v1/status")?)),
     }
     Ok(())
 }
@@ -279,6 +284,7 @@ fn render_status(s: &Status) -> String {
         ),
         ("topology file", topology),
         ("data dir", s.data_dir.clone()),
+        ("started", s.started_at.clone()),
         (
             "uptime",
             crate::config::HumanDuration::from_secs(s.uptime_seconds).to_string(),
@@ -299,5 +305,43 @@ mod tests {
     #[test]
     fn the_command_definition_is_consistent() {
         Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn status_text_is_aligned_key_value_lines() {
+        let status = Status {
+            node: "n1".into(),
+            uuid: uuid::Uuid::nil(),
+            generation: 7,
+            cluster: "dev".into(),
+            bind: "127.0.0.1:3311".into(),
+            advertise: "127.0.0.1:3311".into(),
+            data_dir: "/tmp/d".into(),
+            pid: 42,
+            config_version: None,
+            topology: api::TopologyFile {
+                path: "/tmp/t.yaml".into(),
+                state: api::TopologyFileState::Invalid,
+                problems: vec!["/tmp/t.yaml:1:1: the file is empty".into()],
+            },
+            started_at: "2026-11-23T07:57:46.175Z".into(),
+            started_at_ms: 0,
+            uptime_seconds: 61,
+            version: "0.1.0".into(),
+        };
+        let text = render_status(&status);
+        let value_column = "config version  ".len();
+        for line in text.lines().filter(|l| !l.starts_with("  ")) {
+            let bytes = line.as_bytes();
+            assert!(
+                bytes[value_column - 2..value_column] == *b"  ",
+                "{line:?} in\n{text}"
+            );
+            assert_ne!(bytes[value_column], b' ', "{line:?} in\n{text}");
+        }
+        assert!(text.contains(
+            "topology file   /tmp/t.yaml (invalid)\n  /tmp/t.yaml:1:1: the file is empty\n"
+        ));
+        assert!(text.contains("config version  none (no apply yet)\n"));
     }
 }

@@ -3,10 +3,12 @@
 //! a condition with a deadline (never a bare sleep to synchronise).
 #![allow(dead_code)]
 
+use std::collections::BTreeSet;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
 use std::path::Path;
 use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 pub fn cohort() -> Command {
@@ -19,11 +21,16 @@ fn port_is_free(port: u16) -> bool {
     TcpListener::bind(addr).is_ok() && UdpSocket::bind(addr).is_ok()
 }
 
-/// `count` consecutive ports free on 127.0.0.1 for TCP and UDP.
+/// `count` consecutive ports free on 127.0.0.1 for TCP and UDP, never
+/// handed out twice in one test process (tests run in parallel threads).
 pub fn free_ports(count: u16) -> u16 {
+    static GIVEN: Mutex<BTreeSet<u16>> = Mutex::new(BTreeSet::new());
+    let mut given = GIVEN.lock().unwrap_or_else(|p| p.into_inner());
     for _ in 0..1000 {
         let base = 20_000 + (rand_u16() % 30_000);
-        if (base..base + count).all(port_is_free) {
+        let range = base..base + count;
+        if range.clone().all(|p| !given.contains(&p)) && range.clone().all(port_is_free) {
+            given.extend(range);
             return base;
         }
     }
@@ -82,9 +89,7 @@ impl Proc {
     }
 
     pub fn signal(&self, signal: i32) {
-        // SAFETY: kill(2) on our own child's pid.
-        let rc = unsafe { libc_kill(self.pid(), signal) };
-        assert_eq!(rc, 0, "kill({}, {signal}) failed", self.pid());
+        signal_pid(self.pid(), signal);
     }
 
     /// Waits for the process to exit, at most `timeout`.
@@ -102,6 +107,18 @@ impl Drop for Proc {
             let _ = self.child.wait();
         }
     }
+}
+
+/// Sends `signal` to `pid`, which the test started (directly or through
+/// `cohort dev`) and knows to be alive.
+pub fn signal_pid(pid: i32, signal: i32) {
+    assert!(try_signal_pid(pid, signal), "kill({pid}, {signal}) failed");
+}
+
+/// Like `signal_pid`, for clean-up paths that must not panic.
+pub fn try_signal_pid(pid: i32, signal: i32) -> bool {
+    // SAFETY: kill(2) has no memory-safety preconditions.
+    unsafe { libc_kill(pid, signal) == 0 }
 }
 
 pub const SIGKILL: i32 = 9;
@@ -125,16 +142,29 @@ pub fn process_alive(pid: i32) -> bool {
     }
 }
 
-/// A plain HTTP GET on loopback; the body of a 200, else None.
-pub fn http_get(addr: SocketAddr, path: &str) -> Option<String> {
+/// A plain HTTP/1.0 request on loopback: the status code and the body, or
+/// None when nothing answers.
+pub fn http(addr: SocketAddr, method: &str, path: &str) -> Option<(u16, String)> {
     let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(2)).ok()?;
     stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-    write!(stream, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").ok()?;
+    write!(
+        stream,
+        "{method} {path} HTTP/1.0\r\nHost: {addr}\r\nContent-Length: 0\r\n\r\n"
+    )
+    .ok()?;
     let mut response = String::new();
     stream.read_to_string(&mut response).ok()?;
     let (head, body) = response.split_once("\r\n\r\n")?;
-    let code = head.split_whitespace().nth(1)?;
-    (code == "200").then(|| body.to_string())
+    let code = head.split_whitespace().nth(1)?.parse().ok()?;
+    Some((code, body.to_string()))
+}
+
+/// A GET on loopback; the body of a 200, else None.
+pub fn http_get(addr: SocketAddr, path: &str) -> Option<String> {
+    match http(addr, "GET", path)? {
+        (200, body) => Some(body),
+        _ => None,
+    }
 }
 
 /// The node's status as JSON from its API, once it answers.

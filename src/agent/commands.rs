@@ -1,0 +1,42 @@
+//! Carries out the writes the API asks of the agent (join a seed, leave
+//! the cluster), so API handlers never touch the protocols themselves.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use tokio::sync::mpsc;
+
+use crate::api::AgentCommand;
+use crate::config::JoinTarget;
+use crate::membership::driver::Handle;
+
+/// Answers commands until the API side goes away.
+pub async fn answer(mut commands: mpsc::Receiver<AgentCommand>, gossip: Handle, own: SocketAddr) {
+    while let Some(command) = commands.recv().await {
+        match command {
+            AgentCommand::Join { address, reply } => {
+                let _ = reply.send(join(&gossip, &address, own).await);
+            }
+            AgentCommand::Leave { reply } => {
+                gossip.leave(Duration::from_secs(1)).await;
+                let _ = reply.send(Ok("left the cluster; peers see this node as `left`".into()));
+            }
+        }
+    }
+}
+
+async fn join(gossip: &Handle, address: &str, own: SocketAddr) -> Result<String, String> {
+    let target = JoinTarget::parse(address)?;
+    let found = crate::discovery::resolve_seeds(&[target], own).await;
+    if found.addrs.is_empty() {
+        return Err(found.failed.first().map_or_else(
+            || format!("`{address}` is this node itself"),
+            |(seed, why)| format!("`{seed}`: {why}"),
+        ));
+    }
+    for addr in &found.addrs {
+        gossip.join(*addr).await;
+    }
+    let addrs: Vec<String> = found.addrs.iter().map(ToString::to_string).collect();
+    Ok(format!("probing {}", addrs.join(", ")))
+}

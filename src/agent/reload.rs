@@ -1,0 +1,100 @@
+//! SIGHUP: the node config is read again. What can change at run time
+//! (the log level, the topology file's path and state) changes; every other
+//! changed setting is named in the log as waiting for a restart.
+
+use tracing::{debug, info, warn};
+
+use crate::api::NodeState;
+use crate::config::NodeConfig;
+
+use super::logging::LogControl;
+use super::options::AgentOptions;
+use super::topology_file;
+
+/// Returns the config that now runs: `running` when the file is bad.
+pub fn reload(
+    options: &AgentOptions,
+    running: NodeConfig,
+    log: &LogControl,
+    state: &NodeState,
+) -> NodeConfig {
+    let fresh = match options.load_config() {
+        Ok(fresh) => fresh,
+        Err(e) => {
+            // Diagnostics may span lines; each becomes its own log line.
+            for line in e.to_string().lines() {
+                warn!("reload failed; keeping the running config: {line}");
+            }
+            return running;
+        }
+    };
+    let mut now = running.clone();
+    if fresh.log.level != running.log.level {
+        match log.set_level(&fresh.log.level) {
+            Ok(()) => {
+                info!(from = %running.log.level, to = %fresh.log.level, "log level changed");
+                now.log.level = fresh.log.level.clone();
+            }
+            Err(e) => warn!(error = %e, "cannot change the log level"),
+        }
+    }
+    // Logged after the level changed, so it shows whether debug is now on.
+    debug!(
+        file = %options.config_file().map_or("none (--dev)".into(), |p| p.display().to_string()),
+        "node config read again"
+    );
+    now.topology = fresh.topology.clone();
+    let topology = topology_file::check(&fresh.topology);
+    topology_file::report(&topology);
+    state.update(|s| s.topology = topology);
+
+    let waiting = needs_restart(&running, &fresh);
+    if !waiting.is_empty() {
+        warn!(
+            settings = %waiting.join(", "),
+            "changed settings take effect at the next restart; until then the running values stay"
+        );
+    }
+    info!("reloaded");
+    now
+}
+
+/// The settings that differ and are bound at start. The running config
+/// keeps its values for them, so `status` tells what really runs.
+fn needs_restart(running: &NodeConfig, fresh: &NodeConfig) -> Vec<&'static str> {
+    [
+        ("node", running.node != fresh.node),
+        ("cluster", running.cluster != fresh.cluster),
+        ("bind", running.bind != fresh.bind),
+        ("advertise", running.advertise != fresh.advertise),
+        ("data_dir", running.data_dir != fresh.data_dir),
+        ("join", running.join != fresh.join),
+        // The keyring and SWIM timings are handed to membership at start.
+        ("gossip", running.gossip != fresh.gossip),
+        ("api", running.api != fresh.api),
+        ("log.format", running.log.format != fresh.log.format),
+        ("events", running.event_handlers != fresh.event_handlers),
+    ]
+    .into_iter()
+    .filter_map(|(name, changed)| changed.then_some(name))
+    .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_only_the_changed_settings_bound_at_start() {
+        let running = NodeConfig::dev_defaults();
+        let mut fresh = running.clone();
+        assert!(needs_restart(&running, &fresh).is_empty());
+        fresh.log.level = "debug".into();
+        fresh.topology = "/elsewhere.yaml".into();
+        assert!(needs_restart(&running, &fresh).is_empty(), "taken live");
+        fresh.bind = "127.0.0.1:1".parse().unwrap();
+        fresh.gossip.protocol_period = std::time::Duration::from_secs(2);
+        fresh.api.http = None;
+        assert_eq!(needs_restart(&running, &fresh), ["bind", "gossip", "api"]);
+    }
+}
