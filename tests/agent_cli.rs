@@ -222,92 +222,74 @@ fn api_http_null_switches_the_api_off() {
     assert_eq!(agent.wait_exit(STOP).code(), Some(0), "{}", read(&log));
 }
 
+/// Runs `command` and asserts it fails with exit 1 and exactly `stderr`.
+fn fails_with(command: &mut Command, stderr: &str) {
+    let out = command.output().expect("run the cohort binary");
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stderr), stderr);
+}
+
 #[test]
 fn a_missing_or_broken_config_ends_the_agent_with_clear_lines() {
     let dir = tempfile::tempdir().unwrap();
     let missing = dir.path().join("absent.yaml");
-    let out = cohort()
+    fails_with(cohort()
         .arg("agent")
         .arg("--config")
-        .arg(&missing)
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(1));
-    assert_eq!(
-        String::from_utf8_lossy(&out.stderr),
-        format!(
+        .arg(&missing), &format!(
             "cohort: cannot read {}: no such file; pass --config FILE, or --dev to run a local node without one\n",
             missing.display()
-        )
-    );
+        ));
 
     // Without --config the packaged path is read (only checkable where
     // no package is installed).
     if !std::path::Path::new("/etc/cohort/cohort.yaml").exists() {
-        let out = cohort().arg("agent").output().unwrap();
-        assert_eq!(out.status.code(), Some(1));
-        assert_eq!(
-            String::from_utf8_lossy(&out.stderr),
-            "cohort: cannot read /etc/cohort/cohort.yaml: no such file; pass --config FILE, or --dev to run a local node without one\n"
-        );
+        fails_with(cohort().arg("agent"), "cohort: cannot read /etc/cohort/cohort.yaml: no such file; pass --config FILE, or --dev to run a local node without one\n");
     }
 
     let broken = dir.path().join("cohort.yaml");
     fs::write(&broken, "node: a\nbind: nowhere\nclster: x\n").unwrap();
-    let out = cohort()
-        .arg("agent")
-        .arg("--config")
-        .arg(&broken)
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(1));
-    assert_eq!(
-        String::from_utf8_lossy(&out.stderr),
-        format!(
+    fails_with(
+        cohort().arg("agent").arg("--config").arg(&broken),
+        &format!(
             "{}:3:1: unknown field `clster`, did you mean `cluster`?\n",
             broken.display()
-        )
+        ),
     );
 
     // Several problems: one FILE:LINE:COL line each, nothing else.
     fs::write(&broken, "node: \"bad name!\"\nbind: nowhere\n").unwrap();
-    let out = cohort()
+    let f = broken.display();
+    fails_with(cohort()
         .arg("agent")
         .arg("--config")
-        .arg(&broken)
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(1));
-    let f = broken.display();
-    assert_eq!(
-        String::from_utf8_lossy(&out.stderr),
-        format!(
+        .arg(&broken), &format!(
             "{f}:1:7: node name `bad name!` is invalid: use 1 to 63 letters, digits, `-`, `_` or `.`, starting with a letter or digit\n\
              {f}:2:7: bind: `nowhere` is not an address: write `ip:port`, like `10.0.0.1:3301`\n"
-        )
-    );
+        ));
 
     // A data dir that cannot be created.
     let blocker = dir.path().join("file");
     fs::write(&blocker, "").unwrap();
-    let out = cohort()
-        .args(["agent", "--dev", "--data-dir"])
-        .arg(blocker.join("data"))
-        .args([
-            "--bind",
-            &addr(free_port()).to_string(),
-            "--api-http",
-            &addr(free_port()).to_string(),
-        ])
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(1));
-    assert_eq!(
-        String::from_utf8_lossy(&out.stderr),
-        format!(
+    fails_with(
+        cohort()
+            .args(["agent", "--dev", "--data-dir"])
+            .arg(blocker.join("data"))
+            .args([
+                "--bind",
+                &addr(free_port()).to_string(),
+                "--api-http",
+                &addr(free_port()).to_string(),
+            ]),
+        &format!(
             "cohort: cannot use data dir {}: Not a directory\n",
             blocker.join("data").display()
-        )
+        ),
     );
 
     // A data dir held by another agent is refused, naming the holder.
@@ -320,17 +302,13 @@ fn a_missing_or_broken_config_ends_the_agent_with_clear_lines() {
         fs::File::create(dir.path().join("held.log")).unwrap(),
     );
     let holder = wait_until(START, "the first agent", || status(addr(api_port)));
-    let out = dev_agent_command(&data, free_port(), free_port())
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(1));
-    assert_eq!(
-        String::from_utf8_lossy(&out.stderr),
-        format!(
+    fails_with(
+        &mut dev_agent_command(&data, free_port(), free_port()),
+        &format!(
             "cohort: data dir {} is in use by another cohort agent (pid {})\n",
             data.display(),
             holder["pid"]
-        )
+        ),
     );
 }
 

@@ -101,6 +101,13 @@ impl Node {
         )
     }
 
+    fn generation_of(&self, name: &str) -> Option<u64> {
+        self.view()?
+            .into_iter()
+            .find(|(n, _, _)| n == name)
+            .map(|(_, _, g)| g)
+    }
+
     fn status_of(&self, name: &str) -> Option<String> {
         self.view()?
             .into_iter()
@@ -149,13 +156,7 @@ fn five_agents_detect_death_restart_leave_and_refuse_a_foreign_key() {
     });
 
     // SIGKILL n3: dead on every other node.
-    let old_generation = nodes[2]
-        .view()
-        .unwrap()
-        .into_iter()
-        .find(|(n, _, _)| n == "n3")
-        .unwrap()
-        .2;
+    let old_generation = nodes[2].generation_of("n3").unwrap();
     nodes[2].proc.as_ref().unwrap().signal(SIGKILL);
     nodes[2].proc.take().unwrap().wait_exit(CONVERGE);
     {
@@ -169,13 +170,7 @@ fn five_agents_detect_death_restart_leave_and_refuse_a_foreign_key() {
         let all: Vec<&Node> = nodes.iter().collect();
         wait_everywhere(&all, "n3", "alive");
         for observer in &all {
-            let generation = observer
-                .view()
-                .unwrap()
-                .into_iter()
-                .find(|(n, _, _)| n == "n3")
-                .unwrap()
-                .2;
+            let generation = observer.generation_of("n3").unwrap();
             assert!(
                 generation > old_generation,
                 "{} sees n3 at generation {generation}, not above {old_generation}",

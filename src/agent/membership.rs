@@ -4,7 +4,7 @@
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
@@ -320,9 +320,4 @@ fn gossip_health(swim: &Swim, encrypted: bool) -> GossipHealth {
         dropped,
         warnings,
     }
-}
-
-/// The topology file's model, if it is valid, for the payload.
-pub fn read_topology(path: &Path) -> Option<Topology> {
-    Topology::load(path).ok()
 }

@@ -133,7 +133,7 @@ async fn serve(
         None => None,
     };
 
-    let topology_file = topology_file::check(&config.topology);
+    let (topology_file, topology) = topology_file::check(&config.topology);
     let started_at = SystemTime::now();
     let (state, commands) = NodeState::new(Status {
         node: config.node.clone(),
@@ -152,7 +152,6 @@ async fn serve(
         version: env!("CARGO_PKG_VERSION").to_string(),
     });
 
-    let topology = membership::read_topology(&config.topology);
     let gossip = membership::start(
         &config,
         identity,

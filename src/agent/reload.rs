@@ -44,7 +44,7 @@ pub fn reload(
         "node config read again"
     );
     now.topology = fresh.topology.clone();
-    let topology = topology_file::check(&fresh.topology);
+    let (topology, _) = topology_file::check(&fresh.topology);
     topology_file::report(&topology);
     state.update(|s| s.topology = topology);
 

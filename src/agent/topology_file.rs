@@ -10,10 +10,15 @@ use tracing::{info, warn};
 use crate::api::{TopologyFile, TopologyFileState};
 use crate::config::{ConfigError, Topology};
 
-/// Reads and validates the file at `path` now.
-pub fn check(path: &Path) -> TopologyFile {
+/// Reads and validates the file at `path` now; the model too when it is
+/// valid, so no caller has to parse the file a second time.
+pub fn check(path: &Path) -> (TopologyFile, Option<Topology>) {
+    let mut model = None;
     let (state, problems) = match Topology::load(path) {
-        Ok(_) => (TopologyFileState::Valid, Vec::new()),
+        Ok(topology) => {
+            model = Some(topology);
+            (TopologyFileState::Valid, Vec::new())
+        }
         Err(ConfigError::Read { source, .. }) if source.kind() == io::ErrorKind::NotFound => {
             (TopologyFileState::Missing, Vec::new())
         }
@@ -23,11 +28,12 @@ pub fn check(path: &Path) -> TopologyFile {
             d.iter().map(|d| d.to_string()).collect(),
         ),
     };
-    TopologyFile {
+    let file = TopologyFile {
         path: path.display().to_string(),
         state,
         problems,
-    }
+    };
+    (file, model)
 }
 
 /// One log line per problem, so each reads like the validator's output.
@@ -51,14 +57,15 @@ mod tests {
     fn tells_missing_valid_and_invalid_apart() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("topology.yaml");
-        assert_eq!(check(&path).state, TopologyFileState::Missing);
+        assert_eq!(check(&path).0.state, TopologyFileState::Missing);
 
         std::fs::write(
             &path,
             "cluster: c\nreplicasets:\n  s:\n    nodes:\n      a: { address: 127.0.0.1:1 }\n",
         )
         .unwrap();
-        let valid = check(&path);
+        let (valid, model) = check(&path);
+        assert!(model.is_some(), "a valid file comes with its model");
         assert_eq!(
             valid.state,
             TopologyFileState::Valid,
@@ -67,7 +74,8 @@ mod tests {
         );
 
         std::fs::write(&path, "cluster: c\nreplicasets: {}\nbogus: 1\n").unwrap();
-        let invalid = check(&path);
+        let (invalid, model) = check(&path);
+        assert!(model.is_none());
         assert_eq!(invalid.state, TopologyFileState::Invalid);
         assert!(!invalid.problems.is_empty());
         let prefix = format!("{}:", path.display());
