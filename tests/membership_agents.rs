@@ -2,7 +2,8 @@
 //! all see each other, a killed node is declared dead everywhere, a
 //! restarted one comes back with a greater generation, a stopped one is
 //! `left` without ever being suspected, and a node with the wrong key is
-//! never admitted while its packets are counted.
+//! never admitted while its packets are counted. User events reach every
+//! node once: its monitor stream and its configured handlers.
 
 mod support;
 
@@ -30,6 +31,12 @@ struct Node {
 
 impl Node {
     fn new(root: &Path, name: &str, seed: u16, key: &str) -> Node {
+        Node::with(root, name, seed, key, "", "")
+    }
+
+    /// A node with more `gossip` settings (`, name: value` items) and
+    /// `extra` YAML lines at the end of its config.
+    fn with(root: &Path, name: &str, seed: u16, key: &str, gossip: &str, extra: &str) -> Node {
         let (port, api) = (free_port(), free_port());
         let dir = root.join(name);
         fs::create_dir_all(&dir).unwrap();
@@ -39,7 +46,7 @@ impl Node {
             dir.join("cohort.yaml"),
             format!(
                 "node: {name}\ncluster: test\nbind: {bind}\ndata_dir: {data}\ntopology: {topo}\njoin: [{seed}]\n\
-                 gossip: {{ key_file: {key}, protocol_period: 300ms, ack_timeout: 150ms }}\napi: {{ http: {api} }}\nlog: {{ level: info, format: text }}\n",
+                 gossip: {{ key_file: {key}, protocol_period: 300ms, ack_timeout: 150ms{gossip} }}\napi: {{ http: {api} }}\nlog: {{ level: info, format: text }}\n{extra}",
                 bind = addr(port),
                 data = dir.join("data").display(),
                 topo = dir.join("topology.yaml").display(),
@@ -220,4 +227,232 @@ fn five_agents_detect_death_restart_leave_and_refuse_a_foreign_key() {
     }
     let alone = stranger.view().unwrap();
     assert_eq!(alone.len(), 1, "the stranger sees only itself: {alone:?}");
+}
+
+/// A handler script that appends `NAME ID ORIGIN PAYLOAD-IN-BASE64` to `out`.
+fn handler_script(dir: &Path, out: &Path) -> PathBuf {
+    use std::os::unix::fs::PermissionsExt;
+    fs::create_dir_all(dir).unwrap();
+    let script = dir.join("on-event.sh");
+    fs::write(
+        &script,
+        format!(
+            "#!/bin/sh\npayload=$(base64 -w0)\necho \"$1 $COHORT_EVENT_ID $COHORT_EVENT_ORIGIN_NAME $payload\" >> {}\n",
+            out.display()
+        ),
+    )
+    .unwrap();
+    fs::set_permissions(&script, fs::Permissions::from_mode(0o755)).unwrap();
+    script
+}
+
+fn lines(path: &Path) -> Vec<String> {
+    fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .map(String::from)
+        .collect()
+}
+
+#[test]
+fn user_events_reach_every_node_once_its_handlers_and_its_monitor() {
+    let root = tempfile::tempdir().unwrap();
+    let scripts = root.path().join("scripts");
+    let (all_out, deploy_out) = (root.path().join("e1.out"), root.path().join("e2.out"));
+    let every = handler_script(&scripts.join("every"), &all_out);
+    let deploy = handler_script(&scripts.join("deploy"), &deploy_out);
+    // Push-pull every second: full state, events included, keeps arriving
+    // as duplicates that must never be delivered again.
+    let fast_sync = ", push_pull_interval: 1s";
+    let handlers = |spec: &str| format!("events:\n  handlers:\n{spec}");
+    let mut e1 = Node::with(
+        root.path(),
+        "e1",
+        0,
+        KEY_A,
+        fast_sync,
+        &handlers(&format!(
+            "    - {{ event: \"*\", exec: {} }}\n",
+            every.display()
+        )),
+    );
+    let seed = e1.port;
+    let mut e2 = Node::with(
+        root.path(),
+        "e2",
+        seed,
+        KEY_A,
+        fast_sync,
+        &handlers(&format!(
+            "    - {{ event: deploy, exec: {} }}\n",
+            deploy.display()
+        )),
+    );
+    let mut e3 = Node::with(root.path(), "e3", seed, KEY_A, fast_sync, "");
+    for node in [&mut e1, &mut e2, &mut e3] {
+        node.start();
+    }
+    let nodes = [&e1, &e2, &e3];
+    wait_until(CONVERGE, "3 alive members on every node", || {
+        nodes
+            .iter()
+            .all(|n| {
+                n.view()
+                    .is_some_and(|v| v.len() == 3 && v.iter().all(|(_, s, _)| s == "alive"))
+            })
+            .then_some(())
+    });
+
+    // e2's monitor, as an operator would watch it.
+    let mut monitor = std::process::Command::new(env!("CARGO_BIN_EXE_cohort"))
+        .args([
+            "--api",
+            &addr(e2.api).to_string(),
+            "monitor",
+            "--format",
+            "json",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let monitor_out = monitor.stdout.take().unwrap();
+    let (seen_tx, seen) = std::sync::mpsc::channel::<serde_json::Value>();
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        for line in std::io::BufReader::new(monitor_out)
+            .lines()
+            .map_while(Result::ok)
+        {
+            if let Ok(event) = serde_json::from_str::<serde_json::Value>(&line) {
+                if event["kind"] == "user" && seen_tx.send(event).is_err() {
+                    break;
+                }
+            }
+        }
+    });
+    // The stream is open once it relays something: wait for the first
+    // event, resending a probe event until one shows.
+    let send = |api: u16, args: &[&str], stdin: Option<&[u8]>| {
+        let mut command = cohort();
+        command
+            .args(["--api", &addr(api).to_string(), "event"])
+            .args(args);
+        command
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let mut child = command.spawn().unwrap();
+        {
+            use std::io::Write;
+            let mut input = child.stdin.take().unwrap();
+            if let Some(bytes) = stdin {
+                input.write_all(bytes).unwrap();
+            }
+        }
+        child.wait_with_output().unwrap()
+    };
+    let first = wait_until(CONVERGE, "e2's monitor to show a user event", || {
+        let sent = send(e1.api, &["warmup"], None);
+        assert!(sent.status.success(), "{sent:?}");
+        seen.recv_timeout(Duration::from_millis(500)).ok()
+    });
+    assert_eq!(first["subject"], "warmup");
+
+    // Text from e1, bytes on stdin from e3 (to a handler on e1 and e2).
+    let sent = send(e1.api, &["deploy", "v42"], None);
+    assert!(sent.status.success(), "{sent:?}");
+    let said = String::from_utf8_lossy(&sent.stdout).to_string();
+    assert!(
+        said.starts_with("event `deploy` (3 bytes) sent as "),
+        "{said}"
+    );
+    let sent = send(e3.api, &["deploy", "-"], Some(&[0, 159, 146, 150]));
+    assert!(sent.status.success(), "{sent:?}");
+
+    let shown = wait_until(CONVERGE, "e2's monitor to show both deploys", || {
+        let mut deploys = Vec::new();
+        while let Ok(event) = seen.recv_timeout(Duration::from_millis(200)) {
+            if event["subject"] == "deploy" {
+                deploys.push(event);
+            }
+            if deploys.len() == 2 {
+                return Some(deploys);
+            }
+        }
+        None
+    });
+    assert_eq!(shown[0]["payload"], "v42");
+    assert_eq!(shown[1]["payload_base64"], "AJ+Slg==");
+
+    // Each node's handlers ran once per event: e1 handles all (warmup
+    // events included), e2 only deploys.
+    wait_until(CONVERGE, "the handlers to run", || {
+        (lines(&deploy_out).len() >= 2).then_some(())
+    });
+    // Let several push-pulls (each carrying every live event) land on
+    // every node after delivery: duplicates arrive, none is delivered.
+    let streams_now: Vec<u64> = nodes
+        .iter()
+        .map(|n| {
+            n.members().unwrap()["gossip"]["streams_sent"]
+                .as_u64()
+                .unwrap()
+        })
+        .collect();
+    wait_until(CONVERGE, "two more push-pulls from every node", || {
+        nodes
+            .iter()
+            .zip(&streams_now)
+            .all(|(n, before)| {
+                n.members()
+                    .and_then(|m| m["gossip"]["streams_sent"].as_u64())
+                    .is_some_and(|now| now >= before + 2)
+            })
+            .then_some(())
+    });
+    let deploys = lines(&deploy_out);
+    assert_eq!(deploys.len(), 2, "{deploys:?}");
+    assert!(
+        deploys[0].starts_with("deploy ") && deploys[0].ends_with(" e1 djQy"),
+        "{deploys:?}"
+    );
+    assert!(deploys[1].ends_with(" e3 AJ+Slg=="), "{deploys:?}");
+    let everything = lines(&all_out);
+    let delivered_e1 = e1.members().unwrap()["gossip"]["user_events_delivered"]
+        .as_u64()
+        .unwrap();
+    assert_eq!(everything.len() as u64, delivered_e1, "{everything:?}");
+    let ids: std::collections::BTreeSet<&str> = everything
+        .iter()
+        .filter_map(|l| l.split(' ').nth(1))
+        .collect();
+    assert_eq!(
+        ids.len(),
+        everything.len(),
+        "an event was handled twice: {everything:?}"
+    );
+    for node in nodes {
+        let delivered = node.members().unwrap()["gossip"]["user_events_delivered"]
+            .as_u64()
+            .unwrap();
+        assert_eq!(
+            delivered, delivered_e1,
+            "{} delivered {delivered}",
+            node.name
+        );
+    }
+
+    // Clear refusals.
+    let bad = send(e1.api, &["no spaces"], None);
+    assert_eq!(bad.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&bad.stderr).to_string();
+    assert!(err.contains("event name `no spaces` is invalid"), "{err}");
+    let big = vec![b'x'; 4000];
+    let bad = send(e1.api, &["deploy", "-"], Some(&big));
+    let err = String::from_utf8_lossy(&bad.stderr).to_string();
+    assert!(err.contains("fit in one gossip packet"), "{err}");
+
+    let _ = monitor.kill();
+    let _ = monitor.wait();
 }

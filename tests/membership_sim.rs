@@ -1,11 +1,12 @@
-//! Issue 4 acceptance (a)-(g): SWIM under the seeded simulator, over many
-//! seeds. A failing seed is printed with the command that replays it alone
+//! Issue 4 acceptance (a)-(g), plus clock skew (h) and user events (i):
+//! SWIM under the seeded simulator, over many seeds. A failing seed is printed with the command that replays it alone
 //! (`SWIM_SEED=<seed> cargo test --test membership_sim <test>`).
 
 use std::time::{Duration, Instant};
 
 use cohort::membership::sim::{LinkSpec, Sim, SimConfig};
 use cohort::membership::{MemberEvent, MemberStatus};
+use std::collections::BTreeMap;
 
 const PERIOD: Duration = Duration::from_secs(1);
 
@@ -164,9 +165,9 @@ fn a_same_seed_replays_identically() {
 
 // (b) ---------------------------------------------------------------------
 
-fn crashed_node_declared_dead(seed: u64, loss: f64) -> Result<Figures, String> {
+fn crashed_node_declared_dead(seed: u64, config: SimConfig) -> Result<Figures, String> {
     let n = 32;
-    let (mut sim, _) = converged_cluster(config(seed, loss), n, 60)?;
+    let (mut sim, _) = converged_cluster(config, n, 60)?;
     let victim = 1 + pick(seed, 1, n - 1);
     let victim_id = sim.id(victim).ok_or("no victim")?;
     let crashed_at = sim.elapsed();
@@ -203,7 +204,7 @@ fn b_crashed_node_declared_dead_everywhere_without_loss() {
     over_seeds(
         "b_crashed_node_declared_dead_everywhere_without_loss",
         50,
-        |seed| crashed_node_declared_dead(seed, 0.0),
+        |seed| crashed_node_declared_dead(seed, config(seed, 0.0)),
     );
 }
 
@@ -212,7 +213,7 @@ fn b_crashed_node_declared_dead_everywhere_at_10_percent_loss() {
     over_seeds(
         "b_crashed_node_declared_dead_everywhere_at_10_percent_loss",
         50,
-        |seed| crashed_node_declared_dead(seed, 0.1),
+        |seed| crashed_node_declared_dead(seed, config(seed, 0.1)),
     );
 }
 
@@ -535,5 +536,113 @@ fn g_churn_leaves_only_current_members_and_young_records() {
                 ),
             ])
         },
+    );
+}
+
+// (h) ---------------------------------------------------------------------
+
+#[test]
+fn h_clocks_ten_percent_apart_detect_the_dead_and_only_the_dead() {
+    // Every node's clock runs at its own rate in 0.9..1.1 (timers, ack
+    // timeouts and suspicions all measured on it), at 10 % loss.
+    over_seeds(
+        "h_clocks_ten_percent_apart_detect_the_dead_and_only_the_dead",
+        50,
+        |seed| {
+            let mut skewed = config(seed, 0.1);
+            skewed.clock_skew = 0.1;
+            crashed_node_declared_dead(seed, skewed)
+        },
+    );
+}
+
+// (i) ---------------------------------------------------------------------
+
+/// 40 nodes at 10 % loss; 12 events sent from random nodes while one node
+/// crashes; a node that joins afterwards must not replay them.
+fn user_events_delivered_once(seed: u64) -> Result<Figures, String> {
+    let n = 40;
+    let (mut sim, _) = converged_cluster(config(seed, 0.1), n, 60)?;
+    let crashed = 1 + pick(seed, 7, n - 1);
+    let mut sent = Vec::new();
+    let mut sent_at = BTreeMap::new();
+    for k in 0..12u64 {
+        let mut from = pick(seed, 100 + k, n);
+        if from == crashed {
+            from = 0;
+        }
+        if k == 6 {
+            sim.crash(crashed);
+        }
+        let id = sim
+            .send_user_event(from, "deploy", format!("release-{k}").as_bytes())
+            .map_err(|e| format!("send refused: {e}"))?;
+        sent_at.insert(id, sim.elapsed());
+        sent.push(id);
+        sim.run_for(PERIOD / 2);
+    }
+    let everyone_has_all = |s: &Sim| {
+        let mut got: BTreeMap<usize, usize> = BTreeMap::new();
+        for (_, node, _) in s.deliveries() {
+            *got.entry(*node).or_default() += 1;
+        }
+        s.running().all(|i| got.get(&i) == Some(&sent.len()))
+    };
+    let took = sim
+        .run_until_true(PERIOD * 60, everyone_has_all)
+        .ok_or("after 60 periods some live node still misses an event")?;
+    // Let retransmissions and push-pulls run out: copies keep arriving but
+    // must never be delivered twice.
+    sim.run_for(PERIOD * 60);
+    let mut count: BTreeMap<(usize, _), u32> = BTreeMap::new();
+    let mut latest = 0.0f64;
+    for (at, node, id) in sim.deliveries() {
+        *count.entry((*node, *id)).or_default() += 1;
+        latest = latest.max(periods(*at - sent_at[id]));
+    }
+    if let Some(((node, id), times)) = count.iter().find(|(_, times)| **times > 1) {
+        return Err(format!("node {node} delivered {id:?} {times} times"));
+    }
+    for i in sim.running() {
+        let got = sent
+            .iter()
+            .filter(|id| count.contains_key(&(i, **id)))
+            .count();
+        if got != sent.len() {
+            return Err(format!("node {i} delivered {got} of {} events", sent.len()));
+        }
+    }
+    // A newcomer learns the recent events in its join but does not
+    // deliver what happened before it existed.
+    let before = sim.deliveries().len();
+    let newcomer = sim.add_node();
+    sim.join(newcomer, 0);
+    sim.run_until_true(PERIOD * 40, |s| s.all_running_see_each_other_alive())
+        .ok_or("the newcomer did not join within 40 periods")?;
+    sim.run_for(PERIOD * 10);
+    if let Some(late) = sim.deliveries()[before..].iter().find(|d| d.1 == newcomer) {
+        return Err(format!("the newcomer delivered an old event: {late:?}"));
+    }
+    let duplicates: u64 = sim
+        .running()
+        .filter_map(|i| sim.swim(i))
+        .map(|s| s.stats().user_events_duplicate)
+        .sum();
+    Ok(vec![
+        (
+            "all delivered everywhere (periods after the last send)",
+            periods(took),
+        ),
+        ("slowest delivery (periods after its send)", latest),
+        ("duplicate copies dropped, cluster total", duplicates as f64),
+    ])
+}
+
+#[test]
+fn i_user_events_are_delivered_exactly_once_everywhere_at_10_percent_loss() {
+    over_seeds(
+        "i_user_events_are_delivered_exactly_once_everywhere_at_10_percent_loss",
+        50,
+        user_events_delivered_once,
     );
 }

@@ -7,7 +7,7 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use cohort::membership::swim::LocalNode;
-use cohort::membership::wire::{self, Message, PacketHead};
+use cohort::membership::wire::{self, Gossip, Message, Packet, PacketHead};
 use cohort::membership::{
     Incarnation, Keyring, MemberEvent, MemberRecord, MemberStatus, NodeId, PacketSecurity, Payload,
     Swim, SwimConfig, Transmit, TransmitKind,
@@ -84,7 +84,7 @@ fn packet_in(
     .expect("encodes");
     let records: Vec<Vec<u8>> = records
         .iter()
-        .map(|r| wire::encode(r).expect("encodes"))
+        .map(|r| wire::encode(&Gossip::Member(r.clone())).expect("encodes"))
         .collect();
     wire::seal(
         &PacketSecurity::Plaintext,
@@ -92,6 +92,14 @@ fn packet_in(
         &wire::assemble(&head, &records),
     )
     .expect("seals")
+}
+
+/// The member records a packet carries.
+fn records_in(packet: &Packet) -> impl Iterator<Item = &MemberRecord> {
+    packet.gossip.iter().filter_map(|item| match item {
+        Gossip::Member(record) => Some(record),
+        Gossip::Event(_) => None,
+    })
 }
 
 fn gossip(swim: &mut Swim, now: Instant, from: u128, records: &[MemberRecord]) {
@@ -145,9 +153,7 @@ fn a_suspicion_of_the_current_incarnation_is_refuted() {
     let body = wire::open(&PacketSecurity::Plaintext, &ack.bytes).expect("opens");
     let decoded = wire::decode_packet(&body).expect("decodes");
     assert_eq!(decoded.message, Message::Ack { seq: 5 });
-    assert!(decoded
-        .gossip
-        .iter()
+    assert!(records_in(&decoded)
         .any(|r| r.id == id(2) && r.incarnation == inc(GEN, 2) && r.status == MemberStatus::Alive));
 }
 
@@ -224,7 +230,14 @@ fn packets_of_an_older_generation_are_dropped_and_counted() {
 fn an_update_is_sent_exactly_lambda_log2_n_times() {
     let mut now = Instant::now();
     // Five live nodes that answer each other: N = 5, so 2·⌈log₂ 6⌉ = 6.
-    let mut nodes: Vec<Swim> = (1..=5).map(|n| node(n, now)).collect();
+    // No anti-entropy records, which would carry the update too.
+    let quiet = SwimConfig {
+        anti_entropy_records: 0,
+        ..config()
+    };
+    let mut nodes: Vec<Swim> = (1..=5)
+        .map(|n| node_with(n, now, quiet.clone(), PacketSecurity::Plaintext))
+        .collect();
     for n in nodes.iter_mut().skip(1) {
         n.join(now, addr(1));
     }
@@ -256,9 +269,7 @@ fn an_update_is_sent_exactly_lambda_log2_n_times() {
             if t.kind == TransmitKind::Datagram {
                 let body = wire::open(&PacketSecurity::Plaintext, &t.bytes).expect("opens");
                 let p = wire::decode_packet(&body).expect("decodes");
-                sends += p
-                    .gossip
-                    .iter()
+                sends += records_in(&p)
                     .filter(|r| r.id == id(1) && r.incarnation == version)
                     .count();
             }
@@ -321,18 +332,29 @@ fn datagrams_never_exceed_the_packet_size_even_with_big_payloads() {
                 ..record(n, inc(GEN, 0), MemberStatus::Alive)
             })
             .collect();
+        let head_of = |message: &Message| {
+            wire::encode(&PacketHead {
+                cluster: "test",
+                from: id(500),
+                generation: GEN,
+                message,
+            })
+            .expect("encodes")
+        };
+        // Heard from the peer first, so the state below is news to spread.
+        let hello = wire::assemble(&head_of(&Message::Gossip), &[]);
+        a.handle_datagram(
+            now,
+            addr(200),
+            &wire::seal(&security, [2; 12], &hello).expect("seals"),
+        );
         // Sent as a push-pull stream: big state arrives in one piece.
-        let head = wire::encode(&PacketHead {
-            cluster: "test",
-            from: id(500),
-            generation: GEN,
-            message: &Message::PushPull {
-                reply: true,
-                members: records,
-            },
-        })
-        .expect("encodes");
-        let bytes = wire::seal(&security, [3; 12], &wire::assemble(&head, &[])).expect("seals");
+        let head = head_of(&Message::PushPull { reply: true });
+        let items: Vec<Vec<u8>> = records
+            .into_iter()
+            .map(|r| wire::encode(&Gossip::Member(r)).expect("encodes"))
+            .collect();
+        let bytes = wire::seal(&security, [3; 12], &wire::assemble(&head, &items)).expect("seals");
         a.handle_stream(now, addr(200), &bytes);
         assert_eq!(a.count(MemberStatus::Alive), 398);
         let reply = drain(&mut a);
@@ -564,44 +586,55 @@ fn the_same_id_at_a_new_address_is_accepted_as_a_move() {
     }));
 }
 
-#[test]
-fn a_silent_member_is_suspected_then_dead_after_the_suspicion_timeout() {
+/// How long node 1 suspects a silent node 2 before declaring it dead, in a
+/// cluster of `size` where every other member is silent too.
+fn unconfirmed_suspicion(size: u128) -> Duration {
     let start = Instant::now();
     let mut a = node(1, start);
-    gossip(
-        &mut a,
-        start,
-        2,
-        &[record(2, inc(GEN, 0), MemberStatus::Alive)],
-    );
+    let others: Vec<MemberRecord> = (2..=size)
+        .map(|n| record(n, inc(GEN, 0), MemberStatus::Alive))
+        .collect();
+    gossip(&mut a, start, 2, &others);
     let mut now = start;
     let mut suspected_at = None;
     let mut dead_at = None;
-    for _ in 0..600 {
+    for _ in 0..1200 {
         now += Duration::from_millis(100);
         a.handle_timeout(now);
         drain(&mut a);
         for e in events(&mut a) {
             match e {
                 MemberEvent::StatusChanged {
+                    id: who,
                     to: MemberStatus::Suspect,
                     ..
-                } => suspected_at = Some(now),
+                } if who == id(2) => suspected_at = Some(now),
                 MemberEvent::StatusChanged {
+                    id: who,
                     to: MemberStatus::Dead,
                     ..
-                } => dead_at = Some(now),
+                } if who == id(2) => dead_at = Some(now),
                 _ => {}
             }
         }
     }
-    let suspected_at = suspected_at.expect("suspected");
-    let dead_at = dead_at.expect("declared dead");
-    // One accuser and no confirmation: the longest suspicion (Lifeguard),
-    // 6 × 4 × 1 s for a two-member cluster.
-    let suspicion = dead_at - suspected_at;
+    dead_at.expect("declared dead") - suspected_at.expect("suspected")
+}
+
+#[test]
+fn a_silent_member_is_suspected_then_dead_after_the_suspicion_timeout() {
+    // Five members, one accuser, no confirmation: the longest suspicion
+    // (Lifeguard), 6 × 4 × max(1, log10 5) × 1 s.
+    let suspicion = unconfirmed_suspicion(5);
     assert!(
         suspicion >= Duration::from_secs(24) && suspicion <= Duration::from_millis(24_200),
+        "{suspicion:?}"
+    );
+    // Two members: nobody else could ever confirm, so waiting for
+    // confirmations is pointless and the minimum (4 s) applies.
+    let suspicion = unconfirmed_suspicion(2);
+    assert!(
+        suspicion >= Duration::from_secs(4) && suspicion <= Duration::from_millis(4_200),
         "{suspicion:?}"
     );
 }

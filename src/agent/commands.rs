@@ -1,5 +1,6 @@
 //! Carries out the writes the API asks of the agent (join a seed, leave
-//! the cluster), so API handlers never touch the protocols themselves.
+//! the cluster, send a user event), so API handlers never touch the
+//! protocols themselves.
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -20,6 +21,21 @@ pub async fn answer(mut commands: mpsc::Receiver<AgentCommand>, gossip: Handle, 
             AgentCommand::Leave { reply } => {
                 gossip.leave(Duration::from_secs(1)).await;
                 let _ = reply.send(Ok("left the cluster; peers see this node as `left`".into()));
+            }
+            AgentCommand::SendUserEvent {
+                name,
+                payload,
+                reply,
+            } => {
+                let size = payload.len();
+                let answer = match gossip.send_user_event(name.clone(), payload).await {
+                    Some(Ok((origin, generation, seq))) => Ok(format!(
+                        "event `{name}` ({size} bytes) sent as {origin}/{generation}/{seq}"
+                    )),
+                    Some(Err(e)) => Err(e.to_string()),
+                    None => Err("the agent is shutting down".into()),
+                };
+                let _ = reply.send(answer);
             }
         }
     }

@@ -1,6 +1,7 @@
 //! The agent's use of SWIM: builds the state machine from the node config
 //! and identity, keeps trying the join seeds until the node has company,
-//! and turns member events into the API's view, its event feed and logs.
+//! and turns member events into the API's view, its event feed and logs,
+//! and user events into the feed and the configured handlers.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -11,15 +12,17 @@ use std::time::{Duration, Instant, SystemTime};
 use tokio::net::{TcpListener, UdpSocket};
 use tracing::{info, warn};
 
-use crate::api::{self, ApiEvent, GossipHealth, MemberInfo, Members, NodeState};
+use crate::api::{self, ApiEvent, MemberInfo, Members, NodeState};
 use crate::config::{NodeConfig, Topology};
 use crate::discovery::{resolve_seeds, Backoff};
 use crate::membership::driver::{self, Handle, Observer};
 use crate::membership::{
     Keyring, LocalNode, Member, MemberEvent, MemberStatus, PacketSecurity, Payload, Swim,
-    SwimConfig,
+    SwimConfig, UserEvent,
 };
 
+use super::event_handlers::{Delivery, Handlers};
+use super::gossip_health::HealthWindow;
 use super::identity::Identity;
 
 #[derive(Debug, thiserror::Error)]
@@ -116,7 +119,8 @@ pub fn start(
         .map_err(|e| MembershipError::Settings(e.to_string()))?;
     swim.set_payload(now, payload(config, advertise, topology))
         .map_err(|e| MembershipError::Settings(e.to_string()))?;
-    let observer = ApiObserver::new(state, encrypted);
+    let handlers = Handlers::spawn(config.event_handlers.clone());
+    let observer = ApiObserver::new(state, encrypted, handlers);
     let handle = driver::spawn(swim, udp, tcp, observer);
     tokio::spawn(keep_joining(handle.clone(), config.join.clone(), advertise));
     Ok(handle)
@@ -162,16 +166,30 @@ struct ApiObserver {
     /// An Instant → wall clock anchor for "since" times.
     anchor: (Instant, SystemTime),
     names: BTreeMap<crate::membership::NodeId, String>,
+    handlers: Option<Handlers>,
+    health: HealthWindow,
 }
 
 impl ApiObserver {
-    fn new(state: Arc<NodeState>, encrypted: bool) -> ApiObserver {
+    fn new(state: Arc<NodeState>, encrypted: bool, handlers: Option<Handlers>) -> ApiObserver {
         ApiObserver {
             state,
             encrypted,
             anchor: (Instant::now(), SystemTime::now()),
             names: BTreeMap::new(),
+            handlers,
+            health: HealthWindow::default(),
         }
+    }
+
+    fn name_of(&self, swim: &Swim, id: crate::membership::NodeId) -> String {
+        if id == swim.id() {
+            return display_name(swim.local());
+        }
+        swim.member(id)
+            .map(display_name)
+            .or_else(|| self.names.get(&id).cloned())
+            .unwrap_or_else(|| id.to_string())
     }
 
     fn wall_ms(&self, at: Instant) -> u64 {
@@ -199,11 +217,7 @@ impl ApiObserver {
 
     fn describe(&self, swim: &Swim, event: &MemberEvent) -> ApiEvent {
         let id = event.id();
-        let name = swim
-            .member(id)
-            .map(display_name)
-            .or_else(|| self.names.get(&id).cloned())
-            .unwrap_or_else(|| id.to_string());
+        let name = self.name_of(swim, id);
         let (kind, detail) = match event {
             MemberEvent::Joined {
                 addr,
@@ -226,13 +240,7 @@ impl ApiObserver {
             }
             MemberEvent::Forgotten { .. } => ("member-forgotten", "record reclaimed".to_string()),
         };
-        ApiEvent {
-            at_ms: api::unix_ms(SystemTime::now()),
-            kind: kind.into(),
-            subject: name,
-            uuid: Some(id.0),
-            detail,
-        }
+        ApiEvent::now(kind, name, Some(id.0), detail)
     }
 }
 
@@ -245,6 +253,42 @@ fn display_name(m: &Member) -> String {
 }
 
 impl Observer for ApiObserver {
+    fn on_user_events(&mut self, swim: &Swim, events: Vec<UserEvent>) {
+        use base64::Engine as _;
+        for event in events {
+            let origin_name = self.name_of(swim, event.origin);
+            let id = format!("{}/{}/{}", event.origin, event.generation, event.seq);
+            info!(event = %event.name, %id, origin = %origin_name, bytes = event.payload.len(), "user event");
+            let (text, base64) = match std::str::from_utf8(&event.payload) {
+                Ok(text) => (Some(text.to_string()), None),
+                Err(_) => (
+                    None,
+                    Some(base64::engine::general_purpose::STANDARD.encode(&event.payload)),
+                ),
+            };
+            self.state.publish(ApiEvent {
+                id: Some(id.clone()),
+                payload: text,
+                payload_base64: base64,
+                ..ApiEvent::now(
+                    "user",
+                    event.name.clone(),
+                    Some(event.origin.0),
+                    format!("from {origin_name}, {} bytes", event.payload.len()),
+                )
+            });
+            if let Some(handlers) = &self.handlers {
+                handlers.deliver(Delivery {
+                    name: event.name,
+                    payload: event.payload,
+                    id,
+                    origin: event.origin.to_string(),
+                    origin_name,
+                });
+            }
+        }
+    }
+
     fn on_events(&mut self, swim: &Swim, events: &[MemberEvent]) {
         for event in events {
             let published = self.describe(swim, event);
@@ -273,51 +317,7 @@ impl Observer for ApiObserver {
         members.sort_by(|a, b| a.name.cmp(&b.name));
         self.state.set_members(Members {
             members,
-            gossip: gossip_health(swim, self.encrypted),
+            gossip: self.health.report(swim, self.encrypted),
         });
-    }
-}
-
-fn gossip_health(swim: &Swim, encrypted: bool) -> GossipHealth {
-    let stats = swim.stats();
-    let d = stats.dropped;
-    let dropped: BTreeMap<String, u64> = [
-        ("decode", d.decode),
-        ("decrypt", d.decrypt),
-        ("plaintext_refused", d.plaintext_refused),
-        ("foreign_cluster", d.foreign_cluster),
-        ("old_generation", d.old_generation),
-        ("too_large", d.too_large),
-    ]
-    .into_iter()
-    .map(|(k, v)| (k.to_string(), v))
-    .collect();
-    let mut warnings = Vec::new();
-    if d.decrypt > 0 {
-        warnings.push(format!(
-            "{} packets could not be decrypted: a peer uses a key this node lacks",
-            d.decrypt
-        ));
-    }
-    if d.plaintext_refused > 0 {
-        warnings.push(format!(
-            "{} plaintext packets refused: a peer gossips without encryption",
-            d.plaintext_refused
-        ));
-    }
-    if d.foreign_cluster > 0 {
-        warnings.push(format!(
-            "{} packets from another cluster dropped: check `cluster` in the node configs",
-            d.foreign_cluster
-        ));
-    }
-    GossipHealth {
-        encrypted,
-        datagrams_received: stats.datagrams_received,
-        datagrams_sent: stats.datagrams_sent,
-        datagram_bytes_sent: stats.datagram_bytes_sent,
-        stream_bytes_sent: stats.stream_bytes_sent,
-        dropped,
-        warnings,
     }
 }

@@ -4,6 +4,8 @@
 
 mod commands;
 mod data_dir;
+pub mod event_handlers;
+mod gossip_health;
 pub mod identity;
 pub mod logging;
 mod membership;

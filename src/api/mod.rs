@@ -7,7 +7,7 @@ mod types;
 
 use std::convert::Infallible;
 use std::sync::{Arc, RwLock};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
 use axum::extract::State;
 use axum::http::StatusCode;
@@ -29,6 +29,12 @@ pub enum AgentCommand {
         reply: oneshot::Sender<Result<String, String>>,
     },
     Leave {
+        reply: oneshot::Sender<Result<String, String>>,
+    },
+    /// A user event for every node.
+    SendUserEvent {
+        name: String,
+        payload: Vec<u8>,
         reply: oneshot::Sender<Result<String, String>>,
     },
 }
@@ -91,13 +97,12 @@ impl NodeState {
             let status = read(&self.status);
             (status.node.clone(), status.uuid)
         };
-        self.publish(ApiEvent {
-            at_ms: unix_ms(SystemTime::now()),
-            kind: "agent-stopping".into(),
-            subject: node,
-            uuid: Some(uuid),
-            detail: why.to_string(),
-        });
+        self.publish(ApiEvent::now(
+            "agent-stopping",
+            node,
+            Some(uuid),
+            why.to_string(),
+        ));
         self.stopping.send_replace(true);
     }
 }
@@ -117,7 +122,7 @@ pub fn router(state: Arc<NodeState>) -> Router {
         .route("/v1/status", get(status))
         .route("/v1/health", get(health))
         .route("/v1/members", get(members))
-        .route("/v1/events", get(event_stream))
+        .route("/v1/events", get(event_stream).post(send_user_event))
         .route("/v1/join", post(join))
         .route("/v1/leave", post(leave))
         .fallback(not_found)
@@ -155,13 +160,12 @@ async fn event_stream(
             };
             let event = match next {
                 Ok(event) => event,
-                Err(broadcast::error::RecvError::Lagged(missed)) => ApiEvent {
-                    at_ms: unix_ms(SystemTime::now()),
-                    kind: "lagged".into(),
-                    subject: String::new(),
-                    uuid: None,
-                    detail: format!("{missed} events were missed by this reader"),
-                },
+                Err(broadcast::error::RecvError::Lagged(missed)) => ApiEvent::now(
+                    "lagged",
+                    String::new(),
+                    None,
+                    format!("{missed} events were missed by this reader"),
+                ),
                 Err(broadcast::error::RecvError::Closed) => return None,
             };
             let data = serde_json::to_string(&event).unwrap_or_default();
@@ -177,6 +181,42 @@ async fn event_stream(
 async fn join(State(state): State<Arc<NodeState>>, Json(request): Json<JoinRequest>) -> Response {
     ask(&state, |reply| AgentCommand::Join {
         address: request.address,
+        reply,
+    })
+    .await
+}
+
+async fn send_user_event(
+    State(state): State<Arc<NodeState>>,
+    Json(request): Json<UserEventRequest>,
+) -> Response {
+    use base64::Engine as _;
+    let payload = match (request.payload, request.payload_base64) {
+        (Some(_), Some(_)) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                "rejected",
+                "give `payload` or `payload_base64`, not both".into(),
+            )
+        }
+        (Some(text), None) => text.into_bytes(),
+        (None, Some(encoded)) => {
+            match base64::engine::general_purpose::STANDARD.decode(encoded.trim()) {
+                Ok(bytes) => bytes,
+                Err(e) => {
+                    return error(
+                        StatusCode::BAD_REQUEST,
+                        "rejected",
+                        format!("`payload_base64` is not base64: {e}"),
+                    )
+                }
+            }
+        }
+        (None, None) => Vec::new(),
+    };
+    ask(&state, |reply| AgentCommand::SendUserEvent {
+        name: request.name,
+        payload,
         reply,
     })
     .await

@@ -85,6 +85,15 @@ pub struct GossipHealth {
     pub datagrams_sent: u64,
     pub datagram_bytes_sent: u64,
     pub stream_bytes_sent: u64,
+    /// Push-pull streams (TCP) opened, and those that failed.
+    #[serde(default)]
+    pub streams_sent: u64,
+    #[serde(default)]
+    pub stream_failures: u64,
+    #[serde(default)]
+    pub user_events_sent: u64,
+    #[serde(default)]
+    pub user_events_delivered: u64,
     /// Packets dropped, by reason (decode, decrypt, foreign_cluster, ...).
     pub dropped: std::collections::BTreeMap<String, u64>,
     /// Plain words when something is wrong ("12 packets could not be decrypted: wrong key?").
@@ -106,6 +115,42 @@ pub struct ApiEvent {
     pub uuid: Option<uuid::Uuid>,
     /// One line for people: "alive -> dead", "127.0.0.1:1 -> 127.0.0.1:2".
     pub detail: String,
+    /// A user event's identity, `ORIGIN-UUID/GENERATION/SEQ`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id: Option<String>,
+    /// A user event's payload when it is UTF-8 text...
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub payload: Option<String>,
+    /// ...and in base64 when it is not.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub payload_base64: Option<String>,
+}
+
+impl ApiEvent {
+    /// An event happening now, without user-event fields.
+    pub fn now(kind: &str, subject: String, uuid: Option<uuid::Uuid>, detail: String) -> ApiEvent {
+        ApiEvent {
+            at_ms: super::unix_ms(std::time::SystemTime::now()),
+            kind: kind.to_string(),
+            subject,
+            uuid,
+            detail,
+            id: None,
+            payload: None,
+            payload_base64: None,
+        }
+    }
+}
+
+/// `POST /v1/events`: a user event for every node. Give the payload as
+/// text, or as base64 for bytes; neither means empty.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+pub struct UserEventRequest {
+    pub name: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub payload: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub payload_base64: Option<String>,
 }
 
 /// `POST /v1/join`.

@@ -121,7 +121,15 @@ pub fn monitor(api: SocketAddr, format: OutputFormat) -> anyhow::Result<()> {
             OutputFormat::Json => println!("{data}"),
             OutputFormat::Text => {
                 let event: ApiEvent = serde_json::from_str(data)?;
-                println!("{:<20} {:<12} {}", event.kind, event.subject, event.detail);
+                let payload = match (&event.payload, &event.payload_base64) {
+                    (Some(text), _) => format!(": {text}"),
+                    (None, Some(encoded)) => format!(": base64 {encoded}"),
+                    (None, None) => String::new(),
+                };
+                println!(
+                    "{:<20} {:<12} {}{payload}",
+                    event.kind, event.subject, event.detail
+                );
             }
         }
         Ok(())
@@ -132,4 +140,26 @@ pub fn write(api: SocketAddr, path: &str, body: &impl serde::Serialize) -> anyho
     let done: Done = Client::new(api)?.post(path, body)?;
     println!("{}", done.message);
     Ok(())
+}
+
+/// `cohort event NAME [PAYLOAD|-]`.
+pub fn send_event(api: SocketAddr, name: String, payload: Option<String>) -> anyhow::Result<()> {
+    use base64::Engine as _;
+    use std::io::Read as _;
+    let mut request = crate::api::UserEventRequest {
+        name,
+        ..Default::default()
+    };
+    match payload.as_deref() {
+        Some("-") => {
+            let mut bytes = Vec::new();
+            std::io::stdin()
+                .read_to_end(&mut bytes)
+                .map_err(|e| anyhow::anyhow!("cannot read the payload from stdin: {e}"))?;
+            request.payload_base64 = Some(base64::engine::general_purpose::STANDARD.encode(bytes));
+        }
+        Some(text) => request.payload = Some(text.to_string()),
+        None => {}
+    }
+    write(api, "/v1/events", &request)
 }

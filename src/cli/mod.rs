@@ -64,6 +64,17 @@ pub enum Command {
     },
     /// Leave the cluster gracefully: peers mark this node `left` at once.
     Leave,
+    /// Send a user event to every node: each delivers it once, to `monitor`
+    /// streams and to the handlers of its node config (`events.handlers`).
+    #[command(
+        after_help = "The whole event must fit in one gossip packet (about 1 KiB of payload with the default max_packet_size of 1400): send a reference (a URL, a version) rather than the data."
+    )]
+    Event {
+        /// Event name: letters, digits, '-', '_' and '.'.
+        name: String,
+        /// The payload; `-` reads it from stdin (any bytes). Empty if absent.
+        payload: Option<String>,
+    },
     /// Check a node config or topology file: `FILE: ok` on stdout when good, else every problem on stderr as FILE:LINE:COLUMN: message.
     #[command(after_help = EXIT_CODES)]
     Validate {
@@ -182,6 +193,7 @@ pub fn run(cli: Cli) -> ExitCode {
             members::write(cli.api, "/v1/join", &api::JoinRequest { address })
         }
         Command::Leave => members::write(cli.api, "/v1/leave", &serde_json::json!({})),
+        Command::Event { name, payload } => members::send_event(cli.api, name, payload),
         Command::Dev(args) => dev::run(args),
         Command::Completions { shell } => {
             clap_complete::generate(shell, &mut Cli::command(), "cohort", &mut std::io::stdout());

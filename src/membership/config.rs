@@ -26,7 +26,8 @@ pub struct SwimConfig {
     pub max_packet_size: usize,
     /// Random member records added to every datagram (anti-entropy).
     pub anti_entropy_records: usize,
-    /// Full-state exchange over a stream with one random member.
+    /// Full-state exchange over a stream with one random member; stretched
+    /// ×(1 + ⌈log₂(N/32)⌉) above 32 members so its cost per node stays flat.
     pub push_pull_interval: Duration,
     /// How often one random dead member is pinged, so that halves of a
     /// healed partition find each other again.
@@ -39,6 +40,16 @@ pub struct SwimConfig {
     pub max_local_health: u32,
     /// Members told directly of a graceful leave (gossip does the rest).
     pub leave_fanout: usize,
+    /// While updates are pending, every this often they are also sent to
+    /// `gossip_fanout` random members (besides riding on pings and acks),
+    /// so news spreads in a few hundred ms rather than a period per hop.
+    pub gossip_interval: Duration,
+    pub gossip_fanout: usize,
+    /// User events older than this are neither forwarded nor accepted.
+    pub user_event_ttl: Duration,
+    /// User events of this node still being spread at most; more are
+    /// refused with a clear error rather than queued without bound.
+    pub max_pending_user_events: usize,
 }
 
 impl Default for SwimConfig {
@@ -58,6 +69,10 @@ impl Default for SwimConfig {
             reclaim_after: Some(Duration::from_secs(3600)),
             max_local_health: 8,
             leave_fanout: 5,
+            gossip_interval: Duration::from_millis(200),
+            gossip_fanout: 3,
+            user_event_ttl: Duration::from_secs(300),
+            max_pending_user_events: 64,
         }
     }
 }
@@ -90,6 +105,8 @@ impl SwimConfig {
             ("ack timeout", self.ack_timeout),
             ("push-pull interval", self.push_pull_interval),
             ("reconnect interval", self.reconnect_interval),
+            ("gossip interval", self.gossip_interval),
+            ("user event ttl", self.user_event_ttl),
         ] {
             if d.is_zero() {
                 return Err(ConfigError::ZeroDuration(name));

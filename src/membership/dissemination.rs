@@ -1,6 +1,6 @@
-//! The queue of member updates waiting to be piggybacked: least-sent and
-//! newest first, each dropped after its retransmit limit. It holds ids
-//! only; the record sent is always the member's current state.
+//! The queue of updates waiting to be piggybacked: least-sent and newest
+//! first, each dropped after its retransmit limit. It holds keys only (a
+//! member id, a user event id); what is sent is always the current state.
 
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BTreeSet};
@@ -8,13 +8,23 @@ use std::collections::{BTreeMap, BTreeSet};
 use super::member::NodeId;
 
 /// Ordering key: fewer sends first, then newer (higher sequence) first.
-type Slot = (u32, Reverse<u64>, NodeId);
+type Slot<K> = (u32, Reverse<u64>, K);
 
-#[derive(Clone, Debug, Default)]
-pub struct Dissemination {
-    queue: BTreeSet<Slot>,
-    by_id: BTreeMap<NodeId, (u32, u64)>,
+#[derive(Clone, Debug)]
+pub struct Dissemination<K = NodeId> {
+    queue: BTreeSet<Slot<K>>,
+    by_id: BTreeMap<K, (u32, u64)>,
     next_seq: u64,
+}
+
+impl<K> Default for Dissemination<K> {
+    fn default() -> Self {
+        Dissemination {
+            queue: BTreeSet::new(),
+            by_id: BTreeMap::new(),
+            next_seq: 0,
+        }
+    }
 }
 
 /// λ·⌈log₂(N+1)⌉, N = members counted (self included).
@@ -25,9 +35,9 @@ pub fn retransmit_limit(multiplier: u32, members: usize) -> u32 {
     multiplier.saturating_mul(log.max(1))
 }
 
-impl Dissemination {
+impl<K: Ord + Copy> Dissemination<K> {
     /// (Re)starts spreading news about `id` with a fresh send count.
-    pub fn enqueue(&mut self, id: NodeId) {
+    pub fn enqueue(&mut self, id: K) {
         self.remove(id);
         let seq = self.next_seq;
         self.next_seq += 1;
@@ -35,7 +45,7 @@ impl Dissemination {
         self.by_id.insert(id, (0, seq));
     }
 
-    pub fn remove(&mut self, id: NodeId) {
+    pub fn remove(&mut self, id: K) {
         if let Some((sent, seq)) = self.by_id.remove(&id) {
             self.queue.remove(&(sent, Reverse(seq), id));
         }
@@ -49,17 +59,17 @@ impl Dissemination {
         self.by_id.is_empty()
     }
 
-    pub fn contains(&self, id: NodeId) -> bool {
+    pub fn contains(&self, id: K) -> bool {
         self.by_id.contains_key(&id)
     }
 
     /// The first `max` candidates in send order.
-    pub fn candidates(&self, max: usize) -> Vec<NodeId> {
+    pub fn candidates(&self, max: usize) -> Vec<K> {
         self.queue.iter().take(max).map(|slot| slot.2).collect()
     }
 
     /// Counts one send of `id`; drops it once sent `limit` times.
-    pub fn mark_sent(&mut self, id: NodeId, limit: u32) {
+    pub fn mark_sent(&mut self, id: K, limit: u32) {
         let Some((sent, seq)) = self.by_id.get(&id).copied() else {
             return;
         };
@@ -94,7 +104,7 @@ mod tests {
 
     #[test]
     fn least_sent_then_newest_first_and_limit_enforced() {
-        let mut d = Dissemination::default();
+        let mut d: Dissemination = Dissemination::default();
         d.enqueue(id(1));
         d.enqueue(id(2));
         assert_eq!(d.candidates(10), vec![id(2), id(1)]);

@@ -13,7 +13,10 @@ use tokio::net::{TcpListener, TcpStream, UdpSocket};
 use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, warn};
 
-use super::{MemberEvent, Payload, PayloadTooLarge, Swim, Transmit, TransmitKind};
+use super::user_event::EventId;
+use super::{
+    MemberEvent, Payload, PayloadTooLarge, Swim, Transmit, TransmitKind, UserEvent, UserEventError,
+};
 
 /// The first bytes of a gossip stream on the shared TCP port: the rpc layer
 /// uses the same port with its own preamble.
@@ -33,6 +36,11 @@ pub enum Command {
     /// Announce `left`, send it, then answer.
     Leave(oneshot::Sender<()>),
     SetPayload(Payload, oneshot::Sender<Result<(), PayloadTooLarge>>),
+    SendUserEvent {
+        name: String,
+        payload: Vec<u8>,
+        reply: oneshot::Sender<Result<EventId, UserEventError>>,
+    },
     /// Runs `f` on the state machine (reads for the API).
     Inspect(Box<dyn FnOnce(&Swim) + Send>),
 }
@@ -70,6 +78,23 @@ impl Handle {
         answer.await.unwrap_or(Ok(()))
     }
 
+    /// Sends a user event to the cluster; `None` when the driver has
+    /// stopped.
+    pub async fn send_user_event(
+        &self,
+        name: String,
+        payload: Vec<u8>,
+    ) -> Option<Result<EventId, UserEventError>> {
+        let (reply, answer) = oneshot::channel();
+        let command = Command::SendUserEvent {
+            name,
+            payload,
+            reply,
+        };
+        self.commands.send(command).await.ok()?;
+        answer.await.ok()
+    }
+
     /// Reads the state machine; `None` when the driver has stopped.
     pub async fn inspect<T: Send + 'static>(
         &self,
@@ -89,6 +114,9 @@ impl Handle {
 /// counters such as dropped packets stay current.
 pub trait Observer: Send + 'static {
     fn on_events(&mut self, swim: &Swim, events: &[MemberEvent]);
+
+    /// User events to deliver, each once, in arrival order.
+    fn on_user_events(&mut self, _swim: &Swim, _events: Vec<UserEvent>) {}
 }
 
 const REPORT_INTERVAL: Duration = Duration::from_secs(1);
@@ -111,6 +139,7 @@ async fn run(
 ) {
     let (stream_tx, mut streams) = mpsc::channel::<(SocketAddr, Vec<u8>)>(64);
     let accept = tokio::spawn(accept_streams(tcp, stream_tx));
+    let (failed_tx, mut failed_streams) = mpsc::unbounded_channel::<SocketAddr>();
     let mut buffer = vec![0u8; RECV_BUFFER];
     let mut events = Vec::new();
     let mut reported = Instant::now();
@@ -124,6 +153,7 @@ async fn run(
                 Err(e) => debug!(error = %e, "gossip socket receive error"),
             },
             Some((from, bytes)) = streams.recv() => swim.handle_stream(Instant::now(), from, &bytes),
+            Some(dst) = failed_streams.recv() => swim.stream_failed(dst),
             _ = sleep_until(deadline) => swim.handle_timeout(Instant::now()),
             _ = tokio::time::sleep(REPORT_INTERVAL) => {}
             command = commands.recv() => match command {
@@ -133,18 +163,28 @@ async fn run(
                     swim.leave(Instant::now());
                     // The announcement leaves before the answer, so the
                     // agent may exit right after.
-                    flush(&mut swim, &udp).await;
+                    flush(&mut swim, &udp, &failed_tx).await;
                     let _ = done.send(());
                 }
                 Some(Command::SetPayload(payload, reply)) => {
                     let _ = reply.send(swim.set_payload(Instant::now(), payload));
                 }
+                Some(Command::SendUserEvent { name, payload, reply }) => {
+                    let _ = reply.send(swim.send_user_event(Instant::now(), &name, payload));
+                }
                 Some(Command::Inspect(f)) => f(&swim),
             },
         }
-        flush(&mut swim, &udp).await;
+        flush(&mut swim, &udp, &failed_tx).await;
         while let Some(event) = swim.poll_event() {
             events.push(event);
+        }
+        let mut user_events = Vec::new();
+        while let Some(event) = swim.poll_user_event() {
+            user_events.push(event);
+        }
+        if !user_events.is_empty() {
+            observer.on_user_events(&swim, user_events);
         }
         if !events.is_empty() || reported.elapsed() >= REPORT_INTERVAL {
             observer.on_events(&swim, &events);
@@ -162,8 +202,9 @@ async fn sleep_until(deadline: Option<tokio::time::Instant>) {
     }
 }
 
-/// Sends every queued transmit: datagrams at once, streams on their own task.
-async fn flush(swim: &mut Swim, udp: &UdpSocket) {
+/// Sends every queued transmit: datagrams at once, streams on their own
+/// task (which reports a failure back through `failed`).
+async fn flush(swim: &mut Swim, udp: &UdpSocket, failed: &mpsc::UnboundedSender<SocketAddr>) {
     while let Some(Transmit { dst, bytes, kind }) = swim.poll_transmit() {
         match kind {
             TransmitKind::Datagram => {
@@ -172,12 +213,14 @@ async fn flush(swim: &mut Swim, udp: &UdpSocket) {
                 }
             }
             TransmitKind::Stream => {
+                let failed = failed.clone();
                 tokio::spawn(async move {
                     if let Err(e) = tokio::time::timeout(STREAM_DEADLINE, send_stream(dst, &bytes))
                         .await
                         .unwrap_or_else(|_| Err(io::ErrorKind::TimedOut.into()))
                     {
                         debug!(%dst, error = %e, "gossip stream not sent");
+                        let _ = failed.send(dst);
                     }
                 });
             }

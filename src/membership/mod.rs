@@ -14,6 +14,7 @@ pub mod stats;
 pub mod suspicion;
 pub mod swim;
 mod table;
+pub mod user_event;
 pub mod wire;
 
 pub use config::{ConfigError, SwimConfig};
@@ -22,3 +23,4 @@ pub use member::{Incarnation, Member, MemberEvent, MemberRecord, MemberStatus, N
 pub use payload::{ConfigStamp, Payload, PayloadTooLarge, RaftRole};
 pub use stats::{DropStats, Stats};
 pub use swim::{LocalNode, Swim, Transmit, TransmitKind};
+pub use user_event::{UserEvent, UserEventError};

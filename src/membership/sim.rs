@@ -1,6 +1,7 @@
 //! A deterministic, seeded discrete-event simulator that drives many `Swim`
 //! instances in one process: virtual time, lossy and slow links, (one-way)
-//! partitions, crashes and restarts, and nodes whose CPU stalls.
+//! partitions, crashes and restarts, nodes whose CPU stalls, and clocks
+//! that run at different rates (skew): each node sees its own time.
 
 use std::cmp::{Ordering, Reverse};
 use std::collections::{BTreeMap, BTreeSet, BinaryHeap};
@@ -15,6 +16,7 @@ use super::config::SwimConfig;
 use super::keyring::{Keyring, PacketSecurity};
 use super::member::{MemberEvent, MemberStatus, NodeId};
 use super::swim::{LocalNode, Swim, Transmit, TransmitKind};
+use super::user_event::{EventId, UserEventError};
 
 /// The generation of a node started at virtual time zero, in µs.
 const BASE_GENERATION: u64 = 1_000_000;
@@ -47,6 +49,8 @@ pub struct SimConfig {
     pub link: LinkSpec,
     /// AES-GCM on every packet (realistic, slower) or plaintext.
     pub encrypted: bool,
+    /// Each node's clock runs at a rate drawn from 1 ± this (0.05 = ±5 %).
+    pub clock_skew: f64,
 }
 
 impl SimConfig {
@@ -56,6 +60,7 @@ impl SimConfig {
             swim: SwimConfig::default(),
             link: LinkSpec::default(),
             encrypted: false,
+            clock_skew: 0.0,
         }
     }
 }
@@ -128,6 +133,8 @@ struct SimNode {
     /// Nothing at all is processed before this (a stall, a GC pause).
     paused_until: Option<Instant>,
     group: u32,
+    /// Its clock's speed relative to virtual time (1.0 = exact).
+    clock_rate: f64,
     /// The last datagram it sent, when capture is on (replay attacks).
     captured: Option<(SocketAddr, Vec<u8>)>,
     capture: bool,
@@ -149,6 +156,8 @@ pub struct Sim {
     dead_declarations: Vec<DeadDeclaration>,
     record_events: bool,
     events: Vec<(Duration, usize, MemberEvent)>,
+    /// Every user event delivery: when, where, which.
+    deliveries: Vec<(Duration, usize, EventId)>,
     stats: SimStats,
 }
 
@@ -185,6 +194,7 @@ impl Sim {
             dead_declarations: Vec::new(),
             record_events: false,
             events: Vec::new(),
+            deliveries: Vec::new(),
             stats: SimStats::default(),
         }
     }
@@ -196,6 +206,14 @@ impl Sim {
         let index = self.nodes.len();
         let id = NodeId(Uuid::from_u64_pair(mix(self.config.seed), index as u64 + 1));
         let addr = addr_of(index, 0);
+        let skew = self.config.clock_skew;
+        // Drawn only when asked for, so that runs without skew replay
+        // exactly as before.
+        let clock_rate = if skew > 0.0 {
+            self.rng.random_range(1.0 - skew..=1.0 + skew)
+        } else {
+            1.0
+        };
         self.nodes.push(SimNode {
             id,
             addr,
@@ -206,6 +224,7 @@ impl Sim {
             input_delay: Duration::ZERO,
             paused_until: None,
             group: 0,
+            clock_rate,
             captured: None,
             capture: false,
         });
@@ -235,14 +254,15 @@ impl Sim {
             addr: node.addr,
         };
         let seed = mix(self.config.seed ^ mix(index as u64) ^ mix(node.starts << 32));
-        node.swim = Swim::new(self.now, local, self.config.swim.clone(), security, seed).ok();
+        let now = Self::local_time(self.base, self.now, node.clock_rate);
+        node.swim = Swim::new(now, local, self.config.swim.clone(), security, seed).ok();
         node.wake = None;
         self.after_input(index);
     }
 
     /// `node` contacts `seed` (a stream push-pull, like a `join:` entry).
     pub fn join(&mut self, node: usize, seed: usize) {
-        let now = self.now;
+        let now = self.local_now(node);
         let Some(addr) = self.nodes.get(seed).map(|n| n.addr) else {
             return;
         };
@@ -253,7 +273,7 @@ impl Sim {
     }
 
     pub fn leave(&mut self, node: usize) {
-        let now = self.now;
+        let now = self.local_now(node);
         if let Some(swim) = self.swim_mut(node) {
             swim.leave(now);
         }
@@ -281,6 +301,29 @@ impl Sim {
         }
         self.start(node);
         self.join(node, seed);
+    }
+
+    /// Sends a user event from `node`; it is delivered there at once.
+    pub fn send_user_event(
+        &mut self,
+        node: usize,
+        name: &str,
+        payload: &[u8],
+    ) -> Result<EventId, UserEventError> {
+        let now = self.local_now(node);
+        let sent = match self.swim_mut(node) {
+            Some(swim) => swim.send_user_event(now, name, payload.to_vec()),
+            None => Err(UserEventError::Left),
+        };
+        self.after_input(node);
+        sent
+    }
+
+    /// Sets how fast `node`'s clock runs (1.0 = exact, 1.1 = 10 % fast).
+    pub fn set_clock_rate(&mut self, node: usize, rate: f64) {
+        if let Some(n) = self.nodes.get_mut(node) {
+            n.clock_rate = rate.max(0.01);
+        }
     }
 
     /// Default loss and delay of every link.
@@ -459,6 +502,11 @@ impl Sim {
         })
     }
 
+    /// Every user event delivered so far: (when, node, event).
+    pub fn deliveries(&self) -> &[(Duration, usize, EventId)] {
+        &self.deliveries
+    }
+
     pub fn dead_declarations(&self) -> &[DeadDeclaration] {
         &self.dead_declarations
     }
@@ -472,6 +520,31 @@ impl Sim {
     }
 
     // ---- internals ------------------------------------------------------
+
+    /// Virtual time `now` read on a clock running at `rate` from `base`.
+    fn local_time(base: Instant, now: Instant, rate: f64) -> Instant {
+        if rate == 1.0 {
+            return now;
+        }
+        base + now.saturating_duration_since(base).mul_f64(rate)
+    }
+
+    fn local_now(&self, node: usize) -> Instant {
+        let rate = self.nodes.get(node).map_or(1.0, |n| n.clock_rate);
+        Self::local_time(self.base, self.now, rate)
+    }
+
+    /// The virtual time at which `node`'s clock shows `local`, rounded up
+    /// so that the node, woken then, sees its deadline passed.
+    fn virtual_time(&self, node: usize, local: Instant) -> Instant {
+        let rate = self.nodes.get(node).map_or(1.0, |n| n.clock_rate);
+        if rate == 1.0 {
+            return local;
+        }
+        let shown = local.saturating_duration_since(self.base).as_nanos() as f64;
+        let nanos = (shown / rate).ceil() as u64 + 1;
+        self.base + Duration::from_nanos(nanos)
+    }
 
     fn swim_mut(&mut self, node: usize) -> Option<&mut Swim> {
         self.nodes.get_mut(node).and_then(|n| n.swim.as_mut())
@@ -500,7 +573,7 @@ impl Sim {
                 n.paused_until = None;
             }
         }
-        let now = self.now;
+        let now = self.local_now(node);
         match input {
             Input::Deliver {
                 to,
@@ -540,6 +613,7 @@ impl Sim {
         let elapsed = self.elapsed();
         let mut transmits = Vec::new();
         let mut events = Vec::new();
+        let mut delivered = Vec::new();
         let (from_addr, timeout) = {
             let Some(node) = self.nodes.get_mut(index) else {
                 return;
@@ -553,8 +627,14 @@ impl Sim {
             while let Some(e) = swim.poll_event() {
                 events.push(e);
             }
+            while let Some(e) = swim.poll_user_event() {
+                delivered.push(e.id());
+            }
             (node.addr, swim.poll_timeout())
         };
+        self.deliveries
+            .extend(delivered.into_iter().map(|id| (elapsed, index, id)));
+        let timeout = timeout.map(|local| self.virtual_time(index, local));
         for event in events {
             if let MemberEvent::StatusChanged {
                 id,

@@ -39,7 +39,19 @@ pub struct Stats {
     pub stream_bytes_sent: u64,
     pub datagrams_received: u64,
     pub streams_received: u64,
+    /// Received and accepted (decrypted, of our cluster, current life):
+    /// these tell whether UDP and TCP each work with the peers.
+    pub datagrams_accepted: u64,
+    pub streams_accepted: u64,
+    /// Streams the driver could not deliver (connect or write failed).
+    pub stream_failures: u64,
     pub dropped: DropStats,
     /// Suspicions of this node that it refuted.
     pub refutations: u64,
+    pub user_events_sent: u64,
+    pub user_events_delivered: u64,
+    /// Copies of events delivered before (retransmissions, push-pull).
+    pub user_events_duplicate: u64,
+    /// Copies past their TTL or of an earlier life of their origin.
+    pub user_events_stale: u64,
 }

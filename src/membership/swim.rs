@@ -19,7 +19,8 @@ use super::payload::{Payload, PayloadTooLarge};
 use super::stats::Stats;
 use super::suspicion::Suspicion;
 use super::table::{Entry, MemberTable};
-use super::wire::{self, FrameError, Message, PacketHead, FRAME_OVERHEAD};
+use super::user_event::{Admission, EventId, EventLog, UserEvent, UserEventError};
+use super::wire::{self, FrameError, Gossip, Message, PacketHead, FRAME_OVERHEAD};
 
 /// Who this node is in this run.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -72,6 +73,8 @@ enum Timer {
     },
     PushPull,
     Reconnect,
+    /// Pending updates go to a few random members.
+    Gossip,
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -102,6 +105,16 @@ pub struct Swim {
     /// is a ghost from a lagging peer and must not revive them.
     forgotten: BTreeMap<NodeId, Incarnation>,
     broadcasts: Dissemination,
+    /// User events being spread, and what this node has delivered.
+    event_broadcasts: Dissemination<EventId>,
+    event_log: EventLog,
+    user_events: VecDeque<UserEvent>,
+    next_event_seq: u64,
+    /// Heard from a peer at least once. Until then a push-pull's members
+    /// and events are the cluster's past: learnt, not re-broadcast or
+    /// delivered.
+    joined: bool,
+    gossip_armed: bool,
     /// This round's probe order; reshuffled when exhausted.
     order: Vec<NodeId>,
     order_pos: usize,
@@ -156,6 +169,12 @@ impl Swim {
             members: MemberTable::default(),
             forgotten: BTreeMap::new(),
             broadcasts: Dissemination::default(),
+            event_broadcasts: Dissemination::default(),
+            event_log: EventLog::new(config.user_event_ttl, 256),
+            user_events: VecDeque::new(),
+            next_event_seq: 0,
+            joined: false,
+            gossip_armed: false,
             order: Vec::new(),
             order_pos: 0,
             probe: None,
@@ -170,8 +189,7 @@ impl Swim {
             config,
         };
         swim.record_limit = swim.compute_record_limit();
-        let own_record = wire::encode(&swim.record_of_me()).ok();
-        if own_record.is_none_or(|r| r.len() > swim.record_limit) {
+        if swim.worst_case_size(&swim.me.payload) > swim.record_limit {
             return Err(ConfigError::PacketTooSmall {
                 size: swim.config.max_packet_size,
                 min: SwimConfig::MIN_PACKET_SIZE,
@@ -203,11 +221,8 @@ impl Swim {
                     .insert((now + self.config.protocol_period, Timer::Probe));
             }
         }
-        let message = Message::PushPull {
-            reply: true,
-            members: self.full_state(),
-        };
-        self.send_stream(addr, &message);
+        self.send_push_pull(now, addr, true);
+        self.arm_gossip(now);
     }
 
     /// Announces a graceful leave: peers mark us left at once. Keep calling
@@ -221,17 +236,16 @@ impl Swim {
         self.probe = None;
         self.bump_my_version();
         for addr in self.random_active(self.config.leave_fanout, None) {
-            self.send_datagram(addr, Message::Gossip);
+            self.send_datagram(now, addr, Message::Gossip);
         }
+        self.arm_gossip(now);
     }
 
     /// Publishes a new payload (a new version of our incarnation).
-    pub fn set_payload(&mut self, _now: Instant, payload: Payload) -> Result<(), PayloadTooLarge> {
-        let record = MemberRecord {
-            payload,
-            ..self.record_of_me()
-        };
-        let size = wire::encode(&record).map_or(usize::MAX, |b| b.len());
+    /// Refused when our record could outgrow one packet: it is sized as
+    /// peers may relay it (suspected, with the largest version).
+    pub fn set_payload(&mut self, now: Instant, payload: Payload) -> Result<(), PayloadTooLarge> {
+        let size = self.worst_case_size(&payload);
         if size > self.record_limit {
             return Err(PayloadTooLarge {
                 size,
@@ -239,9 +253,53 @@ impl Swim {
                 max_packet_size: self.config.max_packet_size,
             });
         }
-        self.me.payload = record.payload;
+        self.me.payload = payload;
         self.bump_my_version();
+        self.arm_gossip(now);
         Ok(())
+    }
+
+    /// Sends a user event to every member (this node included: it is
+    /// delivered here at once). Each node delivers it once.
+    pub fn send_user_event(
+        &mut self,
+        now: Instant,
+        name: &str,
+        payload: Vec<u8>,
+    ) -> Result<EventId, UserEventError> {
+        if !crate::config::is_valid_name(name) {
+            return Err(UserEventError::InvalidName(name.to_string()));
+        }
+        if self.me.status == MemberStatus::Left {
+            return Err(UserEventError::Left);
+        }
+        let pending = self.event_broadcasts.len();
+        if pending >= self.config.max_pending_user_events {
+            return Err(UserEventError::Busy { pending });
+        }
+        let mut event = UserEvent {
+            origin: self.me.id,
+            generation: self.me.incarnation.generation,
+            seq: self.next_event_seq + 1,
+            name: name.to_string(),
+            payload,
+            age_ms: u64::MAX,
+        };
+        let size = wire::encode(&Gossip::Event(event.clone())).map_or(usize::MAX, |b| b.len());
+        if size > self.record_limit {
+            return Err(UserEventError::TooLarge {
+                size,
+                limit: self.record_limit,
+                max_packet_size: self.config.max_packet_size,
+            });
+        }
+        event.age_ms = 0;
+        self.next_event_seq += 1;
+        self.stats.user_events_sent += 1;
+        let id = event.id();
+        self.receive_event(now, event, true);
+        self.arm_gossip(now);
+        Ok(id)
     }
 
     // ---- inputs ---------------------------------------------------------
@@ -254,6 +312,7 @@ impl Swim {
             return;
         }
         self.handle_frame(now, from, bytes);
+        self.arm_gossip(now);
     }
 
     /// One framed stream message (push-pull) arrived from `from`.
@@ -264,6 +323,13 @@ impl Swim {
             return;
         }
         self.handle_frame(now, from, bytes);
+        self.arm_gossip(now);
+    }
+
+    /// The driver could not deliver a stream to `dst` (counted: status
+    /// tells "TCP fails" from "UDP fails" with it).
+    pub fn stream_failed(&mut self, _dst: SocketAddr) {
+        self.stats.stream_failures += 1;
     }
 
     /// Runs every timer due at `now`.
@@ -275,6 +341,7 @@ impl Swim {
             self.timers.pop_first();
             self.fire(now, timer);
         }
+        self.arm_gossip(now);
     }
 
     // ---- outputs --------------------------------------------------------
@@ -290,6 +357,11 @@ impl Swim {
 
     pub fn poll_event(&mut self) -> Option<MemberEvent> {
         self.events.pop_front()
+    }
+
+    /// The next user event to deliver (each at most once per node).
+    pub fn poll_user_event(&mut self) -> Option<UserEvent> {
+        self.user_events.pop_front()
     }
 
     // ---- queries --------------------------------------------------------
@@ -350,6 +422,17 @@ impl Swim {
         self.broadcasts.len()
     }
 
+    /// User events still being spread from here.
+    pub fn pending_user_events(&self) -> usize {
+        self.event_broadcasts.len()
+    }
+
+    /// User events held to pass on, and origins whose deliveries are
+    /// remembered (both bounded by the event TTL).
+    pub fn user_event_memory(&self) -> (usize, usize) {
+        (self.event_log.held_len(), self.event_log.windows_len())
+    }
+
     // ---- packet handling ------------------------------------------------
 
     fn handle_frame(&mut self, now: Instant, from: SocketAddr, bytes: &[u8]) {
@@ -383,8 +466,29 @@ impl Swim {
         if known_generation.is_some_and(|g| g > packet.generation) {
             return self.stats.dropped.old_generation += 1;
         }
-        for record in packet.gossip {
-            self.apply_record(now, record, sender);
+        let is_stream = matches!(packet.message, Message::PushPull { .. });
+        if is_stream {
+            self.stats.streams_accepted += 1;
+        } else {
+            self.stats.datagrams_accepted += 1;
+        }
+        // A push-pull before we ever heard from anyone is our join: the
+        // cluster's state, not news to spread or events to deliver.
+        let news = self.joined || !is_stream;
+        self.joined = true;
+        // A stream's source port is ephemeral: answer the advertised one.
+        let mut reply_to = from;
+        for item in packet.gossip {
+            match item {
+                Gossip::Member(record) => {
+                    if record.id == sender {
+                        reply_to = record.addr;
+                    }
+                    let spread = news || record.id == sender;
+                    self.apply_record(now, record, sender, spread);
+                }
+                Gossip::Event(event) => self.receive_event(now, event, news),
+            }
         }
         match packet.message {
             Message::Ping { seq, target, buddy } => {
@@ -395,7 +499,7 @@ impl Swim {
                 if let Some((incarnation, status)) = buddy {
                     self.refute_if_needed(incarnation, status);
                 }
-                self.send_datagram(from, Message::Ack { seq });
+                self.send_datagram(now, from, Message::Ack { seq });
             }
             Message::Ack { seq } => {
                 if let Some(probe) = self.probe.as_mut().filter(|p| p.seq == seq) {
@@ -404,7 +508,7 @@ impl Swim {
                     let ack = Message::Ack {
                         seq: relay.requester_seq,
                     };
-                    self.send_datagram(relay.requester, ack);
+                    self.send_datagram(now, relay.requester, ack);
                 }
             }
             Message::PingReq {
@@ -426,7 +530,7 @@ impl Swim {
                     target,
                     buddy,
                 };
-                self.send_datagram(target_addr, ping);
+                self.send_datagram(now, target_addr, ping);
                 // Nack well before the requester's period ends.
                 let nack_at = now + self.config.ack_timeout.mul_f64(0.8);
                 self.timers
@@ -438,35 +542,39 @@ impl Swim {
                 }
             }
             Message::Gossip => {}
-            Message::PushPull { reply, members } => {
-                // A stream's source port is ephemeral: answer the sender's
-                // advertised address.
-                let reply_to = members
-                    .iter()
-                    .find(|r| r.id == sender)
-                    .map_or(from, |r| r.addr);
-                for record in members {
-                    self.apply_record(now, record, sender);
-                }
+            Message::PushPull { reply } => {
                 if reply {
-                    let message = Message::PushPull {
-                        reply: false,
-                        members: self.full_state(),
-                    };
-                    self.send_stream(reply_to, &message);
+                    self.send_push_pull(now, reply_to, false);
                 }
             }
         }
     }
 
+    /// A copy of a user event: delivered if new here (and `deliver`), and
+    /// passed on either way.
+    fn receive_event(&mut self, now: Instant, event: UserEvent, deliver: bool) {
+        match self.event_log.admit(now, &event) {
+            Admission::Fresh => {
+                self.event_broadcasts.enqueue(event.id());
+                if deliver {
+                    self.stats.user_events_delivered += 1;
+                    self.user_events.push_back(UserEvent { age_ms: 0, ..event });
+                }
+            }
+            Admission::Duplicate => self.stats.user_events_duplicate += 1,
+            Admission::Stale => self.stats.user_events_stale += 1,
+        }
+    }
+
     /// Merges one gossiped record into the table (SWIM's rules plus
-    /// tombstones). `via` is the packet's sender.
-    fn apply_record(&mut self, now: Instant, record: MemberRecord, via: NodeId) {
+    /// tombstones). `via` is the packet's sender; `spread` says whether a
+    /// member new to us is news worth re-broadcasting.
+    fn apply_record(&mut self, now: Instant, record: MemberRecord, via: NodeId, spread: bool) {
         if record.id == self.me.id {
             return self.refute_if_needed(record.incarnation, record.status);
         }
         let Some(entry) = self.members.get(record.id) else {
-            return self.insert_new(now, record, via);
+            return self.insert_new(now, record, via, spread);
         };
         let current = entry.member.incarnation;
         let status = entry.member.status;
@@ -484,7 +592,7 @@ impl Swim {
         }
     }
 
-    fn insert_new(&mut self, now: Instant, record: MemberRecord, via: NodeId) {
+    fn insert_new(&mut self, now: Instant, record: MemberRecord, via: NodeId, spread: bool) {
         if let Some(gone) = self.forgotten.get(&record.id) {
             if record.incarnation <= *gone {
                 return;
@@ -522,7 +630,9 @@ impl Swim {
                 self.schedule_reclaim(now, id, record.incarnation);
             }
         }
-        self.broadcasts.enqueue(id);
+        if spread {
+            self.broadcasts.enqueue(id);
+        }
     }
 
     /// A strictly newer incarnation replaces everything we knew.
@@ -614,8 +724,15 @@ impl Swim {
             self.config.protocol_period,
         );
         let max = min * self.config.suspicion_max_multiplier;
-        // memberlist's choice: expect (multiplier − 2) confirmations.
-        let expected = self.config.suspicion_multiplier.saturating_sub(2);
+        // memberlist's choice, (multiplier − 2) confirmations, but never
+        // more than there are members who could confirm (all but the
+        // suspect and the first accuser): a 3-node cluster expects one.
+        let could_confirm = u32::try_from(n.saturating_sub(2)).unwrap_or(u32::MAX);
+        let expected = self
+            .config
+            .suspicion_multiplier
+            .saturating_sub(2)
+            .min(could_confirm);
         let suspicion = Suspicion::new(now, min, max, expected, accuser);
         let deadline = suspicion.deadline();
         if let Some(entry) = self.members.get_mut(id) {
@@ -683,13 +800,13 @@ impl Swim {
     fn fire(&mut self, now: Instant, timer: Timer) {
         match timer {
             Timer::Probe => self.on_probe_tick(now),
-            Timer::ProbeAck { seq } => self.on_ack_timeout(seq),
+            Timer::ProbeAck { seq } => self.on_ack_timeout(now, seq),
             Timer::Relay { seq } => {
                 if let Some(relay) = self.relays.remove(&seq) {
                     let nack = Message::Nack {
                         seq: relay.requester_seq,
                     };
-                    self.send_datagram(relay.requester, nack);
+                    self.send_datagram(now, relay.requester, nack);
                 }
             }
             Timer::Suspicion { id } => {
@@ -723,25 +840,43 @@ impl Swim {
                 }
             }
             Timer::PushPull => {
-                let next = self.jittered(self.config.push_pull_interval);
+                let next = self.jittered(self.push_pull_interval());
                 self.timers.insert((now + next, Timer::PushPull));
                 if self.me.status != MemberStatus::Left {
                     if let Some(addr) = self.random_active(1, None).first().copied() {
-                        let message = Message::PushPull {
-                            reply: true,
-                            members: self.full_state(),
-                        };
-                        self.send_stream(addr, &message);
+                        self.send_push_pull(now, addr, true);
                     }
                 }
+                self.event_log.expire(now);
             }
             Timer::Reconnect => {
                 let next = self.jittered(self.config.reconnect_interval);
                 self.timers.insert((now + next, Timer::Reconnect));
                 if self.me.status != MemberStatus::Left {
-                    self.ping_a_dead_member();
+                    self.ping_a_dead_member(now);
                 }
             }
+            Timer::Gossip => {
+                self.gossip_armed = false;
+                if self.has_news() {
+                    for addr in self.random_active(self.config.gossip_fanout, None) {
+                        self.send_datagram(now, addr, Message::Gossip);
+                    }
+                }
+            }
+        }
+    }
+
+    fn has_news(&self) -> bool {
+        !self.broadcasts.is_empty() || !self.event_broadcasts.is_empty()
+    }
+
+    /// Keeps the gossip timer running exactly while there is news.
+    fn arm_gossip(&mut self, now: Instant) {
+        if !self.gossip_armed && self.has_news() {
+            self.gossip_armed = true;
+            self.timers
+                .insert((now + self.config.gossip_interval, Timer::Gossip));
         }
     }
 
@@ -770,7 +905,7 @@ impl Swim {
             nacks: 0,
         });
         let buddy = self.buddy_view(target);
-        self.send_datagram(addr, Message::Ping { seq, target, buddy });
+        self.send_datagram(now, addr, Message::Ping { seq, target, buddy });
         let ack_deadline = now + self.config.ack_timeout * multiplier;
         self.timers.insert((ack_deadline, Timer::ProbeAck { seq }));
     }
@@ -809,7 +944,7 @@ impl Swim {
         }
     }
 
-    fn on_ack_timeout(&mut self, seq: u32) {
+    fn on_ack_timeout(&mut self, now: Instant, seq: u32) {
         let Some(probe) = self.probe.filter(|p| p.seq == seq && !p.acked) else {
             return;
         };
@@ -823,7 +958,7 @@ impl Swim {
                 target: probe.target,
                 target_addr,
             };
-            self.send_datagram(*helper, request);
+            self.send_datagram(now, *helper, request);
         }
         if let Some(p) = self.probe.as_mut() {
             p.indirect = helpers.len();
@@ -832,7 +967,7 @@ impl Swim {
 
     /// Gossip to the dead: if one answers our "you are dead" ping with a
     /// refutation, it is alive again (a healed partition).
-    fn ping_a_dead_member(&mut self) {
+    fn ping_a_dead_member(&mut self, now: Instant) {
         if self.members.count(MemberStatus::Dead) == 0 {
             return;
         }
@@ -845,7 +980,7 @@ impl Swim {
         if let Some((target, addr, incarnation)) = found {
             let seq = self.take_seq();
             let buddy = Some((incarnation, MemberStatus::Dead));
-            self.send_datagram(addr, Message::Ping { seq, target, buddy });
+            self.send_datagram(now, addr, Message::Ping { seq, target, buddy });
         }
     }
 
@@ -941,6 +1076,20 @@ impl Swim {
         self.next_seq
     }
 
+    /// The configured interval, stretched in big clusters so that the
+    /// full-state traffic per node stays flat as N grows (memberlist's
+    /// scaling): ×1 up to 32 members, then +1 for each doubling.
+    fn push_pull_interval(&self) -> Duration {
+        let n = self.members.active() + 1;
+        let scale = if n <= 32 {
+            1
+        } else {
+            let doublings = (n as f64 / 32.0).log2().ceil() as u32;
+            1 + doublings
+        };
+        self.config.push_pull_interval * scale
+    }
+
     /// `base` ± 25 %, so that periodic exchanges do not synchronise.
     fn jittered(&mut self, base: Duration) -> Duration {
         base.mul_f64(self.rng.random_range(0.75..1.25))
@@ -970,26 +1119,41 @@ impl Swim {
         }
     }
 
-    /// The encoded record of `id` (self included), cached per member.
+    /// Our record as a peer may relay it at its largest (suspected by
+    /// someone, with the highest version), encoded: what must fit.
+    fn worst_case_size(&self, payload: &Payload) -> usize {
+        let record = MemberRecord {
+            incarnation: Incarnation {
+                generation: self.me.incarnation.generation,
+                version: u64::MAX,
+            },
+            status: MemberStatus::Suspect,
+            payload: payload.clone(),
+            suspecter: Some(self.me.id),
+            ..self.record_of_me()
+        };
+        wire::encode(&Gossip::Member(record)).map_or(usize::MAX, |b| b.len())
+    }
+
+    /// The encoded gossip item of member `id` (self included), cached per
+    /// member until its state changes.
     fn encoded_record(&mut self, id: NodeId) -> Option<Vec<u8>> {
         if id == self.me.id {
-            return wire::encode(&self.record_of_me()).ok();
+            return wire::encode(&Gossip::Member(self.record_of_me())).ok();
         }
         let entry = self.members.get_mut(id)?;
         if entry.encoded.is_none() {
-            entry.encoded = wire::encode(&Self::record_of(entry)).ok();
+            entry.encoded = wire::encode(&Gossip::Member(Self::record_of(entry))).ok();
         }
         entry.encoded.clone()
     }
 
-    fn full_state(&self) -> Vec<MemberRecord> {
-        let mut state = Vec::with_capacity(self.members.len() + 1);
-        state.push(self.record_of_me());
-        state.extend(self.members.iter().map(Self::record_of));
-        state
+    fn encoded_event(&self, now: Instant, id: EventId) -> Option<Vec<u8>> {
+        let event = self.event_log.copy(now, id)?;
+        wire::encode(&Gossip::Event(event)).ok()
     }
 
-    /// Largest record that fits beside the biggest protocol message.
+    /// Largest gossip item that fits beside the biggest protocol message.
     fn compute_record_limit(&self) -> usize {
         let widest_addr = SocketAddr::new(Ipv6Addr::from([0xff; 16]).into(), u16::MAX);
         let biggest = Incarnation {
@@ -1010,42 +1174,38 @@ impl Swim {
         ];
         let head = messages
             .iter()
-            .filter_map(|message| {
-                wire::encode(&PacketHead {
-                    cluster: &self.config.cluster,
-                    from: self.me.id,
-                    generation: u64::MAX,
-                    message,
-                })
-                .ok()
-            })
+            .filter_map(|message| self.encode_head(message).ok())
             .map(|h| h.len())
             .max()
             .unwrap_or(usize::MAX);
-        // One record: a one-byte count.
+        // One item: a one-byte count.
         self.config
             .max_packet_size
             .saturating_sub(FRAME_OVERHEAD + head + 1)
     }
 
-    /// Sends `message` with as many pending updates as fit, then a few
-    /// random records (anti-entropy), never above `max_packet_size`.
-    fn send_datagram(&mut self, dst: SocketAddr, message: Message) {
-        let head = PacketHead {
+    fn encode_head(&self, message: &Message) -> Result<Vec<u8>, wire::EncodeError> {
+        wire::encode(&PacketHead {
             cluster: &self.config.cluster,
             from: self.me.id,
             generation: self.me.incarnation.generation,
-            message: &message,
-        };
-        let Ok(head) = wire::encode(&head) else {
+            message,
+        })
+    }
+
+    /// Sends `message` with as many pending member updates, then user
+    /// events, as fit, then a few random records (anti-entropy, ourselves
+    /// included), never above `max_packet_size`.
+    fn send_datagram(&mut self, now: Instant, dst: SocketAddr, message: Message) {
+        let Ok(head) = self.encode_head(&message) else {
             return;
         };
-        // Two bytes of record count cover up to 16383 records.
+        // Two bytes of item count cover up to 16383 items.
         let mut room = self
             .config
             .max_packet_size
             .saturating_sub(FRAME_OVERHEAD + head.len() + 2);
-        let mut records: Vec<Vec<u8>> = Vec::new();
+        let mut items: Vec<Vec<u8>> = Vec::new();
         let mut included: Vec<NodeId> = Vec::new();
         let limit = retransmit_limit(self.config.retransmit_multiplier, self.members.active() + 1);
         let mut misses = 0;
@@ -1056,7 +1216,7 @@ impl Swim {
             };
             if bytes.len() <= room {
                 room -= bytes.len();
-                records.push(bytes);
+                items.push(bytes);
                 included.push(id);
                 self.broadcasts.mark_sent(id, limit);
             } else {
@@ -1066,36 +1226,61 @@ impl Swim {
                 }
             }
         }
+        for id in self.event_broadcasts.candidates(16) {
+            let Some(bytes) = self.encoded_event(now, id) else {
+                // Past its TTL: spreading it further is pointless.
+                self.event_broadcasts.remove(id);
+                continue;
+            };
+            if bytes.len() <= room {
+                room -= bytes.len();
+                items.push(bytes);
+                self.event_broadcasts.mark_sent(id, limit);
+            }
+        }
         let len = self.members.len();
         for _ in 0..self.config.anti_entropy_records.min(len) {
-            let i = self.rng.random_range(0..len);
-            let Some(id) = self.members.at(i).map(|e| e.member.id) else {
-                continue;
+            // Index `len` stands for ourselves: a peer that missed our
+            // latest version hears it this way too.
+            let i = self.rng.random_range(0..=len);
+            let id = match self.members.at(i) {
+                Some(e) => e.member.id,
+                None => self.me.id,
             };
             if included.contains(&id) {
                 continue;
             }
             if let Some(bytes) = self.encoded_record(id).filter(|b| b.len() <= room) {
                 room -= bytes.len();
-                records.push(bytes);
+                items.push(bytes);
                 included.push(id);
             }
         }
-        let body = wire::assemble(&head, &records);
+        let body = wire::assemble(&head, &items);
         self.push_frame(dst, &body, TransmitKind::Datagram);
     }
 
-    fn send_stream(&mut self, dst: SocketAddr, message: &Message) {
-        let packet = PacketHead {
-            cluster: &self.config.cluster,
-            from: self.me.id,
-            generation: self.me.incarnation.generation,
-            message,
+    /// Our full state over a stream: every record (cached encodings) and
+    /// every user event still live.
+    fn send_push_pull(&mut self, now: Instant, dst: SocketAddr, reply: bool) {
+        let Ok(head) = self.encode_head(&Message::PushPull { reply }) else {
+            return;
         };
-        if let Ok(head) = wire::encode(&packet) {
-            let body = wire::assemble(&head, &[]);
-            self.push_frame(dst, &body, TransmitKind::Stream);
-        }
+        let ids: Vec<NodeId> = std::iter::once(self.me.id)
+            .chain(self.members.iter().map(|e| e.member.id))
+            .collect();
+        let mut items: Vec<Vec<u8>> = ids
+            .into_iter()
+            .filter_map(|id| self.encoded_record(id))
+            .collect();
+        items.extend(
+            self.event_log
+                .live_copies(now)
+                .into_iter()
+                .filter_map(|event| wire::encode(&Gossip::Event(event)).ok()),
+        );
+        let body = wire::assemble(&head, &items);
+        self.push_frame(dst, &body, TransmitKind::Stream);
     }
 
     fn push_frame(&mut self, dst: SocketAddr, body: &[u8], kind: TransmitKind) {

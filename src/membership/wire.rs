@@ -9,10 +9,11 @@ use serde::{Deserialize, Serialize};
 
 use super::keyring::{PacketSecurity, NONCE_LEN, TAG_LEN};
 use super::member::{Incarnation, MemberRecord, MemberStatus, NodeId};
+use super::user_event::UserEvent;
 
 /// Bumped on any incompatible change of the body; older peers drop ours
 /// (counted as decode errors) rather than misread them.
-pub const WIRE_VERSION: u8 = 1;
+pub const WIRE_VERSION: u8 = 2;
 const MODE_PLAINTEXT: u8 = 0;
 const MODE_AES_GCM: u8 = 1;
 const HEADER_LEN: usize = 2;
@@ -50,11 +51,18 @@ pub enum Message {
     },
     /// Only the piggybacked records matter (leave announcements).
     Gossip,
-    /// Full state; `reply` asks the receiver for its own in return.
+    /// Full state, carried in the packet's gossip (every member record and
+    /// the user events still live); `reply` asks for the receiver's own.
     PushPull {
         reply: bool,
-        members: Vec<MemberRecord>,
     },
+}
+
+/// One piggybacked item.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Gossip {
+    Member(MemberRecord),
+    Event(UserEvent),
 }
 
 /// A decoded packet body.
@@ -65,9 +73,9 @@ pub struct Packet {
     /// The sender's generation: packets of an older life are dropped.
     pub generation: u64,
     pub message: Message,
-    /// Piggybacked updates and anti-entropy records. Last, so a sender can
-    /// append records one by one while watching the size.
-    pub gossip: Vec<MemberRecord>,
+    /// Piggybacked updates, user events and anti-entropy records. Last, so
+    /// a sender can append items one by one while watching the size.
+    pub gossip: Vec<Gossip>,
 }
 
 /// The fields of `Packet` before `gossip`, borrowed: it encodes to the
@@ -221,7 +229,18 @@ mod tests {
                 target: NodeId(Uuid::from_u128(2)),
                 buddy: None,
             },
-            gossip: vec![record(3), record(4)],
+            gossip: vec![
+                Gossip::Member(record(3)),
+                Gossip::Event(UserEvent {
+                    origin: NodeId(Uuid::from_u128(5)),
+                    generation: 42,
+                    seq: 1,
+                    name: "deploy".into(),
+                    payload: b"v2".to_vec(),
+                    age_ms: 120,
+                }),
+                Gossip::Member(record(4)),
+            ],
         }
     }
 
