@@ -1,7 +1,7 @@
 //! What a node can tell about its own gossip: packets dropped and why, and
-//! plain verdicts over the last minute, such as "UDP seems blocked while
-//! TCP works", which otherwise look alike from outside (a node that
-//! flaps between alive and dead).
+//! plain verdicts over a recent window (30 protocol periods, at least 10 s),
+//! such as "UDP seems blocked while TCP works", which otherwise look alike
+//! from outside (a node that flaps between alive and dead).
 
 use std::collections::{BTreeMap, VecDeque};
 use std::time::{Duration, Instant};
@@ -9,8 +9,9 @@ use std::time::{Duration, Instant};
 use crate::api::GossipHealth;
 use crate::membership::{MemberStatus, Stats, Swim};
 
-/// Verdicts look this far back.
-pub const WINDOW: Duration = Duration::from_secs(60);
+/// Verdicts look back this many protocol periods, and at least `MIN_WINDOW`.
+const WINDOW_PERIODS: u32 = 30;
+const MIN_WINDOW: Duration = Duration::from_secs(10);
 /// Fewer datagrams sent than this in the window say nothing yet.
 const MIN_SENT: u64 = 5;
 
@@ -24,11 +25,12 @@ impl HealthWindow {
     pub fn report(&mut self, swim: &Swim, encrypted: bool) -> GossipHealth {
         let now = Instant::now();
         let stats = *swim.stats();
+        let window = (swim.config().protocol_period * WINDOW_PERIODS).max(MIN_WINDOW);
         self.samples.push_back((now, stats));
         while self
             .samples
             .get(1)
-            .is_some_and(|(at, _)| now.duration_since(*at) >= WINDOW)
+            .is_some_and(|(at, _)| now.duration_since(*at) >= window)
         {
             self.samples.pop_front();
         }
@@ -79,14 +81,16 @@ pub fn transport_verdict(old: &Stats, new: &Stats, span: Duration, port: u16) ->
     let secs = span.as_secs();
     let sent = new.datagrams_sent - old.datagrams_sent;
     let heard = new.datagrams_accepted - old.datagrams_accepted;
+    let tcp_only = new.probes_answered_only_by_stream - old.probes_answered_only_by_stream;
     let streams_sent = new.streams_sent - old.streams_sent;
     let streams_failed = new.stream_failures - old.stream_failures;
-    let streams_ok =
-        streams_sent.saturating_sub(streams_failed) + (new.streams_accepted - old.streams_accepted);
+    let tcp_works = tcp_only > 0
+        || streams_sent > streams_failed
+        || new.streams_accepted > old.streams_accepted;
     if sent >= MIN_SENT && heard == 0 {
-        return Some(if streams_ok > 0 {
+        return Some(if tcp_works {
             format!(
-                "UDP seems blocked: {sent} gossip datagrams sent and none received in the last {secs}s, while TCP streams work; open UDP port {port} both ways"
+                "UDP seems blocked: {sent} gossip datagrams sent and none received in the last {secs}s, while TCP works; open UDP port {port} both ways"
             )
         } else {
             format!(
@@ -94,9 +98,16 @@ pub fn transport_verdict(old: &Stats, new: &Stats, span: Duration, port: u16) ->
             )
         });
     }
-    if streams_failed > 0 && streams_sent == streams_failed && heard > 0 {
+    if tcp_only > 0 {
         return Some(format!(
-            "TCP seems blocked: {streams_failed} push-pull streams failed in the last {secs}s while UDP gossip works; open TCP port {port} between the nodes"
+            "UDP fails with some peers: {tcp_only} probes in the last {secs}s were answered only over TCP; check UDP port {port} between the nodes"
+        ));
+    }
+    // One failure can be a peer that just died; most of them failing while
+    // datagrams flow is a firewall.
+    if streams_failed >= 2 && streams_failed * 2 >= streams_sent && heard > 0 {
+        return Some(format!(
+            "TCP fails: {streams_failed} of {streams_sent} streams (push-pull, fallback probes) failed in the last {secs}s while UDP gossip works; check TCP port {port} between the nodes"
         ));
     }
     None
@@ -158,7 +169,7 @@ mod tests {
         let verdict =
             transport_verdict(&stats(10, 10, 1, 0, 0), &stats(70, 10, 3, 0, 1), MIN, 3301);
         let verdict = verdict.expect("a verdict");
-        assert!(verdict.starts_with("UDP seems blocked: 60 gossip datagrams sent and none received in the last 60s, while TCP streams work"), "{verdict}");
+        assert!(verdict.starts_with("UDP seems blocked: 60 gossip datagrams sent and none received in the last 60s, while TCP works"), "{verdict}");
         assert!(verdict.contains("UDP port 3301"), "{verdict}");
     }
 
@@ -173,17 +184,31 @@ mod tests {
     }
 
     #[test]
-    fn tcp_failing_alone_is_named() {
-        let verdict = transport_verdict(&stats(0, 0, 0, 0, 0), &stats(60, 58, 2, 2, 0), MIN, 7)
+    fn tcp_failing_while_udp_works_is_named() {
+        let verdict = transport_verdict(&stats(0, 0, 0, 0, 0), &stats(60, 58, 4, 2, 0), MIN, 7)
             .expect("a verdict");
         assert!(
-            verdict.starts_with("TCP seems blocked: 2 push-pull streams failed"),
+            verdict.starts_with("TCP fails: 2 of 4 streams (push-pull, fallback probes) failed"),
             "{verdict}"
         );
-        // One stream got through: not blocked, just a peer going away.
+        // One failure is a peer going away, not a firewall.
         assert_eq!(
-            transport_verdict(&stats(0, 0, 0, 0, 0), &stats(60, 58, 3, 2, 0), MIN, 7),
+            transport_verdict(&stats(0, 0, 0, 0, 0), &stats(60, 58, 1, 1, 0), MIN, 7),
             None
+        );
+    }
+
+    #[test]
+    fn probes_answered_only_over_tcp_are_named() {
+        let old = stats(0, 0, 0, 0, 0);
+        let new = Stats {
+            probes_answered_only_by_stream: 3,
+            ..stats(60, 40, 3, 0, 3)
+        };
+        let verdict = transport_verdict(&old, &new, MIN, 9).expect("a verdict");
+        assert!(
+            verdict.starts_with("UDP fails with some peers: 3 probes"),
+            "{verdict}"
         );
     }
 

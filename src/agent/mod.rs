@@ -152,6 +152,7 @@ async fn serve(
         started_at_ms: api::unix_ms(started_at),
         uptime_seconds: 0,
         version: env!("CARGO_PKG_VERSION").to_string(),
+        warnings: Vec::new(),
     });
 
     let gossip = membership::start(

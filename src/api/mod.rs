@@ -74,6 +74,7 @@ impl NodeState {
     pub fn snapshot(&self) -> Status {
         let mut status = read(&self.status).clone();
         status.uptime_seconds = self.started.elapsed().as_secs();
+        status.warnings = read(&self.members).gossip.warnings.clone();
         status
     }
 

@@ -25,6 +25,10 @@ pub struct Status {
     pub uptime_seconds: u64,
     /// cohort's own version.
     pub version: String,
+    /// Problems the node sees now, in plain words (gossip: undecryptable
+    /// packets, UDP or TCP blocked, ...).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub warnings: Vec<String>,
 }
 
 /// What the agent found in its topology file.

@@ -304,6 +304,10 @@ fn render_status(s: &Status) -> String {
         ("pid", s.pid.to_string()),
         ("version", s.version.clone()),
     ];
+    let rows = rows
+        .into_iter()
+        .chain(s.warnings.iter().map(|w| ("warning", w.clone())));
+    let rows: Vec<(&str, String)> = rows.collect();
     let width = rows.iter().map(|(k, _)| k.len()).max().unwrap_or(0);
     rows.iter()
         .map(|(k, v)| format!("{k:<width$}  {v}\n"))
@@ -340,6 +344,7 @@ mod tests {
             started_at_ms: 0,
             uptime_seconds: 61,
             version: "0.1.0".into(),
+            warnings: vec!["UDP seems blocked: 60 gossip datagrams sent".into()],
         };
         let text = render_status(&status);
         let value_column = "config version  ".len();
@@ -355,5 +360,6 @@ mod tests {
             "topology file   /tmp/t.yaml (invalid)\n  /tmp/t.yaml:1:1: the file is empty\n"
         ));
         assert!(text.contains("config version  none (no apply yet)\n"));
+        assert!(text.ends_with("warning         UDP seems blocked: 60 gossip datagrams sent\n"));
     }
 }

@@ -16,6 +16,9 @@ pub struct SwimConfig {
     pub ack_timeout: Duration,
     /// k: members asked to ping a silent target on our behalf.
     pub indirect_checks: usize,
+    /// Also ping a silent target over TCP (memberlist's fallback): an
+    /// answer there keeps it alive and tells that UDP is what fails.
+    pub stream_fallback_probe: bool,
     /// Minimum suspicion = this × max(1, log10 N) × period.
     pub suspicion_multiplier: u32,
     /// Lifeguard: a suspicion nobody confirms lasts this × the minimum.
@@ -59,6 +62,7 @@ impl Default for SwimConfig {
             protocol_period: Duration::from_secs(1),
             ack_timeout: Duration::from_millis(500),
             indirect_checks: 3,
+            stream_fallback_probe: true,
             suspicion_multiplier: 4,
             suspicion_max_multiplier: 6,
             retransmit_multiplier: 2,

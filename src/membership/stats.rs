@@ -45,6 +45,8 @@ pub struct Stats {
     pub streams_accepted: u64,
     /// Streams the driver could not deliver (connect or write failed).
     pub stream_failures: u64,
+    /// Probes that failed over UDP but were answered over TCP.
+    pub probes_answered_only_by_stream: u64,
     pub dropped: DropStats,
     /// Suspicions of this node that it refuted.
     pub refutations: u64,

@@ -83,6 +83,9 @@ struct Probe {
     incarnation: Incarnation,
     seq: u32,
     acked: bool,
+    /// Answered only over TCP (the fallback ping): alive, but UDP between
+    /// us is failing.
+    acked_by_stream: bool,
     /// Ping-reqs sent, and nacks received for them.
     indirect: usize,
     nacks: usize,
@@ -311,7 +314,7 @@ impl Swim {
             self.stats.dropped.too_large += 1;
             return;
         }
-        self.handle_frame(now, from, bytes);
+        self.handle_frame(now, from, bytes, false);
         self.arm_gossip(now);
     }
 
@@ -322,7 +325,7 @@ impl Swim {
             self.stats.dropped.too_large += 1;
             return;
         }
-        self.handle_frame(now, from, bytes);
+        self.handle_frame(now, from, bytes, true);
         self.arm_gossip(now);
     }
 
@@ -435,7 +438,7 @@ impl Swim {
 
     // ---- packet handling ------------------------------------------------
 
-    fn handle_frame(&mut self, now: Instant, from: SocketAddr, bytes: &[u8]) {
+    fn handle_frame(&mut self, now: Instant, from: SocketAddr, bytes: &[u8], via_stream: bool) {
         let body = match wire::open(&self.security, bytes) {
             Ok(body) => body,
             Err(FrameError::Decode(_)) => return self.stats.dropped.decode += 1,
@@ -466,15 +469,14 @@ impl Swim {
         if known_generation.is_some_and(|g| g > packet.generation) {
             return self.stats.dropped.old_generation += 1;
         }
-        let is_stream = matches!(packet.message, Message::PushPull { .. });
-        if is_stream {
+        if via_stream {
             self.stats.streams_accepted += 1;
         } else {
             self.stats.datagrams_accepted += 1;
         }
         // A push-pull before we ever heard from anyone is our join: the
         // cluster's state, not news to spread or events to deliver.
-        let news = self.joined || !is_stream;
+        let news = self.joined || !matches!(packet.message, Message::PushPull { .. });
         self.joined = true;
         // A stream's source port is ephemeral: answer the advertised one.
         let mut reply_to = from;
@@ -499,11 +501,19 @@ impl Swim {
                 if let Some((incarnation, status)) = buddy {
                     self.refute_if_needed(incarnation, status);
                 }
-                self.send_datagram(now, from, Message::Ack { seq });
+                if via_stream {
+                    self.send_stream_message(reply_to, &Message::Ack { seq });
+                } else {
+                    self.send_datagram(now, from, Message::Ack { seq });
+                }
             }
             Message::Ack { seq } => {
                 if let Some(probe) = self.probe.as_mut().filter(|p| p.seq == seq) {
-                    probe.acked = true;
+                    if via_stream {
+                        probe.acked_by_stream = true;
+                    } else {
+                        probe.acked = true;
+                    }
                 } else if let Some(relay) = self.relays.remove(&seq) {
                     let ack = Message::Ack {
                         seq: relay.requester_seq,
@@ -901,6 +911,7 @@ impl Swim {
             incarnation,
             seq,
             acked: false,
+            acked_by_stream: false,
             indirect: 0,
             nacks: 0,
         });
@@ -917,6 +928,12 @@ impl Swim {
         };
         if probe.acked {
             self.health.improve();
+            return;
+        }
+        if probe.acked_by_stream {
+            // Alive over TCP while UDP failed: a network problem, not a
+            // failure (memberlist's fallback). Status names it.
+            self.stats.probes_answered_only_by_stream += 1;
             return;
         }
         // Helpers that could not reach the target either clear us; silent
@@ -962,6 +979,15 @@ impl Swim {
         }
         if let Some(p) = self.probe.as_mut() {
             p.indirect = helpers.len();
+        }
+        if self.config.stream_fallback_probe {
+            let buddy = self.buddy_view(probe.target);
+            let ping = Message::Ping {
+                seq,
+                target: probe.target,
+                buddy,
+            };
+            self.send_stream_message(target_addr, &ping);
         }
     }
 
@@ -1279,6 +1305,17 @@ impl Swim {
                 .into_iter()
                 .filter_map(|event| wire::encode(&Gossip::Event(event)).ok()),
         );
+        let body = wire::assemble(&head, &items);
+        self.push_frame(dst, &body, TransmitKind::Stream);
+    }
+
+    /// One message over a stream with our own record, so the receiver
+    /// knows where to answer (a stream's source port is ephemeral).
+    fn send_stream_message(&mut self, dst: SocketAddr, message: &Message) {
+        let Ok(head) = self.encode_head(message) else {
+            return;
+        };
+        let items: Vec<Vec<u8>> = self.encoded_record(self.me.id).into_iter().collect();
         let body = wire::assemble(&head, &items);
         self.push_frame(dst, &body, TransmitKind::Stream);
     }
