@@ -240,6 +240,46 @@ const CASES: &[Case] = &[
         "events:\n  handlers:\n    - { event: deploy, exec: bin/deploy }\n",
         &["cohort.yaml:3:30: events.handlers.exec: `bin/deploy` must be an absolute path"],
     ),
+    node(
+        "node: multicast group that is not a multicast address",
+        "discovery:\n  multicast:\n    enabled: true\n    group: 10.0.0.1:3300\n",
+        &["cohort.yaml:4:12: discovery.multicast.group: `10.0.0.1:3300` is not an IPv4 multicast address (224.0.0.0-239.255.255.255); use one like `239.255.43.1:3300`"],
+    ),
+    node(
+        "node: IPv6 multicast group",
+        "discovery: { multicast: { group: \"[ff02::1]:3300\" } }\n",
+        &["cohort.yaml:1:34: discovery.multicast.group: `[ff02::1]:3300` is not an IPv4 multicast address (224.0.0.0-239.255.255.255); use one like `239.255.43.1:3300`"],
+    ),
+    node(
+        "node: multicast group without a port",
+        "discovery: { multicast: { group: 239.255.43.1 } }\n",
+        &["cohort.yaml:1:34: discovery.multicast.group: `239.255.43.1` is not an address: write `ip:port`, like `10.0.0.1:3301`"],
+    ),
+    node(
+        "node: multicast interval too short",
+        "discovery:\n  multicast:\n    interval: 10ms\n",
+        &["cohort.yaml:3:15: discovery.multicast.interval 10ms is below the minimum of 100ms"],
+    ),
+    node(
+        "node: multicast interval without a unit",
+        "discovery:\n  multicast:\n    interval: 5\n",
+        &["cohort.yaml:3:15: invalid duration `5`: expected a number with a unit, like `1s`, `500ms`, `2m` or `1m30s` (units: ms, s, m, h)"],
+    ),
+    node(
+        "node: multicast interface given by name",
+        "discovery:\n  multicast:\n    interface: eth0\n",
+        &["cohort.yaml:3:16: discovery.multicast.interface: `eth0` is not an IPv4 address; give a local IPv4 address of the interface (like 10.0.0.11), or 0.0.0.0 to let the routing table choose"],
+    ),
+    node(
+        "node: unknown multicast field",
+        "discovery:\n  multicast:\n    enable: true\n",
+        &["cohort.yaml:3:5: unknown field `enable`, did you mean `enabled`?"],
+    ),
+    node(
+        "node: unknown discovery section",
+        "discovery:\n  multicst: {}\n",
+        &["cohort.yaml:2:3: unknown field `multicst`, did you mean `multicast`?"],
+    ),
     node("node: not a mapping", "just words\n", &["cohort.yaml:1:1: expected a mapping (`key: value` lines)"]),
 ];
 
@@ -333,6 +373,36 @@ fn node_config_fills_defaults_and_keeps_what_the_file_says() {
     assert_eq!(
         config.gossip.key_file,
         NodeConfig::defaults().gossip.key_file
+    );
+}
+
+#[test]
+fn multicast_discovery_is_off_by_default_and_reads_every_setting() {
+    let defaults = NodeConfig::defaults().discovery.multicast;
+    assert!(!defaults.enabled, "multicast discovery is off by default");
+    assert_eq!(defaults.group.to_string(), "239.255.43.1:3300");
+    assert_eq!(defaults.interval, std::time::Duration::from_secs(5));
+    assert!(defaults.interface.is_unspecified());
+    assert!(!NodeConfig::dev_defaults().discovery.multicast.enabled);
+
+    let text = "discovery:\n  multicast:\n    enabled: true\n    group: 239.1.2.3:4000\n    interval: 1s500ms\n    interface: 10.0.0.11\n";
+    let config =
+        NodeConfig::parse(text, Path::new("cohort.yaml"), NodeConfig::defaults()).expect("valid");
+    let multicast = config.discovery.multicast;
+    assert!(multicast.enabled);
+    assert_eq!(multicast.group.to_string(), "239.1.2.3:4000");
+    assert_eq!(multicast.interval, std::time::Duration::from_millis(1500));
+    assert_eq!(multicast.interface.to_string(), "10.0.0.11");
+
+    let only_enabled = NodeConfig::parse(
+        "discovery: { multicast: { enabled: true } }\n",
+        Path::new("cohort.yaml"),
+        NodeConfig::defaults(),
+    )
+    .expect("valid");
+    assert_eq!(
+        only_enabled.discovery.multicast.group, defaults.group,
+        "unset settings keep their defaults"
     );
 }
 

@@ -8,63 +8,14 @@ mod support;
 
 use std::fs;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::time::Duration;
 
+use support::netns::Netns;
 use support::*;
 
 const CONVERGE: Duration = Duration::from_secs(60);
 const KEY: &str = "q1Yd5rO3o0bI7wJ7dHqv1Uq9QbS7+7Kz3KQbq3oE8Xk=";
-
-/// A network namespace of our own, deleted on drop (agents first).
-struct Netns {
-    name: String,
-}
-
-impl Netns {
-    fn create() -> Netns {
-        let name = format!("cohort-transport-{}", std::process::id());
-        for (what, args) in [
-            ("ip netns add", vec!["netns", "add", &name]),
-            (
-                "ip link set lo up",
-                vec!["-n", &name, "link", "set", "lo", "up"],
-            ),
-        ] {
-            let ok = Command::new("ip").args(&args).status().map(|s| s.success());
-            assert!(
-                matches!(ok, Ok(true)),
-                "`{what}` failed: this test needs root and iproute2 (`ip`)"
-            );
-        }
-        Netns { name }
-    }
-
-    fn command(&self, program: &Path) -> Command {
-        let mut command = Command::new("ip");
-        command.args(["netns", "exec", &self.name]).arg(program);
-        command
-    }
-
-    fn nft(&self, rule: &str) {
-        let status = Command::new("ip")
-            .args(["netns", "exec", &self.name, "nft"])
-            .args(rule.split(' '))
-            .status();
-        assert!(
-            matches!(status, Ok(s) if s.success()),
-            "`nft {rule}` failed: this test needs nftables (`nft`)"
-        );
-    }
-}
-
-impl Drop for Netns {
-    fn drop(&mut self) {
-        let _ = Command::new("ip")
-            .args(["netns", "del", &self.name])
-            .status();
-    }
-}
 
 struct Agent {
     name: String,
@@ -94,7 +45,7 @@ fn start(ns: &Netns, root: &Path, name: &str, port: u16, seed: u16) -> Agent {
     .unwrap();
     let log = fs::File::create(dir.join("agent.log")).unwrap();
     let proc = Proc::spawn(
-        ns.command(Path::new(env!("CARGO_BIN_EXE_cohort")))
+        ns.exec(env!("CARGO_BIN_EXE_cohort"))
             .arg("agent")
             .arg("--config")
             .arg(&config)
@@ -111,16 +62,7 @@ fn start(ns: &Netns, root: &Path, name: &str, port: u16, seed: u16) -> Agent {
 
 /// `cohort ARGS` against `agent`'s API, run inside the namespace.
 fn ask(ns: &Netns, agent: &Agent, args: &[&str]) -> Option<String> {
-    let output = ns
-        .command(Path::new(env!("CARGO_BIN_EXE_cohort")))
-        .args(["--api", &format!("127.0.0.1:{}", agent.api)])
-        .args(args)
-        .output()
-        .ok()?;
-    output
-        .status
-        .success()
-        .then(|| String::from_utf8_lossy(&output.stdout).into_owned())
+    ns.cohort(addr(agent.api), args)
 }
 
 fn json(ns: &Netns, agent: &Agent, args: &[&str]) -> Option<serde_json::Value> {
@@ -173,7 +115,7 @@ fn log_of(root: &Path, name: &str) -> PathBuf {
 
 #[test]
 fn status_names_udp_or_tcp_blocked_and_tcp_keeps_a_node_alive() {
-    let ns = Netns::create();
+    let ns = Netns::create("transport");
     let root = tempfile::tempdir().unwrap();
     let a = start(&ns, root.path(), "a", 7101, 7101);
     let b = start(&ns, root.path(), "b", 7102, 7101);

@@ -318,6 +318,7 @@ impl Observer for ApiObserver {
         self.state.set_members(Members {
             members,
             gossip: self.health.report(swim, self.encrypted),
+            multicast: None,
         });
     }
 }

@@ -4,6 +4,7 @@
 
 mod commands;
 mod data_dir;
+mod discovery;
 pub mod event_handlers;
 mod gossip_health;
 pub mod identity;
@@ -159,13 +160,23 @@ async fn serve(
         &config,
         identity,
         advertise,
-        security,
+        security.clone(),
         topology.as_ref(),
         node_sockets.udp,
         node_sockets.tcp,
         Arc::clone(&state),
     )?;
     tokio::spawn(commands::answer(commands, gossip.clone(), advertise));
+    if let Some(mut multicast) =
+        discovery::spawn(&config, identity, advertise, security, gossip.clone())?
+    {
+        let state = Arc::clone(&state);
+        tokio::spawn(async move {
+            while multicast.changed().await.is_ok() {
+                state.set_multicast(*multicast.borrow_and_update());
+            }
+        });
+    }
 
     let (stop_api, api_stopped) = tokio::sync::oneshot::channel::<()>();
     let api_task = api_listener.map(|listener| {

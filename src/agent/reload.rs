@@ -74,6 +74,7 @@ fn needs_restart(running: &NodeConfig, fresh: &NodeConfig) -> Vec<&'static str> 
         ("api", running.api != fresh.api),
         ("log.format", running.log.format != fresh.log.format),
         ("events", running.event_handlers != fresh.event_handlers),
+        ("discovery", running.discovery != fresh.discovery),
     ]
     .into_iter()
     .filter_map(|(name, changed)| changed.then_some(name))

@@ -46,6 +46,9 @@ pub struct NodeState {
     pub events: broadcast::Sender<ApiEvent>,
     pub commands: mpsc::Sender<AgentCommand>,
     pub started: Instant,
+    /// Multicast discovery's counters (kept apart: membership replaces
+    /// `members` wholesale every second).
+    multicast: RwLock<Option<crate::discovery::multicast::MulticastStats>>,
     /// Set once at shutdown: open event streams end, so the API drains at
     /// once instead of holding the stop.
     stopping: watch::Sender<bool>,
@@ -67,6 +70,7 @@ impl NodeState {
             commands,
             started: Instant::now(),
             stopping: watch::Sender::new(false),
+            multicast: RwLock::new(None),
         });
         (state, receiver)
     }
@@ -84,6 +88,10 @@ impl NodeState {
 
     pub fn set_members(&self, members: Members) {
         *write(&self.members) = members;
+    }
+
+    pub fn set_multicast(&self, stats: crate::discovery::multicast::MulticastStats) {
+        *write(&self.multicast) = Some(stats);
     }
 
     /// Publishes an event to every `/v1/events` reader (none is fine).
@@ -140,7 +148,9 @@ async fn health() -> Json<serde_json::Value> {
 }
 
 async fn members(State(state): State<Arc<NodeState>>) -> Json<Members> {
-    Json(read(&state.members).clone())
+    let mut members = read(&state.members).clone();
+    members.multicast = *read(&state.multicast);
+    Json(members)
 }
 
 /// Server-sent events: one `data:` line of `ApiEvent` JSON per event. A

@@ -79,6 +79,9 @@ pub struct MemberInfo {
 pub struct Members {
     pub members: Vec<MemberInfo>,
     pub gossip: GossipHealth,
+    /// Multicast discovery's counters, when it is on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub multicast: Option<crate::discovery::multicast::MulticastStats>,
 }
 
 /// What a node can say about its own gossip traffic.

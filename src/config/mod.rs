@@ -14,8 +14,8 @@ use std::path::{Path, PathBuf};
 pub use diagnostic::{Diagnostic, Diagnostics, Pos};
 pub use duration::{DurationError, HumanDuration};
 pub use node::{
-    ApiConfig, EventHandler, GossipConfig, JoinTarget, LogConfig, LogFormat, NodeConfig,
-    DEFAULT_API, DEFAULT_CONFIG_PATH, DEFAULT_PORT,
+    ApiConfig, DiscoveryConfig, EventHandler, GossipConfig, JoinTarget, LogConfig, LogFormat,
+    MulticastConfig, NodeConfig, DEFAULT_API, DEFAULT_CONFIG_PATH, DEFAULT_PORT,
 };
 pub use topology::{
     Election, FailoverMode, NodeSpec, ReplicaSet, RoleSpec, Topology, BUILTIN_ROLES,

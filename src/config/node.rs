@@ -3,7 +3,7 @@
 //! defaults for a laptop (loopback, a temp data dir, no key file).
 
 use std::fmt;
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -18,6 +18,13 @@ use super::{is_valid_name, ConfigError, NAME_RULE};
 pub const DEFAULT_CONFIG_PATH: &str = "/etc/cohort/cohort.yaml";
 pub const DEFAULT_PORT: u16 = 3301;
 pub const DEFAULT_API: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 8300);
+/// Organisation-local scope (239.255/16), so it stays inside the site; the
+/// port sits below the node ports (3301, 3302, ... on a host running
+/// several nodes) so the two never collide.
+pub const DEFAULT_MULTICAST_GROUP: SocketAddrV4 =
+    SocketAddrV4::new(Ipv4Addr::new(239, 255, 43, 1), 3300);
+/// Announcing more often than this would only load the LAN.
+pub const MIN_MULTICAST_INTERVAL: Duration = Duration::from_millis(100);
 
 /// A node's settings, resolved: defaults filled in, addresses parsed.
 #[derive(Clone, Debug, PartialEq, Serialize)]
@@ -33,6 +40,8 @@ pub struct NodeConfig {
     pub data_dir: PathBuf,
     pub topology: PathBuf,
     pub join: Vec<JoinTarget>,
+    /// Finding peers without seeds.
+    pub discovery: DiscoveryConfig,
     pub gossip: GossipConfig,
     pub api: ApiConfig,
     pub log: LogConfig,
@@ -56,6 +65,37 @@ pub struct GossipConfig {
     /// Dead and left members are forgotten this long after; `None` (written
     /// `never`) keeps them.
     pub reclaim_after: Option<Duration>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct DiscoveryConfig {
+    pub multicast: MulticastConfig,
+}
+
+/// Announcing this node on an IPv4 multicast group, and joining the nodes
+/// heard there. Announcements are sealed with the gossip keyring.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct MulticastConfig {
+    /// Off unless asked for.
+    pub enabled: bool,
+    /// The IPv4 multicast group and port every node of the LAN uses.
+    pub group: SocketAddrV4,
+    /// Announce period; each pause is jittered ±20 %.
+    pub interval: Duration,
+    /// The local IPv4 address of the interface to join and send on;
+    /// `0.0.0.0` lets the routing table choose.
+    pub interface: Ipv4Addr,
+}
+
+impl Default for MulticastConfig {
+    fn default() -> MulticastConfig {
+        MulticastConfig {
+            enabled: false,
+            group: DEFAULT_MULTICAST_GROUP,
+            interval: Duration::from_secs(5),
+            interface: Ipv4Addr::UNSPECIFIED,
+        }
+    }
 }
 
 /// What runs when a user event arrives (`cohort event NAME PAYLOAD`).
@@ -187,6 +227,9 @@ impl NodeConfig {
             data_dir: "/var/lib/cohort".into(),
             topology: "/etc/cohort/topology.yaml".into(),
             join: Vec::new(),
+            discovery: DiscoveryConfig {
+                multicast: MulticastConfig::default(),
+            },
             gossip: GossipConfig {
                 key_file: Some("/etc/cohort/keys/gossip.key".into()),
                 protocol_period: Duration::from_secs(1),
@@ -271,6 +314,7 @@ struct NodeFile {
     topology: Option<Spanned<PathBuf>>,
     #[serde(default)]
     join: Vec<Spanned<String>>,
+    discovery: Option<DiscoveryFile>,
     gossip: Option<GossipFile>,
     api: Option<ApiFile>,
     log: Option<LogFile>,
@@ -288,6 +332,21 @@ struct GossipFile {
     push_pull_interval: Option<Spanned<HumanDuration>>,
     max_packet_size: Option<Spanned<u32>>,
     reclaim_after: Option<Spanned<Reclaim>>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct DiscoveryFile {
+    multicast: Option<MulticastFile>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct MulticastFile {
+    enabled: Option<bool>,
+    group: Option<Spanned<String>>,
+    interval: Option<Spanned<HumanDuration>>,
+    interface: Option<Spanned<String>>,
 }
 
 /// A duration, or `never`.
@@ -403,6 +462,9 @@ impl NodeFile {
                 }
             }
         }
+        if let Some(multicast) = self.discovery.and_then(|d| d.multicast) {
+            resolve_multicast(&mut report, multicast, &mut config.discovery.multicast);
+        }
         if let Some(gossip) = self.gossip {
             if let Some(key_file) = gossip.key_file {
                 check_absolute(&mut report, "gossip.key_file", &key_file);
@@ -506,6 +568,56 @@ impl NodeFile {
         }
         report.finish()?;
         Ok(config)
+    }
+}
+
+fn resolve_multicast(report: &mut Report<'_>, file: MulticastFile, config: &mut MulticastConfig) {
+    if let Some(enabled) = file.enabled {
+        config.enabled = enabled;
+    }
+    if let Some(group) = file.group {
+        match parse_socket_addr(&group.value) {
+            Ok(SocketAddr::V4(addr)) if addr.ip().is_multicast() => config.group = addr,
+            Ok(_) => report.error(
+                pos(&group),
+                format!(
+                    "discovery.multicast.group: `{}` is not an IPv4 multicast address (224.0.0.0-239.255.255.255); use one like `{DEFAULT_MULTICAST_GROUP}`",
+                    group.value
+                ),
+            ),
+            Err(e) => report.error(pos(&group), format!("discovery.multicast.group: {e}")),
+        }
+    }
+    if let Some(interval) = file.interval {
+        if interval.value.0 < MIN_MULTICAST_INTERVAL {
+            report.error(
+                pos(&interval),
+                format!(
+                    "discovery.multicast.interval {} is below the minimum of {}",
+                    interval.value,
+                    HumanDuration(MIN_MULTICAST_INTERVAL)
+                ),
+            );
+        }
+        config.interval = interval.value.0;
+    }
+    if let Some(interface) = file.interface {
+        match interface.value.parse::<Ipv4Addr>() {
+            Ok(ip) if ip.is_multicast() || ip.is_broadcast() => report.error(
+                pos(&interface),
+                format!(
+                    "discovery.multicast.interface: `{ip}` is not an interface address; give a local IPv4 address of the interface, or 0.0.0.0"
+                ),
+            ),
+            Ok(ip) => config.interface = ip,
+            Err(_) => report.error(
+                pos(&interface),
+                format!(
+                    "discovery.multicast.interface: `{}` is not an IPv4 address; give a local IPv4 address of the interface (like 10.0.0.11), or 0.0.0.0 to let the routing table choose",
+                    interface.value
+                ),
+            ),
+        }
     }
 }
 

@@ -8,7 +8,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream, UdpSocket};
 use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, warn};
@@ -25,7 +25,7 @@ pub const GOSSIP_STREAM_MAGIC: [u8; 4] = *b"CHG1";
 /// cluster's state is far below it).
 const MAX_STREAM_BYTES: usize = 16 * 1024 * 1024;
 /// A peer gets this long to connect and send one stream.
-const STREAM_DEADLINE: Duration = Duration::from_secs(5);
+pub const STREAM_DEADLINE: Duration = Duration::from_secs(5);
 /// Largest datagram read; bigger ones are truncated and then dropped by
 /// the decoder.
 const RECV_BUFFER: usize = 65_536;
@@ -33,6 +33,8 @@ const RECV_BUFFER: usize = 65_536;
 /// What the agent asks of membership.
 pub enum Command {
     Join(SocketAddr),
+    /// Join, unless this node has left (discovery must not undo a leave).
+    JoinUnlessLeft(SocketAddr),
     /// Announce `left`, send it, then answer.
     Leave(oneshot::Sender<()>),
     SetPayload(Payload, oneshot::Sender<Result<(), PayloadTooLarge>>),
@@ -54,6 +56,11 @@ pub struct Handle {
 impl Handle {
     pub async fn join(&self, addr: SocketAddr) {
         let _ = self.commands.send(Command::Join(addr)).await;
+    }
+
+    /// Like `join`, but ignored once this node has left the cluster.
+    pub async fn join_unless_left(&self, addr: SocketAddr) {
+        let _ = self.commands.send(Command::JoinUnlessLeft(addr)).await;
     }
 
     /// Leaves the cluster; returns once the announcement is on the wire
@@ -123,22 +130,36 @@ const REPORT_INTERVAL: Duration = Duration::from_secs(1);
 
 /// Starts the driver on the node's bound sockets; it runs until every
 /// `Handle` is dropped.
-pub fn spawn(swim: Swim, udp: UdpSocket, tcp: TcpListener, mut observer: impl Observer) -> Handle {
+pub fn spawn(swim: Swim, udp: UdpSocket, tcp: TcpListener, observer: impl Observer) -> Handle {
+    let (stream_tx, streams) = mpsc::channel(64);
+    tokio::spawn(accept_streams(tcp, stream_tx));
+    spawn_with_streams(swim, udp, streams, observer)
+}
+
+/// Starts the driver when something else owns the node's TCP port (the
+/// rpc layer's demultiplexer): gossip streams arrive as (peer, body), the
+/// body being what follows the `CHG1` preamble and the length (see
+/// `read_stream`). It runs until every `Handle` is dropped, then drops
+/// `streams`.
+pub fn spawn_with_streams(
+    swim: Swim,
+    udp: UdpSocket,
+    streams: mpsc::Receiver<(SocketAddr, Vec<u8>)>,
+    mut observer: impl Observer,
+) -> Handle {
     observer.on_events(&swim, &[]);
     let (commands, receiver) = mpsc::channel(64);
-    tokio::spawn(run(swim, Arc::new(udp), tcp, receiver, observer));
+    tokio::spawn(run(swim, Arc::new(udp), streams, receiver, observer));
     Handle { commands }
 }
 
 async fn run(
     mut swim: Swim,
     udp: Arc<UdpSocket>,
-    tcp: TcpListener,
+    mut streams: mpsc::Receiver<(SocketAddr, Vec<u8>)>,
     mut commands: mpsc::Receiver<Command>,
     mut observer: impl Observer,
 ) {
-    let (stream_tx, mut streams) = mpsc::channel::<(SocketAddr, Vec<u8>)>(64);
-    let accept = tokio::spawn(accept_streams(tcp, stream_tx));
     let (failed_tx, mut failed_streams) = mpsc::unbounded_channel::<SocketAddr>();
     let mut buffer = vec![0u8; RECV_BUFFER];
     let mut events = Vec::new();
@@ -159,6 +180,11 @@ async fn run(
             command = commands.recv() => match command {
                 None => break,
                 Some(Command::Join(addr)) => swim.join(Instant::now(), addr),
+                Some(Command::JoinUnlessLeft(addr)) => {
+                    if swim.local().status != super::MemberStatus::Left {
+                        swim.join(Instant::now(), addr);
+                    }
+                }
                 Some(Command::Leave(done)) => {
                     swim.leave(Instant::now());
                     // The announcement leaves before the answer, so the
@@ -192,7 +218,6 @@ async fn run(
             reported = Instant::now();
         }
     }
-    accept.abort();
 }
 
 async fn sleep_until(deadline: Option<tokio::time::Instant>) {
@@ -243,9 +268,14 @@ async fn send_stream(dst: SocketAddr, bytes: &[u8]) -> io::Result<()> {
 
 /// Accepts connections on the node's TCP port and hands each gossip
 /// stream's body to the driver. Anything else is closed without a word.
+/// Stops (closing the port) once the driver has stopped.
 async fn accept_streams(listener: TcpListener, streams: mpsc::Sender<(SocketAddr, Vec<u8>)>) {
     loop {
-        let (stream, peer) = match listener.accept().await {
+        let accepted = tokio::select! {
+            accepted = listener.accept() => accepted,
+            () = streams.closed() => return,
+        };
+        let (mut stream, peer) = match accepted {
             Ok(accepted) => accepted,
             Err(e) => {
                 // Out of file descriptors and the like: back off, keep serving.
@@ -256,7 +286,18 @@ async fn accept_streams(listener: TcpListener, streams: mpsc::Sender<(SocketAddr
         };
         let streams = streams.clone();
         tokio::spawn(async move {
-            match tokio::time::timeout(STREAM_DEADLINE, read_stream(stream)).await {
+            let read = async {
+                let mut magic = [0u8; 4];
+                stream.read_exact(&mut magic).await?;
+                if magic != GOSSIP_STREAM_MAGIC {
+                    return Err(io::Error::new(
+                        io::ErrorKind::InvalidData,
+                        "not a gossip stream",
+                    ));
+                }
+                read_stream(&mut stream).await
+            };
+            match tokio::time::timeout(STREAM_DEADLINE, read).await {
                 Ok(Ok(body)) => {
                     let _ = streams.send((peer, body)).await;
                 }
@@ -267,16 +308,13 @@ async fn accept_streams(listener: TcpListener, streams: mpsc::Sender<(SocketAddr
     }
 }
 
-async fn read_stream(mut stream: TcpStream) -> io::Result<Vec<u8>> {
-    let mut head = [0u8; 8];
+/// Reads one gossip stream's body from a connection whose `CHG1` preamble
+/// has been consumed: a big-endian `u32` length, then that many bytes
+/// (at most 16 MiB). The caller bounds it with `STREAM_DEADLINE`.
+pub async fn read_stream(stream: &mut (impl AsyncRead + Unpin)) -> io::Result<Vec<u8>> {
+    let mut head = [0u8; 4];
     stream.read_exact(&mut head).await?;
-    if head[..4] != GOSSIP_STREAM_MAGIC {
-        return Err(io::Error::new(
-            io::ErrorKind::InvalidData,
-            "not a gossip stream",
-        ));
-    }
-    let len = u32::from_be_bytes([head[4], head[5], head[6], head[7]]) as usize;
+    let len = u32::from_be_bytes(head) as usize;
     if len > MAX_STREAM_BYTES {
         return Err(io::Error::new(
             io::ErrorKind::InvalidData,

@@ -3,6 +3,8 @@
 //! a condition with a deadline (never a bare sleep to synchronise).
 #![allow(dead_code)]
 
+pub mod netns;
+
 use std::collections::BTreeSet;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
