@@ -9,4 +9,7 @@ pub mod cli;
 pub mod config;
 pub mod discovery;
 pub mod membership;
+pub mod rpc;
+mod sim_queue;
 pub mod storage;
+pub mod twophase;

@@ -2,7 +2,9 @@
 //! SWIM under the seeded simulator, over many seeds. A failing seed is printed with the command that replays it alone
 //! (`SWIM_SEED=<seed> cargo test --test membership_sim <test>`).
 
-use std::time::{Duration, Instant};
+mod support;
+
+use std::time::Duration;
 
 use cohort::membership::sim::{LinkSpec, Sim, SimConfig};
 use cohort::membership::{MemberEvent, MemberStatus};
@@ -14,60 +16,12 @@ fn periods(d: Duration) -> f64 {
     d.as_secs_f64() / PERIOD.as_secs_f64()
 }
 
-/// The seeds to run: `SWIM_SEED` alone if set, else 1..=count (count
-/// raised by `SWIM_SEEDS` for a longer soak).
-fn seeds(count: u64) -> Vec<u64> {
-    if let Some(seed) = std::env::var("SWIM_SEED").ok().and_then(|s| s.parse().ok()) {
-        return vec![seed];
-    }
-    let count = std::env::var("SWIM_SEEDS")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(count);
-    (1..=count).collect()
-}
+use support::seeds::Figures;
 
-/// Named figures one run produced (periods, counts).
-type Figures = Vec<(&'static str, f64)>;
-
-/// Runs `scenario` for every seed. Prints min/median/max of each figure and
-/// fails listing every bad seed with the command that replays it.
+/// Every seed of this suite: `SWIM_SEED=N` replays one, `SWIM_SEEDS=N`
+/// runs more.
 fn over_seeds(test: &str, count: u64, scenario: impl Fn(u64) -> Result<Figures, String>) {
-    let started = Instant::now();
-    let mut figures: Vec<(&'static str, Vec<f64>)> = Vec::new();
-    let mut failures = Vec::new();
-    let seeds = seeds(count);
-    for &seed in &seeds {
-        match scenario(seed) {
-            Ok(run) => {
-                for (name, value) in run {
-                    match figures.iter_mut().find(|(n, _)| *n == name) {
-                        Some((_, values)) => values.push(value),
-                        None => figures.push((name, vec![value])),
-                    }
-                }
-            }
-            Err(why) => failures.push(format!(
-                "seed {seed}: {why}\n  replay: SWIM_SEED={seed} cargo test --test membership_sim {test}"
-            )),
-        }
-    }
-    eprintln!(
-        "{test}: {}/{} seeds ok, wall {:.1} s",
-        seeds.len() - failures.len(),
-        seeds.len(),
-        started.elapsed().as_secs_f64()
-    );
-    for (name, mut values) in figures {
-        values.sort_by(f64::total_cmp);
-        eprintln!(
-            "  {name}: min {:.1} median {:.1} max {:.1}",
-            values[0],
-            values[values.len() / 2],
-            values[values.len() - 1]
-        );
-    }
-    assert!(failures.is_empty(), "{}", failures.join("\n"));
+    support::seeds::over_seeds("membership_sim", "SWIM", test, count, scenario)
 }
 
 /// A deterministic pick in 0..n from the seed.

@@ -3,14 +3,15 @@
 //! partitions, crashes and restarts, nodes whose CPU stalls, and clocks
 //! that run at different rates (skew): each node sees its own time.
 
-use std::cmp::{Ordering, Reverse};
-use std::collections::{BTreeMap, BTreeSet, BinaryHeap};
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::{Duration, Instant};
 
 use rand::rngs::SmallRng;
 use rand::{RngExt, SeedableRng};
 use uuid::Uuid;
+
+use crate::sim_queue::EventQueue;
 
 use super::config::SwimConfig;
 use super::keyring::{Keyring, PacketSecurity};
@@ -97,29 +98,6 @@ enum Input {
     Wake { node: usize, at: Instant },
 }
 
-struct Scheduled {
-    at: Instant,
-    seq: u64,
-    input: Input,
-}
-
-impl PartialEq for Scheduled {
-    fn eq(&self, other: &Self) -> bool {
-        (self.at, self.seq) == (other.at, other.seq)
-    }
-}
-impl Eq for Scheduled {}
-impl PartialOrd for Scheduled {
-    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
-        Some(self.cmp(other))
-    }
-}
-impl Ord for Scheduled {
-    fn cmp(&self, other: &Self) -> Ordering {
-        (self.at, self.seq).cmp(&(other.at, other.seq))
-    }
-}
-
 struct SimNode {
     id: NodeId,
     addr: SocketAddr,
@@ -148,8 +126,7 @@ pub struct Sim {
     rng: SmallRng,
     nodes: Vec<SimNode>,
     by_addr: BTreeMap<SocketAddr, usize>,
-    queue: BinaryHeap<Reverse<Scheduled>>,
-    next_seq: u64,
+    queue: EventQueue<Input>,
     links: BTreeMap<(usize, usize), LinkSpec>,
     /// Directed group pairs that cannot talk.
     blocked: BTreeSet<(u32, u32)>,
@@ -187,8 +164,7 @@ impl Sim {
             now,
             nodes: Vec::new(),
             by_addr: BTreeMap::new(),
-            queue: BinaryHeap::new(),
-            next_seq: 0,
+            queue: EventQueue::default(),
             links: BTreeMap::new(),
             blocked: BTreeSet::new(),
             dead_declarations: Vec::new(),
@@ -423,15 +399,9 @@ impl Sim {
 
     /// Processes every input due up to `end`, then sets the clock to it.
     pub fn run_until(&mut self, end: Instant) {
-        while let Some(Reverse(next)) = self.queue.peek() {
-            if next.at > end {
-                break;
-            }
-            let Some(Reverse(item)) = self.queue.pop() else {
-                break;
-            };
-            self.now = self.now.max(item.at);
-            self.dispatch(item.input);
+        while let Some((at, input)) = self.queue.pop_due(end) {
+            self.now = self.now.max(at);
+            self.dispatch(input);
         }
         self.now = self.now.max(end);
     }
@@ -551,9 +521,7 @@ impl Sim {
     }
 
     fn schedule(&mut self, at: Instant, input: Input) {
-        let seq = self.next_seq;
-        self.next_seq += 1;
-        self.queue.push(Reverse(Scheduled { at, seq, input }));
+        self.queue.push(at, input);
     }
 
     fn dispatch(&mut self, input: Input) {

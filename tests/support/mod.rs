@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 pub mod netns;
+pub mod seeds;
 
 use std::collections::BTreeSet;
 use std::io::{Read, Write};
