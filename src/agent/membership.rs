@@ -21,6 +21,8 @@ use crate::membership::{
     SwimConfig, UserEvent,
 };
 
+use crate::rpc::{ClusterAuth, Demux, DemuxConfig, Router, Routes, RpcServer, ServerConfig};
+
 use super::event_handlers::{Delivery, Handlers};
 use super::gossip_health::HealthWindow;
 use super::identity::Identity;
@@ -95,8 +97,17 @@ pub fn payload(config: &NodeConfig, advertise: SocketAddr, topology: Option<&Top
     payload
 }
 
-/// Starts SWIM on the node's sockets and a task that keeps joining the
-/// seeds until another member is alive.
+/// What runs on the node's port: SWIM, and the demultiplexer that owns the
+/// TCP side (gossip streams to SWIM, rpc connections to the rpc server).
+/// Dropping `port` closes the TCP port.
+pub struct Running {
+    pub gossip: Handle,
+    pub port: Demux,
+}
+
+/// Starts SWIM on the node's sockets, the port's demultiplexer with the rpc
+/// server, and a task that keeps joining the seeds until another member is
+/// alive.
 #[allow(clippy::too_many_arguments)]
 pub fn start(
     config: &NodeConfig,
@@ -107,8 +118,12 @@ pub fn start(
     udp: UdpSocket,
     tcp: TcpListener,
     state: Arc<NodeState>,
-) -> Result<Handle, MembershipError> {
+) -> Result<Running, MembershipError> {
     let encrypted = matches!(security, PacketSecurity::Encrypted(_));
+    let auth = ClusterAuth {
+        cluster: config.cluster.clone(),
+        security: security.clone(),
+    };
     let local = LocalNode {
         id: identity.id,
         generation: identity.generation,
@@ -121,9 +136,20 @@ pub fn start(
         .map_err(|e| MembershipError::Settings(e.to_string()))?;
     let handlers = Handlers::spawn(config.event_handlers.clone());
     let observer = ApiObserver::new(state, encrypted, handlers);
-    let handle = driver::spawn(swim, udp, tcp, observer);
+    let (streams_tx, streams) = tokio::sync::mpsc::channel(64);
+    let handle = driver::spawn_with_streams(swim, udp, streams, observer);
+    // No rpc method yet: every call is answered `unknown_method`.
+    let server = RpcServer::new(auth, Router::new(), ServerConfig::default());
+    let routes = Routes {
+        gossip: Some(streams_tx),
+        rpc: Some(server),
+    };
+    let port = Demux::spawn(tcp, routes, DemuxConfig::default());
     tokio::spawn(keep_joining(handle.clone(), config.join.clone(), advertise));
-    Ok(handle)
+    Ok(Running {
+        gossip: handle,
+        port,
+    })
 }
 
 /// Probes the seeds with growing, jittered pauses until another member is

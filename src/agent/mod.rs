@@ -156,7 +156,7 @@ async fn serve(
         warnings: Vec::new(),
     });
 
-    let gossip = membership::start(
+    let running = membership::start(
         &config,
         identity,
         advertise,
@@ -166,6 +166,7 @@ async fn serve(
         node_sockets.tcp,
         Arc::clone(&state),
     )?;
+    let gossip = running.gossip.clone();
     tokio::spawn(commands::answer(commands, gossip.clone(), advertise));
     if let Some(mut multicast) =
         discovery::spawn(&config, identity, advertise, security, gossip.clone())?
@@ -240,6 +241,8 @@ async fn serve(
     {
         warn!("stopped before leaving and draining the API finished");
     }
+    // After the leave (UDP): closes the TCP port and every rpc connection.
+    running.port.stop().await;
     info!("stopped");
     // The data dir stays locked until the very end.
     drop(data_dir);
