@@ -474,8 +474,8 @@ impl Swim {
         } else {
             self.stats.datagrams_accepted += 1;
         }
-        // A push-pull before we ever heard from anyone is our join: the
-        // cluster's state, not news to spread or events to deliver.
+        // A push-pull before we ever heard from anyone is our join: its
+        // events are the cluster's past, learnt but not delivered.
         let news = self.joined || !matches!(packet.message, Message::PushPull { .. });
         self.joined = true;
         // A stream's source port is ephemeral: answer the advertised one.
@@ -486,8 +486,7 @@ impl Swim {
                     if record.id == sender {
                         reply_to = record.addr;
                     }
-                    let spread = news || record.id == sender;
-                    self.apply_record(now, record, sender, spread);
+                    self.apply_record(now, record, sender);
                 }
                 Gossip::Event(event) => self.receive_event(now, event, news),
             }
@@ -577,14 +576,18 @@ impl Swim {
     }
 
     /// Merges one gossiped record into the table (SWIM's rules plus
-    /// tombstones). `via` is the packet's sender; `spread` says whether a
-    /// member new to us is news worth re-broadcasting.
-    fn apply_record(&mut self, now: Instant, record: MemberRecord, via: NodeId, spread: bool) {
+    /// tombstones). `via` is the packet's sender. A member new to us is
+    /// re-broadcast even when learnt in our join's push-pull: the
+    /// λ·log N retransmit limit assumes every node that learns an update
+    /// passes it on, and a cluster of joiners that do not leaves early
+    /// updates to die out (measured: some joins then waited for the next
+    /// push-pull, 30 s).
+    fn apply_record(&mut self, now: Instant, record: MemberRecord, via: NodeId) {
         if record.id == self.me.id {
             return self.refute_if_needed(record.incarnation, record.status);
         }
         let Some(entry) = self.members.get(record.id) else {
-            return self.insert_new(now, record, via, spread);
+            return self.insert_new(now, record, via);
         };
         let current = entry.member.incarnation;
         let status = entry.member.status;
@@ -602,7 +605,7 @@ impl Swim {
         }
     }
 
-    fn insert_new(&mut self, now: Instant, record: MemberRecord, via: NodeId, spread: bool) {
+    fn insert_new(&mut self, now: Instant, record: MemberRecord, via: NodeId) {
         if let Some(gone) = self.forgotten.get(&record.id) {
             if record.incarnation <= *gone {
                 return;
@@ -640,9 +643,7 @@ impl Swim {
                 self.schedule_reclaim(now, id, record.incarnation);
             }
         }
-        if spread {
-            self.broadcasts.enqueue(id);
-        }
+        self.broadcasts.enqueue(id);
     }
 
     /// A strictly newer incarnation replaces everything we knew.
