@@ -1,0 +1,230 @@
+//! What the scenarios share: ports, child processes that cannot outlive
+//! the bench, `/proc` figures and summaries.
+
+use std::collections::BTreeSet;
+use std::fs;
+use std::io;
+use std::net::{TcpListener, UdpSocket};
+use std::os::unix::process::CommandExt;
+use std::path::PathBuf;
+use std::process::{Child, Command};
+use std::sync::Mutex;
+
+use nix::sys::signal::{self, SigSet, SigmaskHow, Signal};
+use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
+use nix::unistd::Pid;
+
+/// USER_HZ, the unit of the CPU times in `/proc/PID/stat` on Linux.
+pub const TICKS_PER_SECOND: f64 = 100.0;
+
+/// A port free for TCP and UDP now and never handed out before in this
+/// run: nodes bind theirs a moment later, and the OS could otherwise give
+/// the same ephemeral port twice in between.
+pub fn free_port(taken: &mut BTreeSet<u16>) -> anyhow::Result<u16> {
+    loop {
+        let port = TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+        if !taken.contains(&port) && UdpSocket::bind(("127.0.0.1", port)).is_ok() {
+            taken.insert(port);
+            return Ok(port);
+        }
+    }
+}
+
+/// The nodes running now, for the signal handler.
+static RUNNING: Mutex<Vec<u32>> = Mutex::new(Vec::new());
+
+fn running() -> std::sync::MutexGuard<'static, Vec<u32>> {
+    RUNNING
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+const STOP_SIGNALS: [Signal; 3] = [Signal::SIGINT, Signal::SIGTERM, Signal::SIGHUP];
+
+/// Call first thing, before any thread starts: on SIGINT, SIGTERM or
+/// SIGHUP, a thread of its own kills and reaps every node started by
+/// [`spawn`], removes `scratch` and exits 128 + the signal.
+pub fn stop_on_signal(scratch: PathBuf) -> anyhow::Result<()> {
+    let signals = SigSet::from_iter(STOP_SIGNALS);
+    // Blocked here, so in every thread started later: only `wait` takes them.
+    signals.thread_block()?;
+    std::thread::spawn(move || {
+        let Ok(signal) = signals.wait() else { return };
+        for pid in running().drain(..) {
+            let pid = Pid::from_raw(pid as i32);
+            // Only a child of ours that is still running (not one reaped
+            // already, whose pid may be someone else's by now).
+            if waitpid(pid, Some(WaitPidFlag::WNOHANG)) != Ok(WaitStatus::StillAlive) {
+                continue;
+            }
+            let _ = signal::kill(pid, Signal::SIGKILL);
+            let _ = waitpid(pid, None);
+        }
+        let _ = fs::remove_dir_all(&scratch);
+        eprintln!("bench: {signal}: every node stopped");
+        std::process::exit(128 + signal as i32);
+    });
+    Ok(())
+}
+
+/// Starts a node that cannot outlive the bench: the owners' `Drop` stop
+/// their nodes on every ordinary exit path (result, error, panic), the
+/// [`stop_on_signal`] thread on a stop signal, and the kernel SIGKILLs
+/// them (parent-death signal) if the bench itself is SIGKILLed.
+pub fn spawn(command: &mut Command) -> io::Result<Child> {
+    let bench = nix::unistd::getpid();
+    // SAFETY: between fork and exec the closure only makes system calls
+    // that are async-signal-safe (sigprocmask, prctl, getppid) and
+    // allocates nothing.
+    unsafe {
+        command.pre_exec(move || {
+            // The node gets the signals the bench blocked for itself.
+            signal::sigprocmask(
+                SigmaskHow::SIG_UNBLOCK,
+                Some(&SigSet::from_iter(STOP_SIGNALS)),
+                None,
+            )?;
+            nix::sys::prctl::set_pdeathsig(Signal::SIGKILL)?;
+            // The bench died before prctl: nobody would kill this one.
+            if nix::unistd::getppid() != bench {
+                return Err(io::Error::other("the bench is gone"));
+            }
+            Ok(())
+        });
+    }
+    let mut running = running();
+    let child = command.spawn()?;
+    running.push(child.id());
+    Ok(child)
+}
+
+/// Kills and reaps a node; harmless when it is gone already.
+pub fn stop(child: &mut Child) {
+    let mut running = running();
+    let _ = child.kill();
+    let _ = child.wait();
+    running.retain(|&pid| pid != child.id());
+}
+
+/// This run's scratch directory (configurations, logs).
+pub fn scratch_dir() -> PathBuf {
+    std::env::temp_dir().join(format!("cohort-bench-{}", std::process::id()))
+}
+
+/// (CPU ticks used so far, RSS in KiB) of a process.
+pub fn proc_stat(pid: u32) -> Option<(u64, u64)> {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+    let cpu_ticks = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
+    let status = fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let rss_kib = status
+        .lines()
+        .find(|l| l.starts_with("VmRSS:"))?
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()?;
+    Some((cpu_ticks, rss_kib))
+}
+
+/// CPU % of a core over `seconds` and RSS MiB at the end, for every
+/// process both samples exist for.
+pub fn footprint(
+    before: &[Option<(u64, u64)>],
+    after: &[Option<(u64, u64)>],
+    seconds: f64,
+) -> (Vec<f64>, Vec<f64>) {
+    let cpu_percent = before
+        .iter()
+        .zip(after)
+        .filter_map(|(b, a)| {
+            let ticks = a.as_ref()?.0.saturating_sub(b.as_ref()?.0);
+            Some(ticks as f64 / TICKS_PER_SECOND / seconds * 100.0)
+        })
+        .collect();
+    let rss_mib = after
+        .iter()
+        .filter_map(|s| Some(s.as_ref()?.1 as f64 / 1024.0))
+        .collect();
+    (cpu_percent, rss_mib)
+}
+
+pub fn percentile(values: &[f64], p: f64) -> Option<f64> {
+    if values.is_empty() {
+        return None;
+    }
+    let mut sorted = values.to_vec();
+    sorted.sort_by(f64::total_cmp);
+    let index = ((sorted.len() - 1) as f64 * p).round() as usize;
+    Some(sorted[index])
+}
+
+/// `{"median": .., "max": ..}` (null when nothing was measured).
+pub fn summary(values: &[f64]) -> serde_json::Value {
+    serde_json::json!({ "median": percentile(values, 0.5), "max": percentile(values, 1.0) })
+}
+
+/// [`summary`] plus the mean, which (unlike the median) adds up across
+/// parts: mean datagram + mean stream = mean total.
+pub fn summary_with_mean(values: &[f64]) -> serde_json::Value {
+    let mean = (!values.is_empty()).then(|| values.iter().sum::<f64>() / values.len() as f64);
+    serde_json::json!({
+        "median": percentile(values, 0.5),
+        "max": percentile(values, 1.0),
+        "mean": mean,
+    })
+}
+
+/// Per-node traffic over an idle window, from counters read before and
+/// after it.
+#[derive(Default)]
+pub struct Traffic {
+    pub datagram_bytes_per_s: Vec<f64>,
+    pub stream_bytes_per_s: Vec<f64>,
+    pub bytes_per_s: Vec<f64>,
+    pub packets_per_s: Vec<f64>,
+}
+
+/// Counters of one node at one instant.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Counters {
+    pub datagram_bytes: u64,
+    pub datagrams: u64,
+    pub stream_bytes: u64,
+}
+
+impl Traffic {
+    /// Adds one node whose counters went from `before` to `after` in `seconds`.
+    pub fn add(&mut self, before: Counters, after: Counters, seconds: f64) {
+        if seconds <= 0.0 {
+            return;
+        }
+        let datagram = after.datagram_bytes.saturating_sub(before.datagram_bytes) as f64;
+        let stream = after.stream_bytes.saturating_sub(before.stream_bytes) as f64;
+        self.datagram_bytes_per_s.push(datagram / seconds);
+        self.stream_bytes_per_s.push(stream / seconds);
+        self.bytes_per_s.push((datagram + stream) / seconds);
+        self.packets_per_s
+            .push(after.datagrams.saturating_sub(before.datagrams) as f64 / seconds);
+    }
+
+    /// The JSON fields both scenarios print.
+    pub fn report(&self, report: &mut serde_json::Map<String, serde_json::Value>) {
+        report.insert(
+            "per_node_bytes_per_s".into(),
+            summary_with_mean(&self.bytes_per_s),
+        );
+        report.insert(
+            "per_node_datagram_bytes_per_s".into(),
+            summary_with_mean(&self.datagram_bytes_per_s),
+        );
+        report.insert(
+            "per_node_stream_bytes_per_s".into(),
+            summary_with_mean(&self.stream_bytes_per_s),
+        );
+        report.insert(
+            "per_node_packets_per_s".into(),
+            summary_with_mean(&self.packets_per_s),
+        );
+    }
+}

@@ -1,0 +1,48 @@
+//! Benchmarks against real nodes on loopback. Prints JSON (and a short
+//! summary on stderr); never asserts a figure.
+//!
+//!   cargo build --release
+//!   target/release/bench membership --nodes 100
+//!   bench/peers/memberlist/build.sh
+//!   target/release/bench memberlist-peer --nodes 100
+//!
+//! `membership`: N `cohort agent` processes (see `cohort.rs`).
+//! `memberlist-peer`: N hashicorp/memberlist processes with its LAN
+//! defaults, measured the same way where the two can be (see
+//! `memberlist.rs`), for the comparison issue 4 asks for.
+//!
+//! Every node the bench starts is killed on every exit path: by its
+//! owner's `Drop` (result, error, panic), by a signal thread on SIGINT,
+//! SIGTERM or SIGHUP, and by the kernel (parent-death signal) when the
+//! bench itself is SIGKILLed.
+
+mod cohort;
+mod common;
+mod memberlist;
+
+use clap::Parser;
+
+#[derive(Parser)]
+#[command(about = "cohort benchmarks on real nodes on loopback; prints JSON")]
+struct Args {
+    #[command(subcommand)]
+    scenario: Scenario,
+}
+
+#[derive(clap::Subcommand)]
+enum Scenario {
+    /// SWIM: convergence, failure detection, false positives, traffic, footprint.
+    Membership(cohort::MembershipArgs),
+    /// The same on hashicorp/memberlist (LAN defaults), for comparison.
+    MemberlistPeer(memberlist::MemberlistArgs),
+}
+
+fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let scratch = common::scratch_dir();
+    common::stop_on_signal(scratch.clone())?;
+    match args.scenario {
+        Scenario::Membership(args) => cohort::membership(args, &scratch),
+        Scenario::MemberlistPeer(args) => memberlist::memberlist_peer(args, &scratch),
+    }
+}
