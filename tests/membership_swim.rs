@@ -688,3 +688,74 @@ mod any_input {
         }
     }
 }
+
+/// Found by fuzzing: a claim about this node at a version it never issued
+/// (`u64::MAX`) made it adopt the version and overflow on refuting.
+#[test]
+fn a_claim_at_a_version_never_issued_is_counted_not_adopted() {
+    let now = Instant::now();
+    let mut b = node(2, now);
+    gossip(
+        &mut b,
+        now,
+        1,
+        &[record(1, inc(GEN, 0), MemberStatus::Alive)],
+    );
+    let forged = Message::Ping {
+        seq: 9,
+        target: id(2),
+        buddy: Some((inc(GEN, u64::MAX), MemberStatus::Left)),
+    };
+    b.handle_datagram(now, addr(1), &packet(1, GEN, forged, &[]));
+    gossip(
+        &mut b,
+        now,
+        1,
+        &[record(2, inc(GEN, u64::MAX), MemberStatus::Suspect)],
+    );
+    assert_eq!(b.local().incarnation, inc(GEN, 0));
+    assert_eq!(b.local().status, MemberStatus::Alive);
+    assert_eq!(b.stats().impossible_claims, 2);
+    assert_eq!(b.stats().refutations, 0);
+}
+
+/// Event names reach handler command lines: a name no sender could have
+/// sent is dropped and counted, a valid one delivered.
+#[test]
+fn user_events_with_impossible_names_are_dropped() {
+    let now = Instant::now();
+    let mut b = node(2, now);
+    let event = |seq: u64, name: &str| {
+        Gossip::Event(cohort::membership::UserEvent {
+            origin: id(1),
+            generation: GEN,
+            seq,
+            name: name.into(),
+            payload: b"x".to_vec(),
+            age_ms: 0,
+        })
+    };
+    let head = wire::encode(&PacketHead {
+        cluster: "test",
+        from: id(1),
+        generation: GEN,
+        message: &Message::Gossip,
+    })
+    .expect("encodes");
+    let items: Vec<Vec<u8>> = [event(1, "--rm"), event(2, "a\nb"), event(3, "deploy")]
+        .iter()
+        .map(|g| wire::encode(g).expect("encodes"))
+        .collect();
+    let bytes = wire::seal(
+        &PacketSecurity::Plaintext,
+        [0; 12],
+        &wire::assemble(&head, &items),
+    )
+    .expect("seals");
+    b.handle_datagram(now, addr(1), &bytes);
+    let delivered: Vec<String> = std::iter::from_fn(|| b.poll_user_event())
+        .map(|e| e.name)
+        .collect();
+    assert_eq!(delivered, vec!["deploy".to_string()]);
+    assert_eq!(b.stats().user_events_invalid, 2);
+}

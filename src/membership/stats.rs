@@ -50,10 +50,14 @@ pub struct Stats {
     pub dropped: DropStats,
     /// Suspicions of this node that it refuted.
     pub refutations: u64,
+    /// Claims about this node with a version it never issued (forged).
+    pub impossible_claims: u64,
     pub user_events_sent: u64,
     pub user_events_delivered: u64,
     /// Copies of events delivered before (retransmissions, push-pull).
     pub user_events_duplicate: u64,
     /// Copies past their TTL or of an earlier life of their origin.
     pub user_events_stale: u64,
+    /// Events whose name no sender could have sent (dropped).
+    pub user_events_invalid: u64,
 }

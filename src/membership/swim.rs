@@ -562,6 +562,12 @@ impl Swim {
     /// A copy of a user event: delivered if new here (and `deliver`), and
     /// passed on either way.
     fn receive_event(&mut self, now: Instant, event: UserEvent, deliver: bool) {
+        // Names reach handler command lines: only names a sender could
+        // have sent (checked there too) are accepted.
+        if !crate::config::is_valid_name(&event.name) {
+            self.stats.user_events_invalid += 1;
+            return;
+        }
         match self.event_log.admit(now, &event) {
             Admission::Fresh => {
                 self.event_broadcasts.enqueue(event.id());
@@ -785,8 +791,15 @@ impl Swim {
         if seen.generation > mine.generation || status == MemberStatus::Alive {
             return;
         }
-        if seen.version >= mine.version {
-            self.me.incarnation.version = seen.version;
+        if seen.version > mine.version {
+            // Only this process issues versions of its generation: a higher
+            // one is forged or corrupt. Adopting it (as SWIM papers have it)
+            // would let one packet claiming u64::MAX end our refutations
+            // (found by fuzzing).
+            self.stats.impossible_claims += 1;
+            return;
+        }
+        if seen.version == mine.version {
             self.stats.refutations += 1;
             // Being suspected hints that we are the slow one (Lifeguard).
             self.health.worsen(1);
@@ -795,7 +808,9 @@ impl Swim {
     }
 
     fn bump_my_version(&mut self) {
-        self.me.incarnation.version += 1;
+        // Only we bump it, once per refutation or payload change: u64 does
+        // not run out, but never wrap to 0 either.
+        self.me.incarnation.version = self.me.incarnation.version.saturating_add(1);
         self.broadcasts.enqueue(self.me.id);
     }
 
