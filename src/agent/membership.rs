@@ -118,6 +118,7 @@ pub fn start(
     udp: UdpSocket,
     tcp: TcpListener,
     state: Arc<NodeState>,
+    router: Router,
 ) -> Result<Running, MembershipError> {
     let encrypted = matches!(security, PacketSecurity::Encrypted(_));
     let auth = ClusterAuth {
@@ -138,8 +139,7 @@ pub fn start(
     let observer = ApiObserver::new(state, encrypted, handlers);
     let (streams_tx, streams) = tokio::sync::mpsc::channel(64);
     let handle = driver::spawn_with_streams(swim, udp, streams, observer);
-    // No rpc method yet: every call is answered `unknown_method`.
-    let server = RpcServer::new(auth, Router::new(), ServerConfig::default());
+    let server = RpcServer::new(auth, router, ServerConfig::default());
     let routes = Routes {
         gossip: Some(streams_tx),
         rpc: Some(server),

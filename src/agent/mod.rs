@@ -2,6 +2,7 @@
 //! binds its gossip/rpc port, serves the local API, and lives until SIGTERM
 //! or SIGINT; SIGHUP reloads the node config and the log level.
 
+pub mod apply;
 mod commands;
 mod data_dir;
 mod discovery;
@@ -60,6 +61,8 @@ pub enum AgentError {
     },
     #[error(transparent)]
     Membership(#[from] membership::MembershipError),
+    #[error(transparent)]
+    Apply(#[from] apply::StoreError),
     #[error("cannot set up {what}: {}", crate::storage::describe(source))]
     Runtime {
         what: &'static str,
@@ -156,6 +159,10 @@ async fn serve(
         warnings: Vec::new(),
     });
 
+    // Two-phase commit of topology applies: its rpc endpoint goes into the
+    // router before the port opens; the driver starts once membership runs.
+    let (apply_endpoint, apply_inbox) = apply::channel();
+    let router = crate::rpc::Router::new().route(apply::METHOD, apply_endpoint);
     let running = membership::start(
         &config,
         identity,
@@ -165,8 +172,24 @@ async fn serve(
         node_sockets.udp,
         node_sockets.tcp,
         Arc::clone(&state),
+        router,
     )?;
     let gossip = running.gossip.clone();
+    let rpc_client = crate::rpc::RpcClient::new(
+        crate::rpc::ClusterAuth {
+            cluster: config.cluster.clone(),
+            security: security.clone(),
+        },
+        crate::rpc::ClientConfig::default(),
+    );
+    // Held for the file watcher, `cohort apply` and status (next steps).
+    let _apply = apply::spawn(
+        apply::ApplyConfig::new(identity.id, &config),
+        apply_inbox,
+        Arc::new(gossip.clone()),
+        rpc_client,
+        Arc::new(apply::AcceptAll),
+    )?;
     tokio::spawn(commands::answer(commands, gossip.clone(), advertise));
     if let Some(mut multicast) =
         discovery::spawn(&config, identity, advertise, security, gossip.clone())?

@@ -1,0 +1,117 @@
+//! Who the peers are: topology node names → node ids, their rpc address,
+//! and whether membership still counts them. The agent reads it from SWIM
+//! (`membership::driver::Handle`); tests give a fixed map.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+
+use crate::membership::driver::Handle;
+use crate::membership::{Member, MemberStatus};
+use crate::twophase::NodeId;
+
+use super::BoxFuture;
+
+/// One node as membership knows it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Peer {
+    pub id: NodeId,
+    /// Its name in the topology (the member payload's `name`).
+    pub name: String,
+    /// Where its rpc server answers.
+    pub addr: SocketAddr,
+    pub status: MemberStatus,
+}
+
+impl Peer {
+    /// Dead and left members take no part in an apply.
+    pub fn takes_part(&self) -> bool {
+        matches!(self.status, MemberStatus::Alive | MemberStatus::Suspect)
+    }
+}
+
+/// Every member known (this node included), read fresh on each call.
+pub trait PeerDirectory: Send + Sync + 'static {
+    fn peers(&self) -> BoxFuture<'_, Vec<Peer>>;
+}
+
+impl PeerDirectory for Handle {
+    fn peers(&self) -> BoxFuture<'_, Vec<Peer>> {
+        Box::pin(async move {
+            self.inspect(|swim| {
+                std::iter::once(swim.local())
+                    .chain(swim.members())
+                    .map(peer_of)
+                    .collect()
+            })
+            .await
+            .unwrap_or_default()
+        })
+    }
+}
+
+fn peer_of(member: &Member) -> Peer {
+    Peer {
+        id: member.id,
+        name: member.payload.name.clone(),
+        addr: member.payload.rpc_addr.unwrap_or(member.addr),
+        status: member.status,
+    }
+}
+
+/// A fixed table of peers (tests, tools). Entries can be replaced, e.g.
+/// when a node comes back on another port.
+#[derive(Clone, Default)]
+pub struct StaticDirectory {
+    peers: Arc<Mutex<BTreeMap<NodeId, Peer>>>,
+}
+
+impl StaticDirectory {
+    pub fn new() -> StaticDirectory {
+        StaticDirectory::default()
+    }
+
+    /// Adds or replaces the peer with this id.
+    pub fn insert(&self, peer: Peer) {
+        self.lock().insert(peer.id, peer);
+    }
+
+    pub fn set_status(&self, id: NodeId, status: MemberStatus) {
+        if let Some(peer) = self.lock().get_mut(&id) {
+            peer.status = status;
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<NodeId, Peer>> {
+        self.peers.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+impl PeerDirectory for StaticDirectory {
+    fn peers(&self) -> BoxFuture<'_, Vec<Peer>> {
+        let peers = self.lock().values().cloned().collect();
+        Box::pin(async move { peers })
+    }
+}
+
+/// The member each topology name stands for: the live one when a name was
+/// taken by several ids over time (a node whose data dir was wiped comes
+/// back with a new id; the old record stays dead for a while).
+pub fn by_name(peers: &[Peer]) -> BTreeMap<&str, &Peer> {
+    let rank = |p: &Peer| match p.status {
+        MemberStatus::Alive => 3,
+        MemberStatus::Suspect => 2,
+        MemberStatus::Dead => 1,
+        MemberStatus::Left => 0,
+    };
+    let mut map: BTreeMap<&str, &Peer> = BTreeMap::new();
+    for peer in peers.iter().filter(|p| !p.name.is_empty()) {
+        match map.get(peer.name.as_str()) {
+            Some(have) if rank(have) >= rank(peer) => {}
+            _ => {
+                map.insert(peer.name.as_str(), peer);
+            }
+        }
+    }
+    map
+}

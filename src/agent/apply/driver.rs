@@ -1,0 +1,605 @@
+//! The driver loop: one task per node, owning its coordinator and its
+//! participant (see the module doc of `apply` for the contract it keeps).
+
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Instant, SystemTime};
+
+use tokio::sync::{mpsc, oneshot, watch};
+use tracing::{debug, error, info, warn};
+use uuid::Uuid;
+
+use crate::config::{Diagnostic, Diagnostics, Pos, Topology};
+use crate::rpc::RpcClient;
+use crate::storage::{describe, write_atomic};
+use crate::twophase::{
+    Action, Coordinator, Event, Message, NodeId, Participant, Proposal, Start, TxnId, Version,
+};
+
+use super::directory::{by_name, Peer, PeerDirectory};
+use super::hooks::{Installed, RoleHooks};
+use super::rpc::{Envelope, METHOD};
+use super::sha256::config_hash;
+use super::store::{ApplyStore, StoreError};
+use super::{
+    ApplyConfig, ApplyError, ApplyHandle, ApplyInbox, ApplyReport, ApplyStatus, InstallStatus,
+    LastApply,
+};
+
+type Reply = oneshot::Sender<Result<ApplyReport, ApplyError>>;
+
+pub(super) enum Input {
+    /// A 2PC message from a peer (or from this node, through the rpc).
+    Message(Envelope),
+    /// A validation this driver started has finished.
+    Validated {
+        txn: TxnId,
+        result: Result<(), String>,
+    },
+    /// `ApplyHandle::apply`.
+    Apply {
+        text: String,
+        reply: Reply,
+    },
+    /// The text of an apply parsed and the peers looked up: start it.
+    Resolved {
+        text: String,
+        topology: Box<Topology>,
+        peers: Vec<Peer>,
+        reply: Reply,
+    },
+    Stop,
+}
+
+struct InstallJob {
+    change: Installed,
+    /// The text of the version it replaces.
+    previous: Option<Arc<str>>,
+}
+
+struct Waiter {
+    reply: Reply,
+    not_reached: Vec<(String, String)>,
+}
+
+struct Driver {
+    config: ApplyConfig,
+    coordinator: Coordinator,
+    participant: Participant,
+    store: Arc<Mutex<ApplyStore>>,
+    directory: Arc<dyn PeerDirectory>,
+    client: RpcClient,
+    hooks: Arc<dyn RoleHooks>,
+    tx: mpsc::WeakSender<Input>,
+    /// Messages this node sent itself, delivered after the current actions.
+    local: VecDeque<Message>,
+    waiting: BTreeMap<TxnId, Waiter>,
+    status: Arc<watch::Sender<ApplyStatus>>,
+    installer: mpsc::UnboundedSender<InstallJob>,
+    /// The committed text (empty at version 0).
+    committed_text: Arc<str>,
+    /// The committed version's topology, parsed (none at version 0, or if
+    /// this build no longer accepts it).
+    committed: Option<Arc<Topology>>,
+}
+
+pub(super) fn spawn(
+    config: ApplyConfig,
+    inbox: ApplyInbox,
+    directory: Arc<dyn PeerDirectory>,
+    client: RpcClient,
+    hooks: Arc<dyn RoleHooks>,
+) -> Result<ApplyHandle, StoreError> {
+    let store = ApplyStore::open(&config.data_dir)?;
+    let now = Instant::now();
+    let disk = store.state().clone();
+    let coordinator = Coordinator::new(now, config.me, config.coordinator, &disk.coordinator);
+    let participant = Participant::new(now, config.me, config.participant, &disk.participant);
+    let committed = parse_committed(
+        &config,
+        &disk.participant.committed.text,
+        disk.participant.committed.version,
+    );
+    let (version, hash) = participant.committed();
+    let (status, status_rx) = watch::channel(ApplyStatus {
+        node: config.me,
+        version,
+        hash,
+        lock: participant.status(),
+        coordinating: Vec::new(),
+        last: None,
+        install: None,
+        stopped: None,
+    });
+    let status = Arc::new(status);
+    let (installer, jobs) = mpsc::unbounded_channel();
+    tokio::spawn(install_loop(
+        config.topology_path.clone(),
+        hooks.clone(),
+        status.clone(),
+        jobs,
+    ));
+    let ApplyInbox { tx, rx } = inbox;
+    let driver = Driver {
+        config,
+        coordinator,
+        participant,
+        store: Arc::new(Mutex::new(store)),
+        directory,
+        client,
+        hooks,
+        tx: tx.downgrade(),
+        local: VecDeque::new(),
+        waiting: BTreeMap::new(),
+        status,
+        installer,
+        committed_text: disk.participant.committed.text.as_str().into(),
+        committed,
+    };
+    info!(node = %driver.config.me, %version, %hash, "apply driver started");
+    let task = tokio::spawn(driver.run(rx));
+    Ok(ApplyHandle {
+        tx,
+        status: status_rx,
+        task: Arc::new(std::sync::Mutex::new(Some(task))),
+    })
+}
+
+fn parse_committed(config: &ApplyConfig, text: &str, version: Version) -> Option<Arc<Topology>> {
+    if version == Version(0) {
+        return None;
+    }
+    match Topology::parse(text, &config.text_name) {
+        Ok(topology) => Some(Arc::new(topology)),
+        Err(problems) => {
+            warn!(%version, "the committed topology no longer parses:\n{problems}");
+            None
+        }
+    }
+}
+
+impl Driver {
+    async fn run(mut self, mut rx: mpsc::Receiver<Input>) {
+        let why = loop {
+            if let Err(e) = self.drain().await {
+                break format!("disk error, 2PC stopped: {e}");
+            }
+            self.publish();
+            let deadline = match (
+                self.coordinator.poll_timeout(),
+                self.participant.poll_timeout(),
+            ) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            };
+            let sleep = async {
+                match deadline {
+                    Some(at) => tokio::time::sleep_until(at.into()).await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                input = rx.recv() => match input {
+                    None | Some(Input::Stop) => break "stopped".to_string(),
+                    Some(input) => self.handle(input),
+                },
+                () = sleep => {
+                    let now = Instant::now();
+                    self.coordinator.handle_timeout(now);
+                    self.participant.handle_timeout(now);
+                }
+            }
+        };
+        if why != "stopped" {
+            error!(node = %self.config.me, "{why}");
+        } else {
+            info!(node = %self.config.me, "apply driver stopped");
+        }
+        self.status.send_modify(|s| s.stopped = Some(why.clone()));
+        for (_, waiter) in std::mem::take(&mut self.waiting) {
+            let _ = waiter.reply.send(Err(ApplyError::Stopped(why.clone())));
+        }
+    }
+
+    fn handle(&mut self, input: Input) {
+        let now = Instant::now();
+        match input {
+            Input::Message(envelope) => {
+                if envelope.to != self.config.me {
+                    debug!(to = %envelope.to, from = %envelope.from, "2PC message for another node dropped");
+                    return;
+                }
+                self.deliver(now, envelope.from, envelope.message);
+            }
+            Input::Validated { txn, result } => {
+                if let Err(why) = &result {
+                    info!(%txn, "this node votes no: {why}");
+                }
+                self.participant.validated(now, txn, result);
+            }
+            Input::Apply { text, reply } => self.resolve(text, reply),
+            Input::Resolved {
+                text,
+                topology,
+                peers,
+                reply,
+            } => self.start(now, text, *topology, &peers, reply),
+            Input::Stop => {}
+        }
+    }
+
+    fn deliver(&mut self, now: Instant, from: NodeId, message: Message) {
+        match message.role(self.config.me) {
+            crate::twophase::Role::Coordinator => {
+                self.coordinator.handle_message(now, from, message)
+            }
+            crate::twophase::Role::Participant => {
+                self.participant.handle_message(now, from, message)
+            }
+        }
+    }
+
+    /// Carries out every pending action in order, then takes the events,
+    /// then delivers what this node sent itself; until nothing is left.
+    async fn drain(&mut self) -> Result<(), StoreError> {
+        loop {
+            while let Some(action) = self
+                .coordinator
+                .poll_action()
+                .or_else(|| self.participant.poll_action())
+            {
+                self.execute(action).await?;
+            }
+            while let Some(event) = self
+                .coordinator
+                .poll_event()
+                .or_else(|| self.participant.poll_event())
+            {
+                self.on_event(event);
+            }
+            let Some(message) = self.local.pop_front() else {
+                return Ok(());
+            };
+            self.deliver(Instant::now(), self.config.me, message);
+        }
+    }
+
+    async fn execute(&mut self, action: Action) -> Result<(), StoreError> {
+        match action {
+            Action::Persist(record) => {
+                let store = self.store.clone();
+                tokio::task::spawn_blocking(move || {
+                    store
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .persist(&record)
+                })
+                .await
+                .map_err(|e| StoreError::Corrupt {
+                    path: PathBuf::from(super::store::DIR),
+                    why: format!("the write did not finish: {e}"),
+                })??;
+            }
+            Action::Send { to, message } if to == self.config.me => self.local.push_back(message),
+            Action::Send { to, message } => self.send(to, message),
+            Action::Validate(proposal) => self.validate(proposal),
+            Action::Propose { txn, decision } => {
+                // Only with `DecisionLog::Replicated`, which needs Raft.
+                warn!(%txn, %decision, "a replicated decision log is not available; ignored");
+            }
+        }
+        Ok(())
+    }
+
+    fn send(&self, to: NodeId, message: Message) {
+        let envelope = Envelope {
+            from: self.config.me,
+            to,
+            message,
+        };
+        let body = match postcard::to_allocvec(&envelope) {
+            Ok(body) => body,
+            Err(e) => return error!("cannot encode a 2PC message: {e}"),
+        };
+        let directory = self.directory.clone();
+        let client = self.client.clone();
+        let deadline = self.config.send_deadline;
+        tokio::spawn(async move {
+            let peers = directory.peers().await;
+            let Some(peer) = peers.iter().find(|p| p.id == to) else {
+                return debug!(%to, "no address for a 2PC peer; the message waits for a re-send");
+            };
+            if let Err(e) = client.call(peer.addr, METHOD, &body, deadline).await {
+                debug!(%to, addr = %peer.addr, "2PC message not delivered: {e}");
+            }
+        });
+    }
+
+    fn validate(&self, proposal: Proposal) {
+        let Some(tx) = self.tx.upgrade() else { return };
+        let hooks = self.hooks.clone();
+        let old = self.committed.clone();
+        let name = self.config.text_name.clone();
+        let cluster = self.config.cluster.clone();
+        tokio::spawn(async move {
+            let txn = proposal.txn;
+            let result = match check_text(&proposal.text, &name, &cluster) {
+                Err(problems) => Err(problems.to_string()),
+                Ok(_) if config_hash(&proposal.text) != proposal.hash => {
+                    Err("the text does not match its hash".to_string())
+                }
+                Ok(new) => hooks.validate(&new, old.as_deref()).await,
+            };
+            let _ = tx.send(Input::Validated { txn, result }).await;
+        });
+    }
+
+    /// Parses the text of an apply (here: problems are the caller's
+    /// answer) and looks the peers up off the loop.
+    fn resolve(&mut self, text: String, reply: Reply) {
+        let (version, hash) = self.participant.committed();
+        if version > Version(0) && config_hash(&text) == hash {
+            let _ = reply.send(Err(ApplyError::Unchanged(version)));
+            return;
+        }
+        let topology = match check_text(&text, &self.config.text_name, &self.config.cluster) {
+            Ok(topology) => topology,
+            Err(problems) => {
+                for problem in problems.iter() {
+                    warn!("topology change rejected: {problem}");
+                }
+                self.last(None, None, problems.to_string());
+                let _ = reply.send(Err(ApplyError::Invalid(problems)));
+                return;
+            }
+        };
+        let Some(tx) = self.tx.upgrade() else { return };
+        let directory = self.directory.clone();
+        tokio::spawn(async move {
+            let peers = directory.peers().await;
+            let _ = tx
+                .send(Input::Resolved {
+                    text,
+                    topology: Box::new(topology),
+                    peers,
+                    reply,
+                })
+                .await;
+        });
+    }
+
+    fn start(&mut self, now: Instant, text: String, new: Topology, peers: &[Peer], reply: Reply) {
+        let names = by_name(peers);
+        let old = self.committed.clone();
+        let all: BTreeSet<&str> = old
+            .iter()
+            .flat_map(|t| t.nodes().map(|n| n.name))
+            .chain(new.nodes().map(|n| n.name))
+            .collect();
+        let mut participants = vec![self.config.me];
+        let mut not_reached = Vec::new();
+        for name in all.iter().filter(|n| **n != self.config.name) {
+            match names.get(name) {
+                Some(peer) if peer.takes_part() => participants.push(peer.id),
+                Some(peer) => not_reached.push((name.to_string(), peer.status.to_string())),
+                None => not_reached.push((name.to_string(), "unknown to membership".to_string())),
+            }
+        }
+        // A base node membership does not know still counts against the
+        // majority: it stands for an id that takes no part.
+        let base_members = old
+            .iter()
+            .flat_map(|t| t.nodes())
+            .map(|n| match names.get(n.name) {
+                _ if n.name == self.config.name => self.config.me,
+                Some(peer) => peer.id,
+                None => NodeId(Uuid::new_v4()),
+            })
+            .collect();
+        let (base, _) = self.participant.committed();
+        let hash = config_hash(&text);
+        let start = Start {
+            base,
+            text,
+            hash,
+            participants,
+            base_members,
+        };
+        match self.coordinator.start(now, start) {
+            Ok(txn) => {
+                info!(%txn, version = %base.next(), %hash, "topology change started");
+                self.waiting.insert(txn, Waiter { reply, not_reached });
+            }
+            Err(e) => {
+                warn!("topology change not started: {e}");
+                self.last(None, None, e.to_string());
+                let _ = reply.send(Err(ApplyError::Start(e)));
+            }
+        }
+    }
+
+    fn on_event(&mut self, event: Event) {
+        match event {
+            Event::Decided(result) => {
+                let txn = result.txn;
+                let committed = match result.outcome {
+                    crate::twophase::Outcome::Committed(v) => Some(v),
+                    crate::twophase::Outcome::Aborted { .. } => None,
+                };
+                let waiter = self.waiting.remove(&txn);
+                let report = ApplyReport {
+                    result,
+                    not_reached: waiter
+                        .as_ref()
+                        .map(|w| w.not_reached.clone())
+                        .unwrap_or_default(),
+                };
+                info!(%txn, "topology change decided: {report}");
+                self.last(Some(txn), committed, report.to_string());
+                if let Some(waiter) = waiter {
+                    let _ = waiter.reply.send(Ok(report));
+                }
+            }
+            Event::Finished { txn } => debug!(%txn, "every participant acknowledged"),
+            Event::Installed { txn, version, hash } => self.installed(txn, version, hash),
+            Event::Released { txn, decision } => debug!(%txn, %decision, "2PC lock released"),
+            Event::Anomaly { txn, what } => error!(%txn, "2PC anomaly (ignored): {what}"),
+        }
+    }
+
+    fn installed(&mut self, txn: TxnId, version: Version, hash: crate::twophase::ConfigHash) {
+        let text = {
+            let store = self.store.lock().unwrap_or_else(|p| p.into_inner());
+            store.state().participant.committed.text.clone()
+        };
+        info!(%txn, %version, %hash, "installed a new topology version");
+        let previous = self.committed.take();
+        let text: Arc<str> = text.into();
+        let replaced = std::mem::replace(&mut self.committed_text, text.clone());
+        let Some(topology) = parse_committed(&self.config, &text, version) else {
+            self.status.send_modify(|s| {
+                s.install = Some(InstallStatus {
+                    version,
+                    at: SystemTime::now(),
+                    result: Err("the installed text does not parse on this node".into()),
+                })
+            });
+            return;
+        };
+        self.committed = Some(topology.clone());
+        let _ = self.installer.send(InstallJob {
+            change: Installed {
+                txn,
+                version,
+                hash,
+                text,
+                topology,
+                previous,
+            },
+            previous: (!replaced.is_empty()).then_some(replaced),
+        });
+    }
+
+    fn last(&self, txn: Option<TxnId>, committed: Option<Version>, summary: String) {
+        self.status.send_modify(|s| {
+            s.last = Some(LastApply {
+                at: SystemTime::now(),
+                txn,
+                committed,
+                summary,
+            })
+        });
+    }
+
+    fn publish(&self) {
+        let (version, hash) = self.participant.committed();
+        let lock = self.participant.status();
+        let coordinating: Vec<TxnId> = self.coordinator.txns().map(|(txn, _)| txn).collect();
+        self.status.send_if_modified(|s| {
+            let changed = s.version != version
+                || s.hash != hash
+                || s.lock != lock
+                || s.coordinating != coordinating;
+            s.version = version;
+            s.hash = hash;
+            s.lock = lock;
+            s.coordinating = coordinating;
+            changed
+        });
+    }
+}
+
+/// Parses and validates a proposed text; a topology of another cluster is
+/// a problem too.
+fn check_text(text: &str, name: &Path, cluster: &str) -> Result<Topology, Diagnostics> {
+    let topology = Topology::parse(text, name)?;
+    if topology.cluster.value != cluster {
+        return Err(Diagnostics::one(Diagnostic::new(
+            name,
+            Pos::of(&topology.cluster.referenced),
+            format!(
+                "the topology is for cluster `{}`, this node is in cluster `{cluster}`",
+                topology.cluster.value
+            ),
+        )));
+    }
+    Ok(topology)
+}
+
+/// Writes each installed version to the topology file, then runs the
+/// roles, one version at a time.
+async fn install_loop(
+    path: PathBuf,
+    hooks: Arc<dyn RoleHooks>,
+    status: Arc<watch::Sender<ApplyStatus>>,
+    mut jobs: mpsc::UnboundedReceiver<InstallJob>,
+) {
+    while let Some(InstallJob { change, previous }) = jobs.recv().await {
+        let version = change.version;
+        let file = {
+            let path = path.clone();
+            let text = change.text.clone();
+            tokio::task::spawn_blocking(move || {
+                write_topology(
+                    &path,
+                    text.as_bytes(),
+                    previous.as_deref().map(str::as_bytes),
+                    version,
+                )
+            })
+            .await
+            .unwrap_or_else(|e| Err(format!("the write did not finish: {e}")))
+        };
+        let result = match file {
+            Ok(()) => hooks.installed(&change).await,
+            Err(e) => Err(e),
+        };
+        match &result {
+            Ok(()) => info!(%version, path = %path.display(), "topology version applied"),
+            Err(why) => error!(%version, "applying topology version failed: {why}"),
+        }
+        status.send_modify(|s| {
+            s.install = Some(InstallStatus {
+                version,
+                at: SystemTime::now(),
+                result,
+            })
+        });
+    }
+}
+
+/// The topology file becomes the installed text, byte for byte. A file
+/// that is neither the new text nor the version it replaces (the operator
+/// edited it on this node) is kept next to it first, as
+/// `FILE.before-vN`.
+fn write_topology(
+    path: &Path,
+    new: &[u8],
+    previous: Option<&[u8]>,
+    version: Version,
+) -> Result<(), String> {
+    match std::fs::read(path) {
+        Ok(old) if old == new => return Ok(()),
+        Ok(old) if !old.is_empty() && Some(old.as_slice()) != previous => {
+            let mut backup = path.as_os_str().to_owned();
+            backup.push(format!(".before-v{version}"));
+            let backup = PathBuf::from(backup);
+            write_atomic(&backup, &old, 0o644).map_err(|e| {
+                format!(
+                    "cannot keep a copy at {}: {}",
+                    backup.display(),
+                    describe(&e)
+                )
+            })?;
+            warn!(path = %path.display(), copy = %backup.display(), "the topology file differed from the committed version; a copy is kept");
+        }
+        _ => {}
+    }
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir)
+            .map_err(|e| format!("cannot create {}: {}", dir.display(), describe(&e)))?;
+    }
+    write_atomic(path, new, 0o644)
+        .map_err(|e| format!("cannot write {}: {}", path.display(), describe(&e)))
+}

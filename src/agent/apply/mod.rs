@@ -1,0 +1,259 @@
+//! Applying a topology change on the running agent: the driver of the
+//! two-phase commit state machines (`crate::twophase`) over the rpc layer,
+//! with its durable state in `DATA_DIR/twophase/`.
+//!
+//! One task per node ([`spawn`]) owns the node's `Coordinator` and
+//! `Participant`. It is fed by 2PC messages from peers (the rpc method
+//! [`METHOD`], served by the [`ApplyEndpoint`] made by [`channel`]), its
+//! timeouts, the results of validations it started, and the commands of
+//! [`ApplyHandle`]. It carries out the machines' actions strictly in
+//! order: a `Persist` is on disk, fsynced, before the next action starts,
+//! and events are taken only once every pending action is done. Nothing
+//! slow runs inside the loop: sends (each to the address the
+//! [`PeerDirectory`] gives), validations (the text, then
+//! [`RoleHooks::validate`]) and installs (the topology file, then
+//! [`RoleHooks::installed`]) run on tasks of their own and report back as
+//! inputs.
+//!
+//! An apply ([`ApplyHandle::apply`]): the coordinator parses the text
+//! (`FILE:LINE:COLUMN` problems reject it before anything is sent), takes
+//! as participants this node and every node of the committed and the new
+//! topology that membership sees alive or suspect (names are matched to
+//! node ids through the member payload's `name`; a name membership does
+//! not know, or knows dead or left, is reported as not reached), and
+//! starts the txn. The caller gets the `TxnResult`, and the status shows
+//! it.
+
+pub mod directory;
+mod driver;
+pub mod hooks;
+pub mod rpc;
+pub mod sha256;
+pub mod store;
+
+use std::fmt;
+use std::future::Future;
+use std::path::{Path, PathBuf};
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use tokio::sync::{mpsc, oneshot, watch};
+
+use crate::config::{Diagnostics, NodeConfig};
+use crate::rpc::RpcClient;
+use crate::twophase::{
+    ConfigHash, CoordinatorConfig, LockStatus, NodeId, ParticipantConfig, StartError, TxnId,
+    TxnResult, Version,
+};
+
+pub use directory::{Peer, PeerDirectory, StaticDirectory};
+pub use hooks::{AcceptAll, Installed, RoleHooks};
+pub use rpc::{ApplyEndpoint, Envelope, METHOD};
+pub use sha256::config_hash;
+pub use store::{ApplyStore, StoreError};
+
+use driver::Input;
+
+/// A boxed `Send` future (the hooks and the directory return these).
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// Inputs waiting for the driver at most; the rpc handler waits beyond.
+const INBOX: usize = 1024;
+
+#[derive(Clone, Debug)]
+pub struct ApplyConfig {
+    pub me: NodeId,
+    /// This node's name in the topology (it always takes part in the
+    /// applies it coordinates, whatever membership says of the name).
+    pub name: String,
+    /// A topology for another cluster is refused.
+    pub cluster: String,
+    /// The node's data dir; the state lives in its `twophase/`.
+    pub data_dir: PathBuf,
+    /// The topology file, rewritten byte for byte on every install.
+    pub topology_path: PathBuf,
+    /// The file name problems in a proposed text point at.
+    pub text_name: PathBuf,
+    pub coordinator: CoordinatorConfig,
+    pub participant: ParticipantConfig,
+    /// Deadline of one 2PC message send (lost ones are re-sent by the
+    /// state machines).
+    pub send_deadline: Duration,
+}
+
+impl ApplyConfig {
+    /// The settings of the node `me` running `config`.
+    pub fn new(me: NodeId, config: &NodeConfig) -> ApplyConfig {
+        ApplyConfig {
+            me,
+            name: config.node.clone(),
+            cluster: config.cluster.clone(),
+            data_dir: config.data_dir.clone(),
+            topology_path: config.topology.clone(),
+            text_name: text_name(&config.topology),
+            coordinator: CoordinatorConfig::default(),
+            participant: ParticipantConfig::default(),
+            send_deadline: Duration::from_secs(2),
+        }
+    }
+}
+
+/// `topology.yaml` for `/etc/cohort/topology.yaml`: what messages about a
+/// proposed text call it (the text may come from elsewhere).
+pub fn text_name(topology_path: &Path) -> PathBuf {
+    topology_path
+        .file_name()
+        .map_or_else(|| PathBuf::from("topology.yaml"), PathBuf::from)
+}
+
+/// The rpc endpoint and the inbox of a driver not started yet: the
+/// endpoint goes into the rpc router, the inbox to [`spawn`].
+pub fn channel() -> (ApplyEndpoint, ApplyInbox) {
+    let (tx, rx) = mpsc::channel(INBOX);
+    (ApplyEndpoint { inbox: tx.clone() }, ApplyInbox { tx, rx })
+}
+
+/// See [`channel`].
+pub struct ApplyInbox {
+    tx: mpsc::Sender<Input>,
+    rx: mpsc::Receiver<Input>,
+}
+
+/// Loads the node's 2PC state and starts its driver.
+pub fn spawn(
+    config: ApplyConfig,
+    inbox: ApplyInbox,
+    directory: Arc<dyn PeerDirectory>,
+    client: RpcClient,
+    hooks: Arc<dyn RoleHooks>,
+) -> Result<ApplyHandle, StoreError> {
+    driver::spawn(config, inbox, directory, client, hooks)
+}
+
+/// What the caller of an apply hears.
+#[derive(Clone, Debug)]
+pub struct ApplyReport {
+    pub result: TxnResult,
+    /// Nodes of the old or new topology that did not take part: unknown
+    /// to membership, dead or left (name, why).
+    pub not_reached: Vec<(String, String)>,
+}
+
+impl ApplyReport {
+    pub fn committed(&self) -> Option<Version> {
+        match self.result.outcome {
+            crate::twophase::Outcome::Committed(version) => Some(version),
+            crate::twophase::Outcome::Aborted { .. } => None,
+        }
+    }
+}
+
+impl fmt::Display for ApplyReport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.result)?;
+        if !self.not_reached.is_empty() {
+            write!(f, "; not reached:")?;
+            for (i, (name, why)) in self.not_reached.iter().enumerate() {
+                let sep = if i == 0 { " " } else { ", " };
+                write!(f, "{sep}{name} ({why})")?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Why an apply did not run.
+#[derive(Clone, Debug, thiserror::Error)]
+pub enum ApplyError {
+    /// The text is not a valid topology: every problem, `FILE:LINE:COLUMN:
+    /// what`, one a line.
+    #[error("{0}")]
+    Invalid(Diagnostics),
+    /// The text is the committed one already: nothing to do.
+    #[error("this text is committed already as version {0}")]
+    Unchanged(Version),
+    #[error("{0}")]
+    Start(#[from] StartError),
+    /// The driver is not running (stopped, or its disk failed).
+    #[error("the apply driver is not running: {0}")]
+    Stopped(String),
+}
+
+/// The last apply this node coordinated (or rejected).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LastApply {
+    pub at: SystemTime,
+    pub txn: Option<TxnId>,
+    pub committed: Option<Version>,
+    /// What the caller was told.
+    pub summary: String,
+}
+
+/// The outcome of installing a version on this node (the topology file,
+/// then the roles).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct InstallStatus {
+    pub version: Version,
+    pub at: SystemTime,
+    pub result: Result<(), String>,
+}
+
+/// The node's apply state, for `cohort status`.
+#[derive(Clone, Debug)]
+pub struct ApplyStatus {
+    pub node: NodeId,
+    pub version: Version,
+    pub hash: ConfigHash,
+    pub lock: LockStatus,
+    /// Txns this node coordinates and has not finished.
+    pub coordinating: Vec<TxnId>,
+    pub last: Option<LastApply>,
+    pub install: Option<InstallStatus>,
+    /// Set when the driver stopped (why).
+    pub stopped: Option<String>,
+}
+
+/// Talks to a running driver. Cheap to clone.
+#[derive(Clone)]
+pub struct ApplyHandle {
+    tx: mpsc::Sender<Input>,
+    status: watch::Receiver<ApplyStatus>,
+    task: Arc<std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>>,
+}
+
+impl ApplyHandle {
+    /// Proposes `text` as the next version and waits for the decision.
+    pub async fn apply(&self, text: String) -> Result<ApplyReport, ApplyError> {
+        let (reply, answer) = oneshot::channel();
+        self.tx
+            .send(Input::Apply { text, reply })
+            .await
+            .map_err(|_| self.stopped())?;
+        answer.await.map_err(|_| self.stopped())?
+    }
+
+    /// The status now.
+    pub fn status(&self) -> ApplyStatus {
+        self.status.borrow().clone()
+    }
+
+    /// The status, updated as it changes.
+    pub fn watch(&self) -> watch::Receiver<ApplyStatus> {
+        self.status.clone()
+    }
+
+    /// Stops the driver and waits for it (what is on disk stays).
+    pub async fn stop(&self) {
+        let _ = self.tx.send(Input::Stop).await;
+        let task = self.task.lock().unwrap_or_else(|p| p.into_inner()).take();
+        if let Some(task) = task {
+            let _ = task.await;
+        }
+    }
+
+    fn stopped(&self) -> ApplyError {
+        let why = self.status.borrow().stopped.clone();
+        ApplyError::Stopped(why.unwrap_or_else(|| "stopped".into()))
+    }
+}
