@@ -9,6 +9,7 @@ pub mod cli;
 pub mod config;
 pub mod discovery;
 pub mod membership;
+pub mod roles;
 pub mod rpc;
 mod sim_queue;
 pub mod storage;

@@ -182,13 +182,24 @@ async fn serve(
         },
         crate::rpc::ClientConfig::default(),
     );
+    // The roles this node runs, validated and applied by each apply.
+    // (Not yet started from the committed version at boot, nor told who is
+    // master: that comes with the apply triggers and Raft.)
+    let roles = Arc::new(crate::roles::RoleSet::new(
+        crate::roles::NodeIdentity {
+            name: config.node.clone(),
+            uuid: identity.id.0,
+        },
+        crate::roles::Registry::builtin(),
+        false,
+    ));
     // Held for the file watcher, `cohort apply` and status (next steps).
     let _apply = apply::spawn(
         apply::ApplyConfig::new(identity.id, &config),
         apply_inbox,
         Arc::new(gossip.clone()),
         rpc_client,
-        Arc::new(apply::AcceptAll),
+        Arc::new(apply::RoleSetHooks(Arc::clone(&roles))),
     )?;
     tokio::spawn(commands::answer(commands, gossip.clone(), advertise));
     if let Some(mut multicast) =
@@ -266,6 +277,10 @@ async fn serve(
     }
     // After the leave (UDP): closes the TCP port and every rpc connection.
     running.port.stop().await;
+    let stopped = roles.stop_all().await;
+    if let Err(e) = stopped.result() {
+        warn!("stopping the roles: {e}");
+    }
     info!("stopped");
     // The data dir stays locked until the very end.
     drop(data_dir);

@@ -49,3 +49,32 @@ pub trait RoleHooks: Send + Sync + 'static {
 pub struct AcceptAll;
 
 impl RoleHooks for AcceptAll {}
+
+/// The node's roles (`roles::RoleSet`) as the apply's hooks: validation
+/// asks every role that would run, an install applies them in dependency
+/// order.
+pub struct RoleSetHooks(pub Arc<crate::roles::RoleSet>);
+
+impl RoleHooks for RoleSetHooks {
+    fn validate<'a>(
+        &'a self,
+        new: &'a Topology,
+        old: Option<&'a Topology>,
+    ) -> BoxFuture<'a, Result<(), String>> {
+        Box::pin(async move {
+            self.0
+                .validate_all(new, old, None)
+                .await
+                .map_err(|e| e.to_string())
+        })
+    }
+
+    fn installed<'a>(&'a self, change: &'a Installed) -> BoxFuture<'a, Result<(), String>> {
+        Box::pin(async move {
+            self.0
+                .apply(change.topology.clone(), Some(change.version))
+                .await
+                .result()
+        })
+    }
+}

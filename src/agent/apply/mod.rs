@@ -48,7 +48,7 @@ use crate::twophase::{
 };
 
 pub use directory::{Peer, PeerDirectory, StaticDirectory};
-pub use hooks::{AcceptAll, Installed, RoleHooks};
+pub use hooks::{AcceptAll, Installed, RoleHooks, RoleSetHooks};
 pub use rpc::{ApplyEndpoint, Envelope, METHOD};
 pub use sha256::config_hash;
 pub use store::{ApplyStore, StoreError};
