@@ -266,7 +266,9 @@ async fn an_apply_commits_the_same_version_everywhere_with_identical_files() {
         .iter()
         .map(|n| n.handle.status().hash)
         .collect();
-    assert!(hashes.iter().all(|h| *h == apply::config_hash(&text)));
+    assert!(hashes
+        .iter()
+        .all(|h| *h == apply::config_hash(text.as_bytes())));
     for node in &cluster.nodes {
         eventually("the roles ran", || {
             (*node.roles.installed.lock().unwrap() == [Version(1)]).then_some(())
@@ -406,7 +408,7 @@ impl Outsider {
                 txn: self.txn(),
                 base: Version(0),
                 version: Version(1),
-                hash: apply::config_hash(text),
+                hash: apply::config_hash(text.as_bytes()),
                 text: text.to_string(),
             },
             participants: vec![to, self.id],
@@ -495,7 +497,7 @@ async fn a_node_restarted_while_prepared_keeps_its_promise_and_installs_the_comm
     cluster.settled_at(Version(1), &text).await;
     assert_eq!(
         cluster.nodes[0].handle.status().hash,
-        apply::config_hash(&text)
+        apply::config_hash(text.as_bytes())
     );
 }
 
@@ -547,7 +549,7 @@ async fn a_restarted_node_keeps_its_version_and_takes_part_again() {
     cluster.restart(1).await;
     let status = cluster.nodes[1].handle.status();
     assert_eq!(status.version, Version(1));
-    assert_eq!(status.hash, apply::config_hash(&text));
+    assert_eq!(status.hash, apply::config_hash(text.as_bytes()));
     assert_eq!(status.lock, LockStatus::Free);
 
     // The restarted node coordinates the next change (its txn numbers

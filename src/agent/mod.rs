@@ -16,6 +16,7 @@ mod reload;
 mod sockets;
 mod systemd;
 mod topology_file;
+pub mod topology_watch;
 
 use std::io;
 use std::net::SocketAddr;
@@ -193,14 +194,15 @@ async fn serve(
         crate::roles::Registry::builtin(),
         false,
     ));
-    // Held for the file watcher, `cohort apply` and status (next steps).
-    let _apply = apply::spawn(
+    let applies = apply::spawn(
         apply::ApplyConfig::new(identity.id, &config),
         apply_inbox,
         Arc::new(gossip.clone()),
         rpc_client,
         Arc::new(apply::RoleSetHooks(Arc::clone(&roles))),
     )?;
+    // Not yet triggered by the topology file: a node must first catch up
+    // with a newer committed version it sees in gossip (issue 5, next).
     tokio::spawn(commands::answer(commands, gossip.clone(), advertise));
     if let Some(mut multicast) =
         discovery::spawn(&config, identity, advertise, security, gossip.clone())?
@@ -277,6 +279,7 @@ async fn serve(
     }
     // After the leave (UDP): closes the TCP port and every rpc connection.
     running.port.stop().await;
+    applies.stop().await;
     let stopped = roles.stop_all().await;
     if let Err(e) = stopped.result() {
         warn!("stopping the roles: {e}");

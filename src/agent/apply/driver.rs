@@ -20,12 +20,12 @@ use crate::twophase::{
 use super::directory::{by_name, Peer, PeerDirectory};
 use super::hooks::{Installed, RoleHooks};
 use super::rpc::{Envelope, METHOD};
-use super::sha256::config_hash;
 use super::store::{ApplyStore, StoreError};
 use super::{
     ApplyConfig, ApplyError, ApplyHandle, ApplyInbox, ApplyReport, ApplyStatus, InstallStatus,
     LastApply,
 };
+use crate::agent::topology_watch::config_hash;
 
 type Reply = oneshot::Sender<Result<ApplyReport, ApplyError>>;
 
@@ -326,7 +326,7 @@ impl Driver {
             let txn = proposal.txn;
             let result = match check_text(&proposal.text, &name, &cluster) {
                 Err(problems) => Err(problems.to_string()),
-                Ok(_) if config_hash(&proposal.text) != proposal.hash => {
+                Ok(_) if config_hash(proposal.text.as_bytes()) != proposal.hash => {
                     Err("the text does not match its hash".to_string())
                 }
                 Ok(new) => hooks.validate(&new, old.as_deref()).await,
@@ -339,7 +339,7 @@ impl Driver {
     /// answer) and looks the peers up off the loop.
     fn resolve(&mut self, text: String, reply: Reply) {
         let (version, hash) = self.participant.committed();
-        if version > Version(0) && config_hash(&text) == hash {
+        if version > Version(0) && config_hash(text.as_bytes()) == hash {
             let _ = reply.send(Err(ApplyError::Unchanged(version)));
             return;
         }
@@ -398,7 +398,7 @@ impl Driver {
             })
             .collect();
         let (base, _) = self.participant.committed();
-        let hash = config_hash(&text);
+        let hash = config_hash(text.as_bytes());
         let start = Start {
             base,
             text,

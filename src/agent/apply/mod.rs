@@ -28,8 +28,9 @@ pub mod directory;
 mod driver;
 pub mod hooks;
 pub mod rpc;
-pub mod sha256;
 pub mod store;
+
+pub use crate::agent::topology_watch::config_hash;
 
 use std::fmt;
 use std::future::Future;
@@ -50,7 +51,6 @@ use crate::twophase::{
 pub use directory::{Peer, PeerDirectory, StaticDirectory};
 pub use hooks::{AcceptAll, Installed, RoleHooks, RoleSetHooks};
 pub use rpc::{ApplyEndpoint, Envelope, METHOD};
-pub use sha256::config_hash;
 pub use store::{ApplyStore, StoreError};
 
 use driver::Input;

@@ -21,7 +21,7 @@ use serde::{Deserialize, Serialize};
 use crate::storage::{describe, write_atomic};
 use crate::twophase::{DurableState, Record, TxnId, Version};
 
-use super::sha256::config_hash;
+use crate::agent::topology_watch::config_hash;
 
 /// The subdirectory of the data dir.
 pub const DIR: &str = "twophase";
@@ -92,7 +92,7 @@ impl ApplyStore {
         if committed.version > Version(0) {
             let file = dir.join(committed_name(committed.version));
             committed.text = read_text(&file)?;
-            if config_hash(&committed.text) != committed.hash {
+            if config_hash(committed.text.as_bytes()) != committed.hash {
                 return Err(StoreError::Corrupt {
                     path: file,
                     why: format!("does not match the hash of version {}", committed.version),
@@ -243,7 +243,7 @@ mod tests {
                 base: Version(base),
                 version: Version(base + 1),
                 text: text.into(),
-                hash: config_hash(text),
+                hash: config_hash(text.as_bytes()),
             },
             participants: vec![txn(seq).coordinator],
             lease: Duration::from_secs(5),
