@@ -589,6 +589,18 @@ mod tests {
         })
     }
 
+    fn decision(txn: TxnId, version: Version, decision: Decision) -> Message {
+        Message::Decision {
+            txn,
+            version,
+            decision,
+        }
+    }
+
+    fn query(txn: TxnId, version: Version) -> Message {
+        Message::Query { txn, version }
+    }
+
     fn participant(now: Instant) -> Participant {
         Participant::new(
             now,
@@ -679,15 +691,7 @@ mod tests {
     fn commit_installs_releases_then_acknowledges() {
         let now = Instant::now();
         let mut p = prepared(now);
-        p.handle_message(
-            now,
-            node(1),
-            Message::Decision {
-                txn: txn(1),
-                version: Version(1),
-                decision: Decision::Commit,
-            },
-        );
+        p.handle_message(now, node(1), decision(txn(1), Version(1), Decision::Commit));
         let actions = drain(&mut p);
         assert_eq!(
             actions[0],
@@ -715,11 +719,7 @@ mod tests {
     fn abort_releases_and_a_late_prepare_of_it_gets_no() {
         let now = Instant::now();
         let mut p = prepared(now);
-        let abort = Message::Decision {
-            txn: txn(1),
-            version: Version(1),
-            decision: Decision::Abort,
-        };
+        let abort = decision(txn(1), Version(1), Decision::Abort);
         p.handle_message(now, node(1), abort);
         let actions = drain(&mut p);
         assert!(matches!(
@@ -736,11 +736,7 @@ mod tests {
     fn a_decision_from_another_node_is_ignored() {
         let now = Instant::now();
         let mut p = prepared(now);
-        let commit = Message::Decision {
-            txn: txn(1),
-            version: Version(1),
-            decision: Decision::Commit,
-        };
+        let commit = decision(txn(1), Version(1), Decision::Commit);
         p.handle_message(now, node(3), commit);
         assert!(drain(&mut p).is_empty());
         assert!(matches!(p.status(), LockStatus::Prepared { .. }));
@@ -834,11 +830,7 @@ mod tests {
         p.handle_message(
             later,
             node(1),
-            Message::Decision {
-                txn: txn(1),
-                version: Version(1),
-                decision: Decision::Commit,
-            },
+            decision(txn(1), Version(1), Decision::Commit),
         );
         assert_eq!(p.committed().0, Version(1));
         assert_eq!(p.stats().anomalies, 0);
@@ -848,14 +840,7 @@ mod tests {
     fn a_query_about_an_unprepared_txn_refuses_it_durably_first() {
         let now = Instant::now();
         let mut p = participant(now);
-        p.handle_message(
-            now,
-            node(3),
-            Message::Query {
-                txn: txn(1),
-                version: Version(1),
-            },
-        );
+        p.handle_message(now, node(3), query(txn(1), Version(1)));
         let actions = drain(&mut p);
         assert!(matches!(
             actions[0],
@@ -875,15 +860,7 @@ mod tests {
         p.handle_message(now, node(1), prepare(1, 0));
         assert!(matches!(&votes(&drain(&mut p))[..], [Vote::No(_)]));
         // And a commit for it would be an anomaly, never installed.
-        p.handle_message(
-            now,
-            node(1),
-            Message::Decision {
-                txn: txn(1),
-                version: Version(1),
-                decision: Decision::Commit,
-            },
-        );
+        p.handle_message(now, node(1), decision(txn(1), Version(1), Decision::Commit));
         assert_eq!(p.committed().0, Version(0));
         assert_eq!(p.stats().anomalies, 1);
     }
@@ -894,14 +871,7 @@ mod tests {
         let mut p = participant(now);
         p.handle_message(now, node(1), prepare(1, 0));
         drain(&mut p);
-        p.handle_message(
-            now,
-            node(3),
-            Message::Query {
-                txn: txn(1),
-                version: Version(1),
-            },
-        );
+        p.handle_message(now, node(3), query(txn(1), Version(1)));
         assert_eq!(p.status(), LockStatus::Free);
         // The validation's late answer changes nothing.
         drain(&mut p);
@@ -913,14 +883,7 @@ mod tests {
     fn a_prepared_node_answers_prepared() {
         let now = Instant::now();
         let mut p = prepared(now);
-        p.handle_message(
-            now,
-            node(3),
-            Message::Query {
-                txn: txn(1),
-                version: Version(1),
-            },
-        );
+        p.handle_message(now, node(3), query(txn(1), Version(1)));
         assert!(matches!(
             drain(&mut p)[..],
             [Action::Send {
