@@ -153,6 +153,7 @@ async fn serve(
         pid: std::process::id(),
         config_version: None,
         topology: topology_file.clone(),
+        apply: None,
         started_at: api::rfc3339(started_at),
         started_at_ms: api::unix_ms(started_at),
         uptime_seconds: 0,

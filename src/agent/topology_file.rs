@@ -32,6 +32,8 @@ pub fn check(path: &Path) -> (TopologyFile, Option<Topology>) {
         path: path.display().to_string(),
         state,
         problems,
+        matches_committed: None,
+        pending: None,
     };
     (file, model)
 }

@@ -18,6 +18,10 @@ pub struct Status {
     /// The committed topology version; none until the first apply.
     pub config_version: Option<u64>,
     pub topology: TopologyFile,
+    /// The two-phase commit side: committed version, the lock, the last
+    /// apply and install. None until the apply driver runs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub apply: Option<ApplyState>,
     /// When this run started, RFC 3339 in UTC.
     pub started_at: String,
     /// The same instant in Unix ms, for scripts.
@@ -39,6 +43,145 @@ pub struct TopologyFile {
     /// `FILE:LINE:COLUMN: message` lines when invalid or unreadable.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub problems: Vec<String>,
+    /// Whether the file holds the committed text byte for byte (none
+    /// before the driver ran or while the file cannot be read).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub matches_committed: Option<bool>,
+    /// When the file differs from the committed text: why its content is
+    /// not committed (rejected with problems, aborted with reasons, an
+    /// apply in progress, ...).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pending: Option<String>,
+}
+
+/// `Status::apply`: this node's two-phase commit state.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+pub struct ApplyState {
+    /// The committed version (0 before the first apply) and its hash
+    /// (SHA-256, hex).
+    pub version: u64,
+    pub hash: String,
+    /// The 2PC lock in words: "no apply in progress", "prepared for txn T
+    /// from node N", "waiting for the decision of txn T from node N".
+    pub lock: String,
+    /// Seconds the lock has been waiting for a decision (lease expired).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub waiting_seconds: Option<u64>,
+    /// Txns this node coordinates that are not finished.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub coordinating: Vec<String>,
+    /// The last apply this node started (or rejected before starting).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last: Option<LastApplyInfo>,
+    /// The last version installed on this node (file, then roles).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub install: Option<InstallInfo>,
+    /// Operator edits that lost (another version was installed over
+    /// them): where each was kept.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub kept_edits: Vec<String>,
+    /// Set when the driver stopped (a disk error): why.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stopped: Option<String>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct LastApplyInfo {
+    pub at_ms: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub txn: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub committed: Option<u64>,
+    /// What the caller was told, one line.
+    pub summary: String,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct InstallInfo {
+    pub version: u64,
+    pub at_ms: u64,
+    /// None when the file and every role were applied.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+/// `GET /v1/topology`: the committed topology.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct CommittedTopology {
+    /// 0 (and an empty text) before the first apply.
+    pub version: u64,
+    pub hash: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub txn: Option<String>,
+    /// Byte for byte as the operator wrote it.
+    pub text: String,
+}
+
+/// `PUT /v1/topology?wait=BOOL&timeout=DURATION` (body: the YAML text):
+/// what became of the apply. HTTP 200 when committed or unchanged, 409
+/// when aborted, 422 when the text is invalid.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct ApplyResult {
+    pub outcome: ApplyOutcome,
+    /// The committed version (committed, unchanged), or the one the txn
+    /// would have installed (aborted).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub version: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub txn: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hash: Option<String>,
+    /// Aborted: every node's reason (node name, or its uuid when
+    /// membership does not know its name).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub reasons: Vec<NodeReason>,
+    /// Participants whose vote never came.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub silent: Vec<String>,
+    /// Nodes of the old or new topology that took no part (dead, left,
+    /// unknown to membership): they catch up when they return.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub not_reached: Vec<NodeReason>,
+    /// Invalid: `FILE:LINE:COLUMN: message`, one per problem.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub problems: Vec<String>,
+    /// With `wait`: whether every participant acknowledged the decision
+    /// before the timeout (then each has installed it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub finished: Option<bool>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timings: Option<ApplyTimings>,
+    /// The whole answer in one line, for people.
+    pub message: String,
+}
+
+#[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum ApplyOutcome {
+    Committed,
+    Aborted,
+    /// The text is the committed one already.
+    Unchanged,
+    /// The text does not parse or validate: see `problems`.
+    Invalid,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct NodeReason {
+    pub node: String,
+    pub reason: String,
+}
+
+/// Where the time of an apply went, on the coordinator.
+#[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq)]
+pub struct ApplyTimings {
+    /// Looking the peers up and parsing, before PREPARE.
+    pub resolve_ms: f64,
+    /// PREPARE sent → decision recorded (validation and votes).
+    pub prepare_ms: f64,
+    /// Decision → every participant acknowledged (with `wait`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub commit_ms: Option<f64>,
 }
 
 #[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq)]
