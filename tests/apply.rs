@@ -127,7 +127,9 @@ impl Cluster {
         let (endpoint, inbox) = apply::channel();
         let server = RpcServer::new(
             auth(),
-            Router::new().route(apply::METHOD, endpoint),
+            Router::new()
+                .route(apply::METHOD, endpoint.clone())
+                .route(apply::COMMITTED_METHOD, endpoint),
             ServerConfig::default(),
         );
         let port = Demux::spawn(
@@ -171,6 +173,7 @@ impl Cluster {
             name: name.to_string(),
             addr,
             status: MemberStatus::Alive,
+            config: None,
         });
         (handle, port)
     }
@@ -193,6 +196,15 @@ impl Cluster {
         let old = std::mem::replace(&mut self.nodes[i].port, port);
         old.stop().await;
         self.nodes[i].handle = handle;
+    }
+
+    /// What gossip would tell every node: each node's committed version.
+    fn gossip_versions(&self) {
+        for node in &self.nodes {
+            let status = node.handle.status();
+            self.directory
+                .set_config(node.id, Some((status.version, status.hash)));
+        }
     }
 
     /// Waits until every node runs `version` with a free lock, and
@@ -374,6 +386,7 @@ impl Outsider {
             name: "outsider".into(),
             addr,
             status: MemberStatus::Alive,
+            config: None,
         });
         Outsider {
             id,
@@ -601,4 +614,63 @@ async fn a_dead_node_does_not_block_while_a_majority_takes_part() {
         .await
         .unwrap_err();
     assert!(matches!(err, ApplyError::Start(_)), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_down_during_an_apply_catches_up_and_keeps_the_edit_it_lost() {
+    let mut cluster = Cluster::new(3).await;
+    let text = topology(3, "v1");
+    cluster.nodes[0].handle.apply(text.clone()).await.unwrap();
+    cluster.settled_at(Version(1), &text).await;
+
+    // n2 goes down; two versions are committed without it.
+    cluster.nodes[2].handle.stop().await;
+    let down = cluster.nodes[2].id;
+    cluster.directory.set_status(down, MemberStatus::Dead);
+    for (k, comment) in ["v2", "v3"].iter().enumerate() {
+        let report = within(
+            "an apply",
+            cluster.nodes[0].handle.apply(topology(3, comment)),
+        )
+        .await
+        .unwrap();
+        assert_eq!(report.committed(), Some(Version(2 + k as u64)), "{report}");
+    }
+    // Meanwhile the operator edits the file on the node that is down.
+    let edit = topology(3, "an edit made on n2 while it was down");
+    std::fs::write(&cluster.nodes[2].topology, &edit).unwrap();
+
+    // Back: gossip shows it version 3; it fetches the text and installs it,
+    // and the edit it held is kept beside the file.
+    cluster.restart(2).await;
+    assert_eq!(cluster.nodes[2].handle.status().version, Version(1));
+    let v3 = topology(3, "v3");
+    eventually("n2 caught up to version 3", || {
+        cluster.gossip_versions();
+        let status = cluster.nodes[2].handle.status();
+        let file = std::fs::read(&cluster.nodes[2].topology).ok();
+        (status.version == Version(3) && file.as_deref() == Some(v3.as_bytes())).then_some(())
+    })
+    .await;
+    let status = cluster.nodes[2].handle.status();
+    assert_eq!(status.hash, apply::config_hash(v3.as_bytes()));
+    assert_eq!(&*status.text, v3.as_str());
+    let kept = eventually("the edit is reported", || {
+        cluster.nodes[2].handle.status().kept_edits.first().cloned()
+    })
+    .await;
+    assert!(kept.to_string_lossy().ends_with(".before-v3"), "{kept:?}");
+    assert_eq!(std::fs::read_to_string(&kept).unwrap(), edit);
+    eventually("the roles ran version 3", || {
+        (cluster.nodes[2].roles.installed.lock().unwrap().last() == Some(&Version(3))).then_some(())
+    })
+    .await;
+
+    // And it takes part in the next apply like any node.
+    let v4 = topology(3, "v4");
+    let report = within("the apply", cluster.nodes[2].handle.apply(v4.clone()))
+        .await
+        .unwrap();
+    assert_eq!(report.committed(), Some(Version(4)), "{report}");
+    cluster.settled_at(Version(4), &v4).await;
 }

@@ -164,7 +164,9 @@ async fn serve(
     // Two-phase commit of topology applies: its rpc endpoint goes into the
     // router before the port opens; the driver starts once membership runs.
     let (apply_endpoint, apply_inbox) = apply::channel();
-    let router = crate::rpc::Router::new().route(apply::METHOD, apply_endpoint);
+    let router = crate::rpc::Router::new()
+        .route(apply::METHOD, apply_endpoint.clone())
+        .route(apply::COMMITTED_METHOD, apply_endpoint);
     let running = membership::start(
         &config,
         identity,

@@ -29,6 +29,10 @@ pub enum Record {
     /// Never vote yes for this txn (answered `NotPrepared` to a peer, or
     /// validation outlived the lease).
     Refused { txn: TxnId, version: Version },
+    /// Catch-up: a newer committed version, learnt from a peer that
+    /// installed it (this node missed the txns up to it). Taken only with
+    /// the lock free.
+    CaughtUp(Committed),
     // ---- coordinator
     /// A txn this node coordinates is about to send PREPAREs.
     Started {
@@ -146,6 +150,20 @@ impl ParticipantDisk {
                 self.settle(*txn, *version, Settled::Aborted);
             }
             Record::Refused { txn, version } => self.settle(*txn, *version, Settled::Refused),
+            Record::CaughtUp(committed) => {
+                if committed.version <= self.committed.version {
+                    return;
+                }
+                if let Some(txn) = committed.txn {
+                    self.history.insert(committed.version, txn);
+                    while self.history.len() > HISTORY {
+                        self.history.pop_first();
+                    }
+                }
+                self.committed = committed.clone();
+                let version = self.committed.version;
+                self.settled.retain(|_, (v, _)| *v > version);
+            }
             Record::Started { .. } | Record::Decided { .. } | Record::Finished { .. } => {}
         }
     }
@@ -198,7 +216,8 @@ impl CoordinatorDisk {
             Record::Staged(_)
             | Record::Committed { .. }
             | Record::Aborted { .. }
-            | Record::Refused { .. } => {}
+            | Record::Refused { .. }
+            | Record::CaughtUp(_) => {}
         }
     }
 }

@@ -129,7 +129,7 @@ pub use crate::membership::NodeId;
 pub use coordinator::{Coordinator, CoordinatorConfig, Start, StartError};
 pub use durable::{Committed, CoordinatorDisk, DurableState, Record, Settled, Started};
 pub use messages::{Answer, Message, Prepare, Role, Vote};
-pub use participant::{LockStatus, Participant, ParticipantConfig};
+pub use participant::{CatchUpRefused, LockStatus, Participant, ParticipantConfig};
 
 /// One transaction: the coordinator that started it and its sequence
 /// number there (unique for the life of the coordinator's data dir).

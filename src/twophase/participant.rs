@@ -99,6 +99,17 @@ impl fmt::Display for LockStatus {
     }
 }
 
+/// Why `Participant::catch_up` did not install a version.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum CatchUpRefused {
+    #[error("version {have} is committed here already")]
+    NotNewer { have: Version },
+    #[error("the 2PC lock is held by {0}")]
+    Locked(TxnId),
+    #[error("a version without the txn that installed it")]
+    NoTxn,
+}
+
 /// Counters for the status page.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct ParticipantStats {
@@ -108,6 +119,8 @@ pub struct ParticipantStats {
     pub refused: u64,
     /// Query rounds sent after a lease ran out.
     pub query_rounds: u64,
+    /// Versions installed by catch-up.
+    pub caught_up: u64,
     pub anomalies: u64,
 }
 
@@ -201,6 +214,30 @@ impl Participant {
                 );
             }
         }
+    }
+
+    /// Catch-up: installs `committed`, a newer version that a peer
+    /// installed (so its txn was decided commit: a node installs only
+    /// that). Refused while the lock is held: a prepared node learns the
+    /// fate of its txn by asking, and a validating one by its lease; the
+    /// driver tries again once the lock is free.
+    pub fn catch_up(&mut self, committed: super::Committed) -> Result<(), CatchUpRefused> {
+        let have = self.disk.committed.version;
+        if committed.version <= have {
+            return Err(CatchUpRefused::NotNewer { have });
+        }
+        if let Some(txn) = self.lock_txn() {
+            return Err(CatchUpRefused::Locked(txn));
+        }
+        let Some(txn) = committed.txn else {
+            return Err(CatchUpRefused::NoTxn);
+        };
+        let (version, hash) = (committed.version, committed.hash);
+        self.persist(Record::CaughtUp(committed));
+        self.stats.caught_up += 1;
+        self.events
+            .push_back(Event::Installed { txn, version, hash });
+        Ok(())
     }
 
     /// `DecisionLog::Replicated`: the log holds `decision` for `txn`.

@@ -59,6 +59,11 @@ pub struct SimConfig {
     /// Generous for 30 % loss with 4–5 s backoffs; a stuck lock shows up
     /// as a minute or more. Tests print the longest seen.
     pub grace: Duration,
+    /// Catch-up as the agent does it over gossip: every this often each
+    /// running node with a free lock compares its committed version with a
+    /// random running peer's and installs the peer's if it is newer. Off
+    /// when `None`.
+    pub catch_up_interval: Option<Duration>,
 }
 
 impl SimConfig {
@@ -83,6 +88,7 @@ impl SimConfig {
             validation_delay_max: Duration::from_millis(50),
             log_delay_max: Duration::from_millis(30),
             grace: Duration::from_secs(20),
+            catch_up_interval: None,
         }
     }
 }
@@ -122,6 +128,8 @@ pub struct SimStats {
     pub max_unexcused_past_lease: Duration,
     /// Status checks of a lock held past its lease (each said "waiting").
     pub waiting_checks: u64,
+    /// Versions installed by catch-up.
+    pub caught_up: u64,
 }
 
 enum Input {
@@ -148,6 +156,10 @@ enum Input {
         decision: Decision,
     },
     Restart {
+        node: usize,
+    },
+    /// The node looks at one peer's committed version.
+    CatchUp {
         node: usize,
     },
 }
@@ -298,6 +310,10 @@ impl Sim {
         };
         for i in 0..sim.nodes.len() {
             sim.boot(i);
+            if let Some(every) = sim.config.catch_up_interval {
+                let at = sim.now + every.mul_f64(sim.rng.random_range(0.0..1.0));
+                sim.schedule(at, Input::CatchUp { node: i });
+            }
         }
         sim
     }
@@ -314,8 +330,22 @@ impl Sim {
     /// The same on a given base (`None`: the node's committed version): a
     /// coordinator with a stale (or a future) view.
     pub fn start_txn_on(&mut self, node: usize, base: Option<Version>) -> Result<TxnId, String> {
+        let all: Vec<usize> = (0..self.nodes.len()).collect();
+        self.start_txn_among(node, base, &all)
+    }
+
+    /// The same with only `participants` taking part (the agent leaves out
+    /// nodes membership sees dead); every node still counts for the
+    /// majority of the base.
+    pub fn start_txn_among(
+        &mut self,
+        node: usize,
+        base: Option<Version>,
+        participants: &[usize],
+    ) -> Result<TxnId, String> {
         let now = self.node_now(node);
         let members: Vec<NodeId> = self.nodes.iter().map(|n| n.id).collect();
+        let participants: Vec<NodeId> = participants.iter().map(|&i| self.nodes[i].id).collect();
         self.texts += 1;
         let Some(running) = self.nodes.get_mut(node).and_then(|n| n.running.as_mut()) else {
             return Err(format!("node {node} is down"));
@@ -330,7 +360,7 @@ impl Sim {
             base,
             hash: fake_hash(&text),
             text,
-            participants: members.clone(),
+            participants,
             base_members: members,
         };
         let txn = running
@@ -639,7 +669,36 @@ impl Sim {
                 }
             }
             Input::Restart { node } => self.boot(node),
+            Input::CatchUp { node } => self.catch_up(node),
         }
+    }
+
+    fn catch_up(&mut self, node: usize) {
+        if let Some(every) = self.config.catch_up_interval {
+            self.schedule(self.now + every, Input::CatchUp { node });
+        }
+        if self.nodes[node].running.is_none() {
+            return;
+        }
+        let up: Vec<usize> = (0..self.nodes.len())
+            .filter(|&i| i != node && self.nodes[i].running.is_some())
+            .collect();
+        if up.is_empty() {
+            return;
+        }
+        let peer = up[self.rng.random_range(0..up.len())];
+        let newer = self.nodes[peer].disk.participant.committed.clone();
+        if newer.version <= self.nodes[node].disk.participant.committed.version {
+            return;
+        }
+        self.note(6000 + node as u64);
+        let Some(running) = self.nodes[node].running.as_mut() else {
+            return;
+        };
+        if running.participant.catch_up(newer).is_ok() {
+            self.stats.caught_up += 1;
+        }
+        self.after_input(node);
     }
 
     fn boot(&mut self, node: usize) {
@@ -975,6 +1034,38 @@ impl Sim {
                     self.violation(format!("node {node} records a decision for {txn}"));
                 }
                 self.check_decision(*txn, *decision);
+            }
+            Record::CaughtUp(committed) => {
+                let Some(txn) = committed.txn else {
+                    return self
+                        .violation(format!("node {node} catches up to a version without txn"));
+                };
+                match self.versions.get(&committed.version) {
+                    Some((t, text)) if *t == txn && *text == committed.text => {}
+                    other => {
+                        let other = other.map(|(t, _)| *t);
+                        return self.violation(format!(
+                            "node {node} catches up to version {} of {txn}, installed as {other:?}",
+                            committed.version
+                        ));
+                    }
+                }
+                if self.decisions.get(&txn) != Some(&Decision::Commit) {
+                    self.violation(format!(
+                        "node {node} catches up to {txn}, not decided commit"
+                    ));
+                }
+                // The versions it skipped are behind it: they count as
+                // installed here (the final check asks every node).
+                let from = self.nodes[node].disk.participant.committed.version;
+                let skipped: Vec<TxnId> = self
+                    .versions
+                    .range(from.next()..=committed.version)
+                    .map(|(_, (t, _))| *t)
+                    .collect();
+                for t in skipped {
+                    self.installed_by.entry(t).or_default().insert(node);
+                }
             }
             Record::Staged(_) | Record::Started { .. } | Record::Finished { .. } => {}
         }

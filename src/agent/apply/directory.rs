@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex};
 
 use crate::membership::driver::Handle;
 use crate::membership::{Member, MemberStatus};
-use crate::twophase::NodeId;
+use crate::twophase::{ConfigHash, NodeId, Version};
 
 use super::BoxFuture;
 
@@ -21,6 +21,8 @@ pub struct Peer {
     /// Where its rpc server answers.
     pub addr: SocketAddr,
     pub status: MemberStatus,
+    /// The committed version and hash it gossips (none before its first).
+    pub config: Option<(Version, ConfigHash)>,
 }
 
 impl Peer {
@@ -56,6 +58,10 @@ fn peer_of(member: &Member) -> Peer {
         name: member.payload.name.clone(),
         addr: member.payload.rpc_addr.unwrap_or(member.addr),
         status: member.status,
+        config: member
+            .payload
+            .config
+            .map(|c| (Version(c.version), ConfigHash(c.hash))),
     }
 }
 
@@ -79,6 +85,13 @@ impl StaticDirectory {
     pub fn set_status(&self, id: NodeId, status: MemberStatus) {
         if let Some(peer) = self.lock().get_mut(&id) {
             peer.status = status;
+        }
+    }
+
+    /// What the peer gossips as its committed version.
+    pub fn set_config(&self, id: NodeId, config: Option<(Version, ConfigHash)>) {
+        if let Some(peer) = self.lock().get_mut(&id) {
+            peer.config = config;
         }
     }
 

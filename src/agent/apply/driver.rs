@@ -14,7 +14,8 @@ use crate::config::{Diagnostic, Diagnostics, Pos, Topology};
 use crate::rpc::RpcClient;
 use crate::storage::{describe, write_atomic};
 use crate::twophase::{
-    Action, Coordinator, Event, Message, NodeId, Participant, Proposal, Start, TxnId, Version,
+    Action, Committed, Coordinator, Event, Message, NodeId, Participant, Proposal, Start, TxnId,
+    Version,
 };
 
 use super::directory::{by_name, Peer, PeerDirectory};
@@ -48,6 +49,16 @@ pub(super) enum Input {
         topology: Box<Topology>,
         peers: Vec<Peer>,
         reply: Reply,
+        received: Instant,
+    },
+    /// A peer asks for the committed version (rpc `COMMITTED_METHOD`).
+    Committed {
+        reply: oneshot::Sender<Committed>,
+    },
+    /// Catch-up: a newer committed version fetched from `from`.
+    CatchUp {
+        committed: Box<Committed>,
+        from: String,
     },
     Stop,
 }
@@ -61,6 +72,8 @@ struct InstallJob {
 struct Waiter {
     reply: Reply,
     not_reached: Vec<(String, String)>,
+    received: Instant,
+    started: Instant,
 }
 
 struct Driver {
@@ -111,6 +124,9 @@ pub(super) fn spawn(
         last: None,
         install: None,
         stopped: None,
+        text: disk.participant.committed.text.as_str().into(),
+        txn: disk.participant.committed.txn,
+        kept_edits: Vec::new(),
     });
     let status = Arc::new(status);
     let (installer, jobs) = mpsc::unbounded_channel();
@@ -121,6 +137,12 @@ pub(super) fn spawn(
         jobs,
     ));
     let ApplyInbox { tx, rx } = inbox;
+    tokio::spawn(super::catch_up::run(
+        tx.downgrade(),
+        status_rx.clone(),
+        directory.clone(),
+        client.clone(),
+    ));
     let driver = Driver {
         config,
         coordinator,
@@ -218,13 +240,19 @@ impl Driver {
                 }
                 self.participant.validated(now, txn, result);
             }
-            Input::Apply { text, reply } => self.resolve(text, reply),
+            Input::Apply { text, reply } => self.resolve(now, text, reply),
             Input::Resolved {
                 text,
                 topology,
                 peers,
                 reply,
-            } => self.start(now, text, *topology, &peers, reply),
+                received,
+            } => self.start(now, text, *topology, &peers, reply, received),
+            Input::Committed { reply } => {
+                let store = self.store.lock().unwrap_or_else(|p| p.into_inner());
+                let _ = reply.send(store.state().participant.committed.clone());
+            }
+            Input::CatchUp { committed, from } => self.catch_up(*committed, &from),
             Input::Stop => {}
         }
     }
@@ -337,7 +365,7 @@ impl Driver {
 
     /// Parses the text of an apply (here: problems are the caller's
     /// answer) and looks the peers up off the loop.
-    fn resolve(&mut self, text: String, reply: Reply) {
+    fn resolve(&mut self, received: Instant, text: String, reply: Reply) {
         let (version, hash) = self.participant.committed();
         if version > Version(0) && config_hash(text.as_bytes()) == hash {
             let _ = reply.send(Err(ApplyError::Unchanged(version)));
@@ -364,12 +392,21 @@ impl Driver {
                     topology: Box::new(topology),
                     peers,
                     reply,
+                    received,
                 })
                 .await;
         });
     }
 
-    fn start(&mut self, now: Instant, text: String, new: Topology, peers: &[Peer], reply: Reply) {
+    fn start(
+        &mut self,
+        now: Instant,
+        text: String,
+        new: Topology,
+        peers: &[Peer],
+        reply: Reply,
+        received: Instant,
+    ) {
         let names = by_name(peers);
         let old = self.committed.clone();
         let all: BTreeSet<&str> = old
@@ -387,10 +424,13 @@ impl Driver {
             }
         }
         // A base node membership does not know still counts against the
-        // majority: it stands for an id that takes no part.
+        // majority: it stands for an id that takes no part. The first
+        // version has no base: the new topology's nodes stand in, so two
+        // nodes started at once cannot each commit a first version alone.
         let base_members = old
-            .iter()
-            .flat_map(|t| t.nodes())
+            .as_deref()
+            .unwrap_or(&new)
+            .nodes()
             .map(|n| match names.get(n.name) {
                 _ if n.name == self.config.name => self.config.me,
                 Some(peer) => peer.id,
@@ -409,7 +449,15 @@ impl Driver {
         match self.coordinator.start(now, start) {
             Ok(txn) => {
                 info!(%txn, version = %base.next(), %hash, "topology change started");
-                self.waiting.insert(txn, Waiter { reply, not_reached });
+                self.waiting.insert(
+                    txn,
+                    Waiter {
+                        reply,
+                        not_reached,
+                        received,
+                        started: now,
+                    },
+                );
             }
             Err(e) => {
                 warn!("topology change not started: {e}");
@@ -428,12 +476,18 @@ impl Driver {
                     crate::twophase::Outcome::Aborted { .. } => None,
                 };
                 let waiter = self.waiting.remove(&txn);
+                let now = Instant::now();
                 let report = ApplyReport {
                     result,
                     not_reached: waiter
                         .as_ref()
                         .map(|w| w.not_reached.clone())
                         .unwrap_or_default(),
+                    resolve: waiter
+                        .as_ref()
+                        .map(|w| w.started - w.received)
+                        .unwrap_or_default(),
+                    prepare: waiter.as_ref().map(|w| now - w.started).unwrap_or_default(),
                 };
                 info!(%txn, "topology change decided: {report}");
                 self.last(Some(txn), committed, report.to_string());
@@ -449,14 +503,19 @@ impl Driver {
     }
 
     fn installed(&mut self, txn: TxnId, version: Version, hash: crate::twophase::ConfigHash) {
-        let text = {
+        let (text, committed_txn) = {
             let store = self.store.lock().unwrap_or_else(|p| p.into_inner());
-            store.state().participant.committed.text.clone()
+            let committed = &store.state().participant.committed;
+            (committed.text.clone(), committed.txn)
         };
         info!(%txn, %version, %hash, "installed a new topology version");
         let previous = self.committed.take();
         let text: Arc<str> = text.into();
         let replaced = std::mem::replace(&mut self.committed_text, text.clone());
+        self.status.send_modify(|s| {
+            s.text = text.clone();
+            s.txn = committed_txn;
+        });
         let Some(topology) = parse_committed(&self.config, &text, version) else {
             self.status.send_modify(|s| {
                 s.install = Some(InstallStatus {
@@ -479,6 +538,22 @@ impl Driver {
             },
             previous: (!replaced.is_empty()).then_some(replaced),
         });
+    }
+
+    /// Installs a newer committed version fetched from a peer, after
+    /// checking its text against its hash (a node installs only what some
+    /// node installed, so its txn was decided commit).
+    fn catch_up(&mut self, committed: Committed, from: &str) {
+        let version = committed.version;
+        if config_hash(committed.text.as_bytes()) != committed.hash {
+            return warn!(%version, %from, "catch-up: the text does not match its hash; ignored");
+        }
+        match self.participant.catch_up(committed) {
+            Ok(()) => {
+                info!(%version, %from, "catching up: installing a version committed while this node was away")
+            }
+            Err(why) => debug!(%version, %from, "catch-up deferred: {why}"),
+        }
     }
 
     fn last(&self, txn: Option<TxnId>, committed: Option<Version>, summary: String) {
@@ -552,7 +627,12 @@ async fn install_loop(
             .unwrap_or_else(|e| Err(format!("the write did not finish: {e}")))
         };
         let result = match file {
-            Ok(()) => hooks.installed(&change).await,
+            Ok(kept) => {
+                if let Some(kept) = kept {
+                    status.send_modify(|s| s.kept_edits.push(kept));
+                }
+                hooks.installed(&change).await
+            }
             Err(e) => Err(e),
         };
         match &result {
@@ -572,15 +652,16 @@ async fn install_loop(
 /// The topology file becomes the installed text, byte for byte. A file
 /// that is neither the new text nor the version it replaces (the operator
 /// edited it on this node) is kept next to it first, as
-/// `FILE.before-vN`.
+/// `FILE.before-vN` (returned).
 fn write_topology(
     path: &Path,
     new: &[u8],
     previous: Option<&[u8]>,
     version: Version,
-) -> Result<(), String> {
+) -> Result<Option<PathBuf>, String> {
+    let mut kept = None;
     match std::fs::read(path) {
-        Ok(old) if old == new => return Ok(()),
+        Ok(old) if old == new => return Ok(None),
         Ok(old) if !old.is_empty() && Some(old.as_slice()) != previous => {
             let mut backup = path.as_os_str().to_owned();
             backup.push(format!(".before-v{version}"));
@@ -592,7 +673,8 @@ fn write_topology(
                     describe(&e)
                 )
             })?;
-            warn!(path = %path.display(), copy = %backup.display(), "the topology file differed from the committed version; a copy is kept");
+            warn!(path = %path.display(), copy = %backup.display(), %version, "the topology file held an edit that was not committed; version {version} replaces it and the edit is kept in the copy");
+            kept = Some(backup);
         }
         _ => {}
     }
@@ -601,5 +683,6 @@ fn write_topology(
             .map_err(|e| format!("cannot create {}: {}", dir.display(), describe(&e)))?;
     }
     write_atomic(path, new, 0o644)
-        .map_err(|e| format!("cannot write {}: {}", path.display(), describe(&e)))
+        .map_err(|e| format!("cannot write {}: {}", path.display(), describe(&e)))?;
+    Ok(kept)
 }

@@ -24,6 +24,7 @@
 //! starts the txn. The caller gets the `TxnResult`, and the status shows
 //! it.
 
+mod catch_up;
 pub mod directory;
 mod driver;
 pub mod hooks;
@@ -50,7 +51,7 @@ use crate::twophase::{
 
 pub use directory::{Peer, PeerDirectory, StaticDirectory};
 pub use hooks::{AcceptAll, Installed, RoleHooks, RoleSetHooks};
-pub use rpc::{ApplyEndpoint, Envelope, METHOD};
+pub use rpc::{ApplyEndpoint, Envelope, COMMITTED_METHOD, METHOD};
 pub use store::{ApplyStore, StoreError};
 
 use driver::Input;
@@ -138,6 +139,10 @@ pub struct ApplyReport {
     /// Nodes of the old or new topology that did not take part: unknown
     /// to membership, dead or left (name, why).
     pub not_reached: Vec<(String, String)>,
+    /// From the request to PREPARE (parsing, looking the peers up).
+    pub resolve: Duration,
+    /// From PREPARE to the decision on disk.
+    pub prepare: Duration,
 }
 
 impl ApplyReport {
@@ -212,6 +217,13 @@ pub struct ApplyStatus {
     pub install: Option<InstallStatus>,
     /// Set when the driver stopped (why).
     pub stopped: Option<String>,
+    /// The committed text (empty at version 0) and the txn that
+    /// committed it.
+    pub text: Arc<str>,
+    pub txn: Option<TxnId>,
+    /// Operator edits found in the topology file when a version was
+    /// installed over them: where each was kept.
+    pub kept_edits: Vec<PathBuf>,
 }
 
 /// Talks to a running driver. Cheap to clone.
@@ -241,6 +253,20 @@ impl ApplyHandle {
     /// The status, updated as it changes.
     pub fn watch(&self) -> watch::Receiver<ApplyStatus> {
         self.status.clone()
+    }
+
+    /// Waits until `txn`, coordinated here, is finished (every participant
+    /// acknowledged its decision), at most `timeout`. Returns whether it
+    /// finished.
+    pub async fn wait_finished(&self, txn: TxnId, timeout: Duration) -> bool {
+        let mut status = self.status.clone();
+        let done = async {
+            status
+                .wait_for(|s| !s.coordinating.contains(&txn) || s.stopped.is_some())
+                .await
+                .is_ok_and(|s| s.stopped.is_none())
+        };
+        tokio::time::timeout(timeout, done).await.unwrap_or(false)
     }
 
     /// Stops the driver and waits for it (what is on disk stays).

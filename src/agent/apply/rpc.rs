@@ -9,12 +9,16 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 
 use crate::rpc::{HandlerFuture, RpcError, RpcHandler};
-use crate::twophase::{Message, NodeId};
+use crate::twophase::{Committed, Message, NodeId};
 
 use super::driver::Input;
 
 /// The rpc method that carries 2PC messages.
 pub const METHOD: &str = "twophase";
+
+/// The rpc method that answers the node's committed version (postcard
+/// `Committed`, text included): how a node that missed applies catches up.
+pub const COMMITTED_METHOD: &str = "twophase.committed";
 
 /// Error code when the node's apply driver is not running.
 pub const UNAVAILABLE: &str = "unavailable";
@@ -38,16 +42,27 @@ impl RpcHandler for ApplyEndpoint {
     fn handle<'a>(
         &'a self,
         _from: SocketAddr,
-        _method: &'a str,
+        method: &'a str,
         body: Vec<u8>,
     ) -> HandlerFuture<'a> {
         Box::pin(async move {
+            let unavailable = || RpcError::new(UNAVAILABLE, "the apply driver is not running");
+            if method == COMMITTED_METHOD {
+                let (reply, answer) = tokio::sync::oneshot::channel();
+                self.inbox
+                    .send(Input::Committed { reply })
+                    .await
+                    .map_err(|_| unavailable())?;
+                let committed: Committed = answer.await.map_err(|_| unavailable())?;
+                return postcard::to_allocvec(&committed)
+                    .map_err(|e| RpcError::internal(format!("cannot encode: {e}")));
+            }
             let envelope: Envelope = postcard::from_bytes(&body)
                 .map_err(|e| RpcError::bad_request(format!("not a 2PC message: {e}")))?;
             self.inbox
                 .send(Input::Message(envelope))
                 .await
-                .map_err(|_| RpcError::new(UNAVAILABLE, "the apply driver is not running"))?;
+                .map_err(|_| unavailable())?;
             Ok(Vec::new())
         })
     }

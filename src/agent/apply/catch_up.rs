@@ -1,0 +1,87 @@
+//! Catch-up: a node that missed applies (it was down, or cut off) sees in
+//! gossip that peers run a newer committed version, fetches that version
+//! from one of them (rpc `COMMITTED_METHOD`) and hands it to the driver,
+//! which installs it like a commit once its 2PC lock is free.
+//!
+//! Polling the member table once a second is enough: a lagging node is a
+//! rare state and a second is well inside what an operator notices; it
+//! costs one scan of the table and no traffic when nothing lags.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::{mpsc, watch};
+use tracing::debug;
+
+use crate::rpc::RpcClient;
+use crate::twophase::Committed;
+
+use super::directory::PeerDirectory;
+use super::driver::Input;
+use super::rpc::COMMITTED_METHOD;
+use super::ApplyStatus;
+
+const INTERVAL: Duration = Duration::from_secs(1);
+const DEADLINE: Duration = Duration::from_secs(5);
+
+/// Runs until the driver goes away.
+pub(super) async fn run(
+    tx: mpsc::WeakSender<Input>,
+    mut status: watch::Receiver<ApplyStatus>,
+    directory: Arc<dyn PeerDirectory>,
+    client: RpcClient,
+) {
+    let mut ticks = tokio::time::interval(INTERVAL);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = ticks.tick() => {}
+            changed = status.changed() => if changed.is_err() { return },
+        }
+        let (me, have, stopped) = {
+            let s = status.borrow_and_update();
+            (s.node, s.version, s.stopped.is_some())
+        };
+        if stopped {
+            return;
+        }
+        let peers = directory.peers().await;
+        // The newest version any live peer runs; among those that run it,
+        // any one will do.
+        let Some(peer) = peers
+            .iter()
+            .filter(|p| p.id != me && p.takes_part())
+            .filter(|p| p.config.is_some_and(|(v, _)| v > have))
+            .max_by_key(|p| p.config.map(|(v, _)| v))
+        else {
+            continue;
+        };
+        let committed = match client
+            .call(peer.addr, COMMITTED_METHOD, &[], DEADLINE)
+            .await
+        {
+            Ok(body) => match postcard::from_bytes::<Committed>(&body) {
+                Ok(committed) => committed,
+                Err(e) => {
+                    debug!(peer = %peer.name, "catch-up: not a committed version: {e}");
+                    continue;
+                }
+            },
+            Err(e) => {
+                debug!(peer = %peer.name, addr = %peer.addr, "catch-up: fetching the committed version failed: {e}");
+                continue;
+            }
+        };
+        if committed.version <= have {
+            continue;
+        }
+        let Some(tx) = tx.upgrade() else { return };
+        let input = Input::CatchUp {
+            committed: Box::new(committed),
+            from: peer.name.clone(),
+        };
+        if tx.send(input).await.is_err() {
+            return;
+        }
+    }
+}
