@@ -11,8 +11,15 @@ use crate::api::AgentCommand;
 use crate::config::JoinTarget;
 use crate::membership::driver::Handle;
 
+use super::apply::ApplyHandle;
+
 /// Answers commands until the API side goes away.
-pub async fn answer(mut commands: mpsc::Receiver<AgentCommand>, gossip: Handle, own: SocketAddr) {
+pub async fn answer(
+    mut commands: mpsc::Receiver<AgentCommand>,
+    gossip: Handle,
+    own: SocketAddr,
+    applies: ApplyHandle,
+) {
     while let Some(command) = commands.recv().await {
         match command {
             AgentCommand::Join { address, reply } => {
@@ -36,6 +43,25 @@ pub async fn answer(mut commands: mpsc::Receiver<AgentCommand>, gossip: Handle, 
                     None => Err("the agent is shutting down".into()),
                 };
                 let _ = reply.send(answer);
+            }
+            AgentCommand::ApplyTopology {
+                text,
+                wait,
+                timeout,
+                reply,
+            } => {
+                // Applies take seconds: never hold up the other commands.
+                let (applies, gossip) = (applies.clone(), gossip.clone());
+                tokio::spawn(async move {
+                    let result = super::topology_apply::apply_for_api(
+                        &applies, &gossip, text, wait, timeout,
+                    )
+                    .await;
+                    let _ = reply.send(result);
+                });
+            }
+            AgentCommand::CommittedTopology { reply } => {
+                let _ = reply.send(super::topology_apply::committed_topology(&applies));
             }
         }
     }

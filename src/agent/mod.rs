@@ -15,6 +15,7 @@ mod options;
 mod reload;
 mod sockets;
 mod systemd;
+mod topology_apply;
 mod topology_file;
 pub mod topology_watch;
 
@@ -38,6 +39,9 @@ pub use options::AgentOptions;
 /// the API share it, so the process exits well within systemd's patience
 /// and the 2 s the operator was promised.
 const STOP_BUDGET: Duration = Duration::from_secs(1);
+/// The topology file is read once it has been quiet this long (an editor's
+/// save or Ansible's move is a burst of events).
+const TOPOLOGY_DEBOUNCE: Duration = Duration::from_millis(300);
 /// What blocking work (a DNS lookup) gets before the process exits anyway.
 const RUNTIME_GRACE: Duration = Duration::from_millis(200);
 
@@ -204,9 +208,28 @@ async fn serve(
         rpc_client,
         Arc::new(apply::RoleSetHooks(Arc::clone(&roles))),
     )?;
-    // Not yet triggered by the topology file: a node must first catch up
-    // with a newer committed version it sees in gossip (issue 5, next).
-    tokio::spawn(commands::answer(commands, gossip.clone(), advertise));
+    tokio::spawn(topology_apply::publish(
+        applies.clone(),
+        Arc::clone(&state),
+        gossip.clone(),
+        config.clone(),
+        advertise,
+    ));
+    // Every change of the topology file is applied to the cluster.
+    let (topology_watcher, topology_changes) =
+        topology_watch::TopologyWatcher::spawn(config.topology.clone(), TOPOLOGY_DEBOUNCE);
+    tokio::spawn(topology_apply::follow(
+        topology_changes,
+        applies.clone(),
+        Arc::clone(&state),
+        config.topology.clone(),
+    ));
+    tokio::spawn(commands::answer(
+        commands,
+        gossip.clone(),
+        advertise,
+        applies.clone(),
+    ));
     if let Some(mut multicast) =
         discovery::spawn(&config, identity, advertise, security, gossip.clone())?
     {
@@ -282,6 +305,7 @@ async fn serve(
     }
     // After the leave (UDP): closes the TCP port and every rpc connection.
     running.port.stop().await;
+    drop(topology_watcher);
     applies.stop().await;
     let stopped = roles.stop_all().await;
     if let Err(e) = stopped.result() {

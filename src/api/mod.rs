@@ -37,6 +37,18 @@ pub enum AgentCommand {
         payload: Vec<u8>,
         reply: oneshot::Sender<Result<String, String>>,
     },
+    /// `PUT /v1/topology`: apply this text, this node coordinating.
+    ApplyTopology {
+        text: String,
+        /// Also wait until every participant acknowledged the decision.
+        wait: bool,
+        timeout: Duration,
+        reply: oneshot::Sender<Result<ApplyResult, ApiError>>,
+    },
+    /// `GET /v1/topology`.
+    CommittedTopology {
+        reply: oneshot::Sender<CommittedTopology>,
+    },
 }
 
 /// What the agent shares with its API handlers.
@@ -134,6 +146,7 @@ pub fn router(state: Arc<NodeState>) -> Router {
         .route("/v1/events", get(event_stream).post(send_user_event))
         .route("/v1/join", post(join))
         .route("/v1/leave", post(leave))
+        .route("/v1/topology", get(get_topology).put(put_topology))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .with_state(state)
@@ -235,6 +248,97 @@ async fn send_user_event(
 
 async fn leave(State(state): State<Arc<NodeState>>) -> Response {
     ask(&state, |reply| AgentCommand::Leave { reply }).await
+}
+
+async fn get_topology(State(state): State<Arc<NodeState>>) -> Response {
+    let (reply, answer) = oneshot::channel();
+    if state
+        .commands
+        .send(AgentCommand::CommittedTopology { reply })
+        .await
+        .is_err()
+    {
+        return shutting_down();
+    }
+    match answer.await {
+        Ok(topology) => Json(topology).into_response(),
+        Err(_) => shutting_down(),
+    }
+}
+
+/// `PUT /v1/topology?wait=BOOL&timeout=DURATION`.
+#[derive(Debug, serde::Deserialize)]
+struct ApplyParams {
+    #[serde(default)]
+    wait: bool,
+    #[serde(default = "default_apply_timeout")]
+    timeout: crate::config::HumanDuration,
+}
+
+fn default_apply_timeout() -> crate::config::HumanDuration {
+    crate::config::HumanDuration(Duration::from_secs(60))
+}
+
+async fn put_topology(
+    State(state): State<Arc<NodeState>>,
+    params: Result<axum::extract::Query<ApplyParams>, axum::extract::rejection::QueryRejection>,
+    text: Result<String, axum::extract::rejection::StringRejection>,
+) -> Response {
+    let params = match params {
+        Ok(axum::extract::Query(params)) => params,
+        Err(e) => return error(StatusCode::BAD_REQUEST, "rejected", e.body_text()),
+    };
+    let text = match text {
+        Ok(text) => text,
+        Err(e) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                "rejected",
+                format!(
+                    "the body must be the topology text (UTF-8): {}",
+                    e.body_text()
+                ),
+            )
+        }
+    };
+    let timeout = params.timeout.0;
+    let (reply, answer) = oneshot::channel();
+    let command = AgentCommand::ApplyTopology {
+        text,
+        wait: params.wait,
+        timeout,
+        reply,
+    };
+    if state.commands.send(command).await.is_err() {
+        return shutting_down();
+    }
+    match answer.await {
+        Ok(Ok(result)) => {
+            let status = match result.outcome {
+                ApplyOutcome::Committed | ApplyOutcome::Unchanged => StatusCode::OK,
+                ApplyOutcome::Aborted => StatusCode::CONFLICT,
+                ApplyOutcome::Invalid => StatusCode::UNPROCESSABLE_ENTITY,
+            };
+            (status, Json(result)).into_response()
+        }
+        Ok(Err(e)) => {
+            let status = match e.code.as_str() {
+                "timeout" => StatusCode::GATEWAY_TIMEOUT,
+                "unavailable" => StatusCode::SERVICE_UNAVAILABLE,
+                _ => StatusCode::BAD_REQUEST,
+            };
+            (status, Json(e)).into_response()
+        }
+        Err(_) => shutting_down(),
+    }
+}
+
+fn shutting_down() -> Response {
+    error(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "unavailable",
+        "the agent is shutting down".into(),
+    )
 }
 
 /// Hands a command to the agent and turns its answer into a response.

@@ -41,6 +41,7 @@ pub(super) enum Input {
     /// `ApplyHandle::apply`.
     Apply {
         text: String,
+        base: Option<Version>,
         reply: Reply,
     },
     /// The text of an apply parsed and the peers looked up: start it.
@@ -240,7 +241,7 @@ impl Driver {
                 }
                 self.participant.validated(now, txn, result);
             }
-            Input::Apply { text, reply } => self.resolve(now, text, reply),
+            Input::Apply { text, base, reply } => self.resolve(now, text, base, reply),
             Input::Resolved {
                 text,
                 topology,
@@ -365,10 +366,19 @@ impl Driver {
 
     /// Parses the text of an apply (here: problems are the caller's
     /// answer) and looks the peers up off the loop.
-    fn resolve(&mut self, received: Instant, text: String, reply: Reply) {
+    fn resolve(&mut self, received: Instant, text: String, base: Option<Version>, reply: Reply) {
         let (version, hash) = self.participant.committed();
         if version > Version(0) && config_hash(text.as_bytes()) == hash {
             let _ = reply.send(Err(ApplyError::Unchanged(version)));
+            return;
+        }
+        if let Some(based_on) = base.filter(|b| *b != version) {
+            let stale = ApplyError::Stale {
+                based_on,
+                committed: version,
+            };
+            self.last(None, None, stale.to_string());
+            let _ = reply.send(Err(stale));
             return;
         }
         let topology = match check_text(&text, &self.config.text_name, &self.config.cluster) {

@@ -178,6 +178,13 @@ pub enum ApplyError {
     /// The text is the committed one already: nothing to do.
     #[error("this text is committed already as version {0}")]
     Unchanged(Version),
+    /// The edit was made on a version that is no longer the committed
+    /// one: another change was committed first.
+    #[error("the edit was made on version {based_on}, but version {committed} was committed since: another change won")]
+    Stale {
+        based_on: Version,
+        committed: Version,
+    },
     #[error("{0}")]
     Start(#[from] StartError),
     /// The driver is not running (stopped, or its disk failed).
@@ -237,9 +244,20 @@ pub struct ApplyHandle {
 impl ApplyHandle {
     /// Proposes `text` as the next version and waits for the decision.
     pub async fn apply(&self, text: String) -> Result<ApplyReport, ApplyError> {
+        self.apply_on(text, None).await
+    }
+
+    /// The same, refused as `Stale` unless `base` (when given) is still
+    /// the committed version: an edit made on version B must not undo a
+    /// change committed after B.
+    pub async fn apply_on(
+        &self,
+        text: String,
+        base: Option<Version>,
+    ) -> Result<ApplyReport, ApplyError> {
         let (reply, answer) = oneshot::channel();
         self.tx
-            .send(Input::Apply { text, reply })
+            .send(Input::Apply { text, base, reply })
             .await
             .map_err(|_| self.stopped())?;
         answer.await.map_err(|_| self.stopped())?

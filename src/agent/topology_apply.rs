@@ -1,0 +1,501 @@
+//! The topology file drives applies, and the apply state shows everywhere
+//! an operator looks.
+//!
+//! [`follow`] takes each change the watcher reports: a file whose hash is
+//! the committed one needs nothing; a file with problems is rejected with
+//! `FILE:LINE:COLUMN` (logged, in the status) and the cluster keeps its
+//! version; otherwise this node coordinates an apply of it. An edit is
+//! applied on the version it was made on: if another change is committed
+//! first, the edit lost, and installing the winner keeps it beside the
+//! file (`FILE.before-vN`, see the driver). Only contention is retried
+//! (another txn holds a lock, voters were silent, too few nodes are up yet,
+//! as at the first start of a cluster), after a random, growing pause, so
+//! that nodes started with the same file settle on one version.
+//!
+//! [`publish`] mirrors the driver's status into the API and gossips the
+//! committed version (the member payload's `config`), which is how lagging
+//! nodes learn that they must catch up.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use rand::RngExt;
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+use tracing::{info, warn};
+
+use crate::api::{self, ApplyState, InstallInfo, LastApplyInfo, NodeState, TopologyFileState};
+use crate::config::{NodeConfig, Topology};
+use crate::membership::driver::Handle;
+use crate::membership::ConfigStamp;
+use crate::twophase::{ConfigHash, LockStatus, Outcome, Version};
+
+use super::apply::{ApplyError, ApplyHandle, ApplyReport, ApplyStatus};
+use super::topology_watch::FileChange;
+
+/// First pause before retrying a contended apply; it doubles up to
+/// `MAX_PAUSE`, each pause drawn at random from its upper half.
+const FIRST_PAUSE: Duration = Duration::from_millis(400);
+const MAX_PAUSE: Duration = Duration::from_secs(8);
+/// Applies of one edit lost to other applies before the edit is given up
+/// (an edit waiting for enough nodes to come up is never given up).
+const MAX_CONTENDED: u32 = 10;
+
+/// Full hex of a config hash (the API's form).
+pub fn hex(hash: &ConfigHash) -> String {
+    hash.0.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// The file as last read, and the committed version it was edited on.
+struct Edit {
+    text: String,
+    hash: ConfigHash,
+    base: Version,
+}
+
+/// What the trigger is doing about the current edit.
+#[derive(Clone, Copy)]
+enum Phase {
+    /// Nothing to do until the file changes.
+    Idle,
+    /// An apply of the edit with `hash` is running (`contended`: attempts
+    /// lost to other applies).
+    Applying {
+        hash: ConfigHash,
+        tries: u32,
+        contended: u32,
+    },
+    /// Apply at `at`.
+    Due {
+        at: Instant,
+        tries: u32,
+        contended: u32,
+    },
+}
+
+/// Follows the watcher's changes until it stops.
+pub async fn follow(
+    mut changes: mpsc::Receiver<FileChange>,
+    applies: ApplyHandle,
+    state: Arc<NodeState>,
+    path: PathBuf,
+) {
+    let mut status = applies.watch();
+    let mut edit: Option<Edit> = None;
+    let mut phase = Phase::Idle;
+    let (done_tx, mut done_rx) = mpsc::channel::<Result<ApplyReport, ApplyError>>(1);
+    loop {
+        let due_at = match phase {
+            Phase::Due { at, .. } => Some(at),
+            _ => None,
+        };
+        tokio::select! {
+            change = changes.recv() => {
+                let Some(change) = change else { return };
+                edit = on_change(&state, &path, change, &applies.status());
+                if !matches!(phase, Phase::Applying { .. }) {
+                    phase = match edit {
+                        Some(_) => Phase::Due { at: Instant::now(), tries: 0, contended: 0 },
+                        None => Phase::Idle,
+                    };
+                }
+            }
+            done = done_rx.recv() => {
+                let Some(done) = done else { return };
+                let Phase::Applying { hash, tries, contended } = phase else { continue };
+                phase = match &edit {
+                    // The file changed while it ran: apply the new edit.
+                    Some(e) if e.hash != hash => Phase::Due { at: Instant::now(), tries: 0, contended: 0 },
+                    _ => on_done(&state, done, tries + 1, contended),
+                };
+            }
+            changed = status.changed() => {
+                if changed.is_err() { return }
+                let committed = status.borrow_and_update().clone();
+                show_match(&state, edit.as_ref(), &committed);
+                continue;
+            }
+            () = sleep_until(due_at) => {}
+        }
+        let Phase::Due {
+            at,
+            tries,
+            contended,
+        } = phase
+        else {
+            continue;
+        };
+        let Some(current) = edit.as_ref().filter(|_| at <= Instant::now()) else {
+            continue;
+        };
+        let committed = applies.status();
+        if committed.version > Version(0) && committed.hash == current.hash {
+            phase = Phase::Idle;
+            show_match(&state, edit.as_ref(), &committed);
+            continue;
+        }
+        if tries == 0 {
+            info!(path = %path.display(), base = %current.base, "the topology file changed: applying it to the cluster");
+        }
+        set_pending(&state, Some("an apply of this file is in progress".into()));
+        let (handle, text, base, done) = (
+            applies.clone(),
+            current.text.clone(),
+            current.base,
+            done_tx.clone(),
+        );
+        tokio::spawn(async move {
+            let _ = done.send(handle.apply_on(text, Some(base)).await).await;
+        });
+        phase = Phase::Applying {
+            hash: current.hash,
+            tries,
+            contended,
+        };
+    }
+}
+
+async fn sleep_until(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Shows the file's new state; returns the edit to apply, if any.
+fn on_change(
+    state: &NodeState,
+    path: &std::path::Path,
+    change: FileChange,
+    committed: &ApplyStatus,
+) -> Option<Edit> {
+    let keeps = if committed.version > Version(0) {
+        format!("; the cluster keeps version {}", committed.version)
+    } else {
+        String::new()
+    };
+    let (file_state, problems, edit, pending) = match change {
+        FileChange::Missing => (
+            TopologyFileState::Missing,
+            Vec::new(),
+            None,
+            (committed.version > Version(0)).then(|| format!("the file is missing{keeps}")),
+        ),
+        FileChange::Unreadable { reason } => {
+            warn!(path = %path.display(), "topology file rejected: {reason}");
+            (
+                TopologyFileState::Unreadable,
+                vec![reason],
+                None,
+                Some(format!("the file cannot be read{keeps}")),
+            )
+        }
+        FileChange::Content { text, hash, .. } => match Topology::parse(&text, path) {
+            Err(problems) => {
+                for problem in problems.iter() {
+                    warn!(path = %path.display(), "topology change rejected: {problem}");
+                }
+                let lines: Vec<String> = problems.iter().map(ToString::to_string).collect();
+                let pending = format!("rejected: {} problem(s){keeps}", lines.len());
+                (TopologyFileState::Invalid, lines, None, Some(pending))
+            }
+            Ok(_) => {
+                let matches = committed.version > Version(0) && hash == committed.hash;
+                let edit = (!matches).then_some(Edit {
+                    text,
+                    hash,
+                    base: committed.version,
+                });
+                (TopologyFileState::Valid, Vec::new(), edit, None)
+            }
+        },
+    };
+    let matches = edit.is_none() && file_state == TopologyFileState::Valid;
+    state.update(|s| {
+        s.topology.state = file_state;
+        s.topology.problems = problems;
+        s.topology.matches_committed = Some(matches);
+        s.topology.pending = pending;
+    });
+    edit
+}
+
+/// After a commit elsewhere (or a catch-up): does the file now hold the
+/// committed text?
+fn show_match(state: &NodeState, edit: Option<&Edit>, committed: &ApplyStatus) {
+    let Some(edit) = edit else { return };
+    if committed.version > Version(0) && edit.hash == committed.hash {
+        state.update(|s| {
+            s.topology.matches_committed = Some(true);
+            s.topology.pending = None;
+        });
+    }
+}
+
+fn set_pending(state: &NodeState, pending: Option<String>) {
+    state.update(|s| {
+        s.topology.matches_committed = Some(false);
+        s.topology.pending = pending;
+    });
+}
+
+/// What to do after an apply of the current edit finished.
+fn on_done(
+    state: &NodeState,
+    done: Result<ApplyReport, ApplyError>,
+    tries: u32,
+    contended: u32,
+) -> Phase {
+    let retry = |contended: u32, why: String| {
+        let pause = FIRST_PAUSE
+            .saturating_mul(1 << tries.min(8))
+            .min(MAX_PAUSE)
+            .mul_f64(rand::rng().random_range(0.5..=1.0));
+        info!(
+            attempt = tries,
+            pause_ms = pause.as_millis() as u64,
+            "the apply of the topology file will be retried: {why}"
+        );
+        set_pending(state, Some(format!("retrying: {why}")));
+        Phase::Due {
+            at: Instant::now() + pause,
+            tries,
+            contended,
+        }
+    };
+    match done {
+        Ok(report) => match &report.result.outcome {
+            Outcome::Committed(_) => {
+                state.update(|s| s.topology.pending = None);
+                Phase::Idle
+            }
+            Outcome::Aborted { reasons } => {
+                let contention = reasons.values().all(|r| r.starts_with("locked by"))
+                    && (!reasons.is_empty() || !report.result.silent.is_empty());
+                if contention && contended + 1 < MAX_CONTENDED {
+                    retry(contended + 1, report.to_string())
+                } else {
+                    warn!("the topology file was not applied: {report}");
+                    set_pending(state, Some(report.to_string()));
+                    Phase::Idle
+                }
+            }
+        },
+        Err(ApplyError::Unchanged(_)) => Phase::Idle,
+        // Too few nodes are up to commit safely: wait for them.
+        Err(ApplyError::Start(e)) => retry(contended, e.to_string()),
+        Err(e) => {
+            warn!("the topology file was not applied: {e}");
+            set_pending(state, Some(e.to_string()));
+            Phase::Idle
+        }
+    }
+}
+
+/// Mirrors the driver's status into the API, and gossips the committed
+/// version with the replica set and roles it gives this node.
+pub async fn publish(
+    applies: ApplyHandle,
+    state: Arc<NodeState>,
+    gossip: Handle,
+    config: NodeConfig,
+    advertise: SocketAddr,
+) {
+    let mut status = applies.watch();
+    let mut gossiped = None;
+    loop {
+        let now = status.borrow_and_update().clone();
+        state.update(|s| {
+            s.config_version = (now.version > Version(0)).then_some(now.version.0);
+            s.apply = Some(api_state(&now));
+        });
+        if gossiped != Some((now.version, now.hash)) {
+            let topology = (now.version > Version(0))
+                .then(|| Topology::parse(&now.text, &config.topology).ok())
+                .flatten();
+            let mut payload = super::membership::payload(&config, advertise, topology.as_ref());
+            payload.config = (now.version > Version(0)).then_some(ConfigStamp {
+                version: now.version.0,
+                hash: now.hash.0,
+            });
+            if let Err(e) = gossip.set_payload(payload).await {
+                warn!("cannot gossip the committed version: {e}");
+            }
+            gossiped = Some((now.version, now.hash));
+        }
+        if status.changed().await.is_err() {
+            return;
+        }
+    }
+}
+
+fn api_state(s: &ApplyStatus) -> ApplyState {
+    let ms = api::unix_ms;
+    ApplyState {
+        version: s.version.0,
+        hash: hex(&s.hash),
+        lock: s.lock.to_string(),
+        waiting_seconds: match s.lock {
+            LockStatus::Waiting { since, .. } => Some(since.elapsed().as_secs()),
+            _ => None,
+        },
+        coordinating: s.coordinating.iter().map(ToString::to_string).collect(),
+        last: s.last.as_ref().map(|l| LastApplyInfo {
+            at_ms: ms(l.at),
+            txn: l.txn.map(|t| t.to_string()),
+            committed: l.committed.map(|v| v.0),
+            summary: l.summary.clone(),
+        }),
+        install: s.install.as_ref().map(|i| InstallInfo {
+            version: i.version.0,
+            at_ms: ms(i.at),
+            error: i.result.clone().err(),
+        }),
+        kept_edits: s
+            .kept_edits
+            .iter()
+            .map(|p| p.display().to_string())
+            .collect(),
+        stopped: s.stopped.clone(),
+    }
+}
+
+/// `PUT /v1/topology`: applies `text` with this node coordinating and
+/// answers in the API's terms, node ids turned into names.
+pub async fn apply_for_api(
+    applies: &ApplyHandle,
+    gossip: &Handle,
+    text: String,
+    wait: bool,
+    timeout: Duration,
+) -> Result<api::ApplyResult, api::ApiError> {
+    use super::apply::PeerDirectory;
+    let deadline = Instant::now() + timeout;
+    let timed_out = || api::ApiError {
+        code: "timeout".into(),
+        message: format!(
+            "no decision within {}; the apply goes on: see `cohort status`",
+            crate::config::HumanDuration(timeout)
+        ),
+    };
+    let done = tokio::time::timeout_at(deadline, applies.apply(text))
+        .await
+        .map_err(|_| timed_out())?;
+    let mut result = api::ApplyResult {
+        outcome: api::ApplyOutcome::Aborted,
+        version: None,
+        txn: None,
+        hash: None,
+        reasons: Vec::new(),
+        silent: Vec::new(),
+        not_reached: Vec::new(),
+        problems: Vec::new(),
+        finished: None,
+        timings: None,
+        message: String::new(),
+    };
+    let report = match done {
+        Ok(report) => report,
+        Err(ApplyError::Unchanged(version)) => {
+            result.outcome = api::ApplyOutcome::Unchanged;
+            result.version = Some(version.0);
+            result.message = format!("unchanged: version {version} is this text already");
+            return Ok(result);
+        }
+        Err(ApplyError::Invalid(problems)) => {
+            result.outcome = api::ApplyOutcome::Invalid;
+            result.problems = problems.iter().map(ToString::to_string).collect();
+            result.message = format!("rejected: {} problem(s)", result.problems.len());
+            return Ok(result);
+        }
+        Err(ApplyError::Stopped(why)) => {
+            return Err(api::ApiError {
+                code: "unavailable".into(),
+                message: format!("the apply driver is not running: {why}"),
+            })
+        }
+        Err(e) => {
+            return Err(api::ApiError {
+                code: "rejected".into(),
+                message: e.to_string(),
+            })
+        }
+    };
+    let peers = gossip.peers().await;
+    let name = |id: &crate::twophase::NodeId| {
+        peers
+            .iter()
+            .find(|p| p.id == *id && !p.name.is_empty())
+            .map_or_else(|| id.to_string(), |p| p.name.clone())
+    };
+    let txn = report.result.txn;
+    result.txn = Some(txn.to_string());
+    result.version = Some(report.result.version.0);
+    result.silent = report.result.silent.iter().map(name).collect();
+    result.not_reached = report
+        .not_reached
+        .iter()
+        .map(|(node, reason)| api::NodeReason {
+            node: node.clone(),
+            reason: reason.clone(),
+        })
+        .collect();
+    match &report.result.outcome {
+        Outcome::Committed(version) => {
+            result.outcome = api::ApplyOutcome::Committed;
+            result.version = Some(version.0);
+            result.hash = Some(hex(&applies.status().hash));
+        }
+        Outcome::Aborted { reasons } => {
+            result.reasons = reasons
+                .iter()
+                .map(|(id, reason)| api::NodeReason {
+                    node: name(id),
+                    reason: reason.clone(),
+                })
+                .collect();
+        }
+    }
+    let mut commit_ms = None;
+    if wait {
+        let decided = Instant::now();
+        let left = deadline.saturating_duration_since(decided);
+        let finished = applies.wait_finished(txn, left).await;
+        result.finished = Some(finished);
+        if finished {
+            commit_ms = Some(decided.elapsed().as_secs_f64() * 1000.0);
+        }
+    }
+    result.timings = Some(api::ApplyTimings {
+        resolve_ms: report.resolve.as_secs_f64() * 1000.0,
+        prepare_ms: report.prepare.as_secs_f64() * 1000.0,
+        commit_ms,
+    });
+    result.message = match result.outcome {
+        api::ApplyOutcome::Aborted => {
+            let mut message = format!("aborted {txn}");
+            for r in &result.reasons {
+                message.push_str(&format!("; {}: {}", r.node, r.reason));
+            }
+            if !result.silent.is_empty() {
+                message.push_str(&format!("; no answer from {}", result.silent.join(", ")));
+            }
+            message
+        }
+        _ => report.to_string(),
+    };
+    Ok(result)
+}
+
+/// `GET /v1/topology`.
+pub fn committed_topology(applies: &ApplyHandle) -> api::CommittedTopology {
+    let status = applies.status();
+    api::CommittedTopology {
+        version: status.version.0,
+        hash: hex(&status.hash),
+        txn: status.txn.map(|t| t.to_string()),
+        text: status.text.to_string(),
+    }
+}
