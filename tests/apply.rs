@@ -51,6 +51,7 @@ impl RoleHooks for TestRoles {
         &'a self,
         _new: &'a Topology,
         _old: Option<&'a Topology>,
+        _version: Version,
     ) -> BoxFuture<'a, Result<(), String>> {
         let reject = self.reject.lock().unwrap().clone();
         Box::pin(async move { reject.map_or(Ok(()), Err) })

@@ -4,6 +4,7 @@
 //! `FILE:LINE:COLUMN: what is wrong`, pointing at the offending key.
 
 mod diagnostic;
+pub mod diff;
 mod duration;
 mod node;
 mod topology;

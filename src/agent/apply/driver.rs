@@ -68,6 +68,10 @@ struct InstallJob {
     change: Installed,
     /// The text of the version it replaces.
     previous: Option<Arc<str>>,
+    /// At start-up: the version was installed before; only its roles are
+    /// started (the file is the operator's until the next install: an edit
+    /// made while the agent was down is the trigger's to apply).
+    boot: bool,
 }
 
 struct Waiter {
@@ -131,6 +135,22 @@ pub(super) fn spawn(
     });
     let status = Arc::new(status);
     let (installer, jobs) = mpsc::unbounded_channel();
+    // The roles of the committed version start first, before any newer
+    // version this run installs.
+    if let (Some(topology), Some(txn)) = (committed.clone(), disk.participant.committed.txn) {
+        let _ = installer.send(InstallJob {
+            change: Installed {
+                txn,
+                version,
+                hash,
+                text: disk.participant.committed.text.as_str().into(),
+                topology,
+                previous: None,
+            },
+            previous: None,
+            boot: true,
+        });
+    }
     tokio::spawn(install_loop(
         config.topology_path.clone(),
         hooks.clone(),
@@ -358,7 +378,7 @@ impl Driver {
                 Ok(_) if config_hash(proposal.text.as_bytes()) != proposal.hash => {
                     Err("the text does not match its hash".to_string())
                 }
-                Ok(new) => hooks.validate(&new, old.as_deref()).await,
+                Ok(new) => hooks.validate(&new, old.as_deref(), proposal.version).await,
             };
             let _ = tx.send(Input::Validated { txn, result }).await;
         });
@@ -547,6 +567,7 @@ impl Driver {
                 previous,
             },
             previous: (!replaced.is_empty()).then_some(replaced),
+            boot: false,
         });
     }
 
@@ -620,9 +641,16 @@ async fn install_loop(
     status: Arc<watch::Sender<ApplyStatus>>,
     mut jobs: mpsc::UnboundedReceiver<InstallJob>,
 ) {
-    while let Some(InstallJob { change, previous }) = jobs.recv().await {
+    while let Some(InstallJob {
+        change,
+        previous,
+        boot,
+    }) = jobs.recv().await
+    {
         let version = change.version;
-        let file = {
+        let file = if boot {
+            Ok(None)
+        } else {
             let path = path.clone();
             let text = change.text.clone();
             tokio::task::spawn_blocking(move || {

@@ -22,16 +22,18 @@ pub struct Installed {
 }
 
 pub trait RoleHooks: Send + Sync + 'static {
-    /// Whether this node's roles accept `new` (replacing `old`, none for
-    /// the first version). The text itself is already valid. An error is
+    /// Whether this node's roles accept `new` as `version` (replacing
+    /// `old`, none for the first version). The text itself is already
+    /// valid. An error is
     /// this node's no vote, in words for the operator. It must finish
     /// within the lease, or the node refuses the change.
     fn validate<'a>(
         &'a self,
         new: &'a Topology,
         old: Option<&'a Topology>,
+        version: Version,
     ) -> BoxFuture<'a, Result<(), String>> {
-        let _ = (new, old);
+        let _ = (new, old, version);
         Box::pin(async { Ok(()) })
     }
 
@@ -60,10 +62,11 @@ impl RoleHooks for RoleSetHooks {
         &'a self,
         new: &'a Topology,
         old: Option<&'a Topology>,
+        version: Version,
     ) -> BoxFuture<'a, Result<(), String>> {
         Box::pin(async move {
             self.0
-                .validate_all(new, old, None)
+                .validate_all(new, old, Some(version))
                 .await
                 .map_err(|e| e.to_string())
         })
