@@ -216,7 +216,12 @@ fn on_change(
     state.update(|s| {
         s.topology.state = file_state;
         s.topology.problems = problems;
-        s.topology.matches_committed = Some(matches);
+        // Nothing to compare when there is no text.
+        s.topology.matches_committed = matches!(
+            file_state,
+            TopologyFileState::Valid | TopologyFileState::Invalid
+        )
+        .then_some(matches);
         s.topology.pending = pending;
     });
     edit

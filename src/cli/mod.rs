@@ -5,6 +5,7 @@
 mod client;
 mod dev;
 mod members;
+mod topology;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -53,6 +54,14 @@ pub enum Command {
     Agent(AgentArgs),
     /// Show this node's identity and state.
     Status,
+    /// Apply a topology to the whole cluster through two-phase commit: it
+    /// is committed on every node or on none.
+    #[command(after_help = topology::APPLY_HELP)]
+    Apply(topology::ApplyArgs),
+    /// Show the committed topology, or compare a file with it (`cohort
+    /// topology diff FILE`).
+    #[command(after_help = topology::TOPOLOGY_HELP)]
+    Topology(topology::TopologyArgs),
     /// List the members this node knows, with their status and incarnation.
     Members(MembersArgs),
     /// Stream membership and user events as they happen (Ctrl-C to stop).
@@ -187,6 +196,15 @@ pub fn run(cli: Cli) -> ExitCode {
         Command::Agent(args) => return run_agent(args),
         Command::Validate { kind, file } => return validate(kind, &file),
         Command::Status => status(cli.api, cli.format),
+        Command::Apply(args) => return report(topology::apply(cli.api, cli.format, &args)),
+        Command::Topology(args) => {
+            return report(match args.action {
+                None | Some(topology::TopologyAction::Show) => topology::show(cli.api, cli.format),
+                Some(topology::TopologyAction::Diff { file }) => {
+                    topology::diff(cli.api, cli.format, file.as_deref())
+                }
+            })
+        }
         Command::Members(args) => members::list(cli.api, cli.format, &args),
         Command::Monitor => members::monitor(cli.api, cli.format),
         Command::Join { address } => {
@@ -203,10 +221,19 @@ pub fn run(cli: Cli) -> ExitCode {
             .render(&mut std::io::stdout())
             .context("cannot write the man page"),
     };
+    report(result.map(|()| ExitCode::SUCCESS))
+}
+
+/// The exit status of a command; its error as one line on stderr, or as
+/// `FILE:LINE:COLUMN: message` lines when a file has problems.
+fn report(result: anyhow::Result<ExitCode>) -> ExitCode {
     match result {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(code) => code,
         Err(e) => {
-            eprintln!("cohort: {e:#}");
+            match e.downcast_ref::<ConfigError>() {
+                Some(ConfigError::Invalid(diagnostics)) => eprintln!("{diagnostics}"),
+                _ => eprintln!("cohort: {e:#}"),
+            }
             ExitCode::FAILURE
         }
     }
@@ -277,23 +304,42 @@ fn render_status(s: &Status) -> String {
         .ok()
         .and_then(|v| v.as_str().map(str::to_string))
         .unwrap_or_default();
-    let mut topology = format!("{} ({state})", s.topology.path);
+    // A file that cannot be read is not compared, whatever the agent says.
+    let readable = !matches!(
+        s.topology.state,
+        api::TopologyFileState::Missing | api::TopologyFileState::Unreadable
+    );
+    let committed = match (
+        s.topology.matches_committed.filter(|_| readable),
+        &s.topology.pending,
+    ) {
+        (Some(true), _) => ", matches committed".to_string(),
+        (Some(false), Some(pending)) => format!(", differs from committed: {pending}"),
+        (Some(false), None) => ", differs from committed".to_string(),
+        (None, _) => String::new(),
+    };
+    let mut topology = format!("{} ({state}{committed})", s.topology.path);
     for problem in &s.topology.problems {
         topology.push_str("\n  ");
         topology.push_str(problem);
     }
-    let rows = [
+    let mut rows: Vec<(&str, String)> = vec![
         ("node", s.node.clone()),
         ("uuid", s.uuid.to_string()),
         ("generation", s.generation.to_string()),
         ("cluster", s.cluster.clone()),
         ("bind", s.bind.clone()),
         ("advertise", s.advertise.clone()),
-        (
+    ];
+    match &s.apply {
+        Some(apply) => rows.extend(apply_rows(apply)),
+        None => rows.push((
             "config version",
             s.config_version
                 .map_or("none (no apply yet)".into(), |v| v.to_string()),
-        ),
+        )),
+    }
+    rows.extend([
         ("topology file", topology),
         ("data dir", s.data_dir.clone()),
         ("started", s.started_at.clone()),
@@ -303,15 +349,62 @@ fn render_status(s: &Status) -> String {
         ),
         ("pid", s.pid.to_string()),
         ("version", s.version.clone()),
-    ];
-    let rows = rows
-        .into_iter()
-        .chain(s.warnings.iter().map(|w| ("warning", w.clone())));
-    let rows: Vec<(&str, String)> = rows.collect();
+    ]);
+    rows.extend(s.warnings.iter().map(|w| ("warning", w.clone())));
     let width = rows.iter().map(|(k, _)| k.len()).max().unwrap_or(0);
     rows.iter()
         .map(|(k, v)| format!("{k:<width$}  {v}\n"))
         .collect()
+}
+
+/// The two-phase commit side of `cohort status`.
+fn apply_rows(apply: &api::ApplyState) -> Vec<(&'static str, String)> {
+    let at = |ms: u64| api::rfc3339(std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms));
+    let mut rows = vec![(
+        "config version",
+        if apply.version == 0 {
+            "none (no apply yet)".to_string()
+        } else {
+            let hash: String = apply.hash.chars().take(12).collect();
+            format!("{} ({hash})", apply.version)
+        },
+    )];
+    let mut lock = apply.lock.clone();
+    if let Some(seconds) = apply.waiting_seconds {
+        lock.push_str(&format!(
+            " for {}",
+            crate::config::HumanDuration::from_secs(seconds)
+        ));
+    }
+    rows.push(("apply lock", lock));
+    if !apply.coordinating.is_empty() {
+        rows.push(("coordinating", apply.coordinating.join(", ")));
+    }
+    if let Some(last) = &apply.last {
+        rows.push((
+            "last apply",
+            format!("{} (at {})", last.summary, at(last.at_ms)),
+        ));
+    }
+    if let Some(install) = &apply.install {
+        let result = match &install.error {
+            None => "ok".to_string(),
+            Some(error) => format!("error: {error}"),
+        };
+        rows.push((
+            "last install",
+            format!(
+                "version {}, {result} (at {})",
+                install.version,
+                at(install.at_ms)
+            ),
+        ));
+    }
+    rows.extend(apply.kept_edits.iter().map(|e| ("kept edit", e.clone())));
+    if let Some(stopped) = &apply.stopped {
+        rows.push(("apply stopped", stopped.clone()));
+    }
+    rows
 }
 
 #[cfg(test)]
@@ -323,9 +416,8 @@ mod tests {
         Cli::command().debug_assert();
     }
 
-    #[test]
-    fn status_text_is_aligned_key_value_lines() {
-        let status = Status {
+    fn sample_status() -> Status {
+        Status {
             node: "n1".into(),
             uuid: uuid::Uuid::nil(),
             generation: 7,
@@ -348,8 +440,11 @@ mod tests {
             uptime_seconds: 61,
             version: "0.1.0".into(),
             warnings: vec!["UDP seems blocked: 60 gossip datagrams sent".into()],
-        };
-        let text = render_status(&status);
+        }
+    }
+
+    /// Every row's value starts in the same column.
+    fn assert_aligned(text: &str) {
         let value_column = "config version  ".len();
         for line in text.lines().filter(|l| !l.starts_with("  ")) {
             let bytes = line.as_bytes();
@@ -359,10 +454,225 @@ mod tests {
             );
             assert_ne!(bytes[value_column], b' ', "{line:?} in\n{text}");
         }
+    }
+
+    #[test]
+    fn status_text_is_aligned_key_value_lines() {
+        let status = sample_status();
+        let text = render_status(&status);
+        assert_aligned(&text);
         assert!(text.contains(
             "topology file   /tmp/t.yaml (invalid)\n  /tmp/t.yaml:1:1: the file is empty\n"
         ));
         assert!(text.contains("config version  none (no apply yet)\n"));
         assert!(text.ends_with("warning         UDP seems blocked: 60 gossip datagrams sent\n"));
+    }
+
+    fn apply_state() -> api::ApplyState {
+        api::ApplyState {
+            version: 7,
+            hash: "0123456789abcdef".repeat(4),
+            lock: "waiting for the decision of txn n2-9 from node n2".into(),
+            waiting_seconds: Some(42),
+            coordinating: vec!["n1-3".into(), "n1-4".into()],
+            last: Some(api::LastApplyInfo {
+                at_ms: 1_795_420_666_175,
+                txn: Some("n1-3".into()),
+                committed: Some(7),
+                summary: "committed version 7 (txn n1-3)".into(),
+            }),
+            install: Some(api::InstallInfo {
+                version: 7,
+                at_ms: 1_795_420_667_000,
+                error: None,
+            }),
+            kept_edits: vec![
+                "/var/lib/cohort/kept/topology.yaml.1".into(),
+                "/var/lib/cohort/kept/topology.yaml.2".into(),
+            ],
+            stopped: Some("cannot write /var/lib/cohort/apply: disk full".into()),
+        }
+    }
+
+    #[test]
+    fn status_text_shows_the_apply_state() {
+        let mut status = sample_status();
+        status.config_version = Some(7);
+        status.apply = Some(apply_state());
+        let text = render_status(&status);
+        assert_aligned(&text);
+        assert!(
+            text.contains("config version  7 (0123456789ab)\n"),
+            "{text}"
+        );
+        assert!(!text.contains("0123456789abc"), "{text}");
+        assert!(
+            text.contains(
+                "apply lock      waiting for the decision of txn n2-9 from node n2 for 42s\n"
+            ),
+            "{text}"
+        );
+        assert!(text.contains("coordinating    n1-3, n1-4\n"), "{text}");
+        assert!(
+            text.contains(
+                "last apply      committed version 7 (txn n1-3) (at 2026-11-23T07:57:46.175Z)\n"
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains("last install    version 7, ok (at 2026-11-23T07:57:47.000Z)\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains(
+                "kept edit       /var/lib/cohort/kept/topology.yaml.1\n\
+                 kept edit       /var/lib/cohort/kept/topology.yaml.2\n"
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains("apply stopped   cannot write /var/lib/cohort/apply: disk full\n"),
+            "{text}"
+        );
+        assert_eq!(text.matches("config version").count(), 1, "{text}");
+    }
+
+    #[test]
+    fn status_text_leaves_out_what_the_apply_state_does_not_have() {
+        let mut status = sample_status();
+        status.apply = Some(api::ApplyState {
+            version: 0,
+            lock: "no apply in progress".into(),
+            install: Some(api::InstallInfo {
+                version: 3,
+                at_ms: 0,
+                error: Some("role http: port 80 in use".into()),
+            }),
+            ..Default::default()
+        });
+        let text = render_status(&status);
+        assert_aligned(&text);
+        assert!(
+            text.contains("config version  none (no apply yet)\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("apply lock      no apply in progress\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains(
+                "last install    version 3, error: role http: port 80 in use (at 1970-01-01T00:00:00.000Z)\n"
+            ),
+            "{text}"
+        );
+        for absent in [
+            "coordinating",
+            "last apply",
+            "kept edit",
+            "apply stopped",
+            " for ",
+        ] {
+            assert!(!text.contains(absent), "{absent:?} in\n{text}");
+        }
+    }
+
+    #[test]
+    fn status_text_without_apply_state_shows_the_config_version() {
+        let mut status = sample_status();
+        status.config_version = Some(3);
+        let text = render_status(&status);
+        assert!(text.contains("config version  3\n"), "{text}");
+        assert!(!text.contains("apply lock"), "{text}");
+    }
+
+    #[test]
+    fn status_text_says_whether_the_topology_file_is_committed() {
+        let mut status = sample_status();
+        status.topology.state = api::TopologyFileState::Valid;
+        status.topology.problems.clear();
+        status.topology.matches_committed = Some(true);
+        assert!(render_status(&status)
+            .contains("topology file   /tmp/t.yaml (valid, matches committed)\n"));
+        status.topology.matches_committed = Some(false);
+        status.topology.pending = Some("aborted: n2 refused".into());
+        assert!(render_status(&status).contains(
+            "topology file   /tmp/t.yaml (valid, differs from committed: aborted: n2 refused)\n"
+        ));
+        status.topology.pending = None;
+        assert!(render_status(&status)
+            .contains("topology file   /tmp/t.yaml (valid, differs from committed)\n"));
+        status.topology.matches_committed = None;
+        assert!(render_status(&status).contains("topology file   /tmp/t.yaml (valid)\n"));
+        status.topology.state = api::TopologyFileState::Missing;
+        status.topology.matches_committed = Some(false);
+        assert!(render_status(&status).contains("topology file   /tmp/t.yaml (missing)\n"));
+        status.topology.state = api::TopologyFileState::Invalid;
+        status.topology.pending = Some("rejected: 1 problem".into());
+        assert!(render_status(&status).contains(
+            "topology file   /tmp/t.yaml (invalid, differs from committed: rejected: 1 problem)\n"
+        ));
+    }
+
+    fn parse(args: &[&str]) -> Result<Cli, clap::Error> {
+        Cli::try_parse_from(std::iter::once("cohort").chain(args.iter().copied()))
+    }
+
+    #[test]
+    fn apply_takes_an_optional_file_wait_and_a_timeout() {
+        let cli = parse(&["apply"]).unwrap();
+        let Command::Apply(args) = cli.command else {
+            panic!("{cli:?}");
+        };
+        assert_eq!(args.file, None);
+        assert!(!args.wait);
+        assert_eq!(args.timeout, crate::config::HumanDuration::from_secs(60));
+        assert_eq!(cli.format, OutputFormat::Text);
+
+        let cli = parse(&[
+            "apply",
+            "t.yaml",
+            "--wait",
+            "--timeout",
+            "1m30s",
+            "--format",
+            "json",
+        ])
+        .unwrap();
+        let Command::Apply(args) = cli.command else {
+            panic!("{cli:?}");
+        };
+        assert_eq!(args.file, Some(PathBuf::from("t.yaml")));
+        assert!(args.wait);
+        assert_eq!(args.timeout, crate::config::HumanDuration::from_secs(90));
+        assert_eq!(cli.format, OutputFormat::Json);
+
+        assert!(parse(&["apply", "--timeout", "soon"]).is_err());
+        assert!(parse(&["apply", "a.yaml", "b.yaml"]).is_err());
+    }
+
+    #[test]
+    fn topology_shows_by_default_and_diffs_a_file() {
+        let action = |args: &[&str]| match parse(args).unwrap().command {
+            Command::Topology(args) => args.action,
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(action(&["topology"]), None);
+        assert_eq!(
+            action(&["topology", "show"]),
+            Some(topology::TopologyAction::Show)
+        );
+        assert_eq!(
+            action(&["topology", "diff", "t.yaml"]),
+            Some(topology::TopologyAction::Diff {
+                file: Some(PathBuf::from("t.yaml"))
+            })
+        );
+        assert_eq!(
+            action(&["--format", "json", "topology", "diff"]),
+            Some(topology::TopologyAction::Diff { file: None })
+        );
+        assert!(parse(&["topology", "t.yaml"]).is_err());
+        assert!(parse(&["topology", "diff", "a", "b"]).is_err());
     }
 }
