@@ -51,12 +51,10 @@ pub async fn answer(
                 reply,
             } => {
                 // Applies take seconds: never hold up the other commands.
-                let (applies, gossip) = (applies.clone(), gossip.clone());
+                let applies = applies.clone();
                 tokio::spawn(async move {
-                    let result = super::topology_apply::apply_for_api(
-                        &applies, &gossip, text, wait, timeout,
-                    )
-                    .await;
+                    let result =
+                        super::topology_apply::apply_for_api(&applies, text, wait, timeout).await;
                     let _ = reply.send(result);
                 });
             }

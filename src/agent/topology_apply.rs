@@ -371,12 +371,10 @@ fn api_state(s: &ApplyStatus) -> ApplyState {
 /// answers in the API's terms, node ids turned into names.
 pub async fn apply_for_api(
     applies: &ApplyHandle,
-    gossip: &Handle,
     text: String,
     wait: bool,
     timeout: Duration,
 ) -> Result<api::ApplyResult, api::ApiError> {
-    use super::apply::PeerDirectory;
     let deadline = Instant::now() + timeout;
     let timed_out = || api::ApiError {
         code: "timeout".into(),
@@ -428,13 +426,7 @@ pub async fn apply_for_api(
             })
         }
     };
-    let peers = gossip.peers().await;
-    let name = |id: &crate::twophase::NodeId| {
-        peers
-            .iter()
-            .find(|p| p.id == *id && !p.name.is_empty())
-            .map_or_else(|| id.to_string(), |p| p.name.clone())
-    };
+    let name = |id: &crate::twophase::NodeId| report.name(id);
     let txn = report.result.txn;
     result.txn = Some(txn.to_string());
     result.version = Some(report.result.version.0);
@@ -478,19 +470,7 @@ pub async fn apply_for_api(
         prepare_ms: report.prepare.as_secs_f64() * 1000.0,
         commit_ms,
     });
-    result.message = match result.outcome {
-        api::ApplyOutcome::Aborted => {
-            let mut message = format!("aborted {txn}");
-            for r in &result.reasons {
-                message.push_str(&format!("; {}: {}", r.node, r.reason));
-            }
-            if !result.silent.is_empty() {
-                message.push_str(&format!("; no answer from {}", result.silent.join(", ")));
-            }
-            message
-        }
-        _ => report.to_string(),
-    };
+    result.message = report.to_string();
     Ok(result)
 }
 

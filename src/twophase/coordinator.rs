@@ -64,8 +64,9 @@ pub enum StartError {
     #[error("the change has no participants")]
     NoParticipants,
     #[error(
-        "only {have} of the {of} nodes of version {base} can take part, at least {need} must: \
+        "only {have} of the {of} nodes of {what} can take part, at least {need} must: \
          two changes could otherwise commit version {next} apart",
+        what = if base.0 == 0 { "the first version".to_string() } else { format!("version {base}") },
         next = base.next()
     )]
     NoQuorum {

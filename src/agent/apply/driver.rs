@@ -77,6 +77,7 @@ struct InstallJob {
 struct Waiter {
     reply: Reply,
     not_reached: Vec<(String, String)>,
+    names: BTreeMap<NodeId, String>,
     received: Instant,
     started: Instant,
 }
@@ -467,6 +468,11 @@ impl Driver {
                 None => NodeId(Uuid::new_v4()),
             })
             .collect();
+        let names: BTreeMap<NodeId, String> = peers
+            .iter()
+            .filter(|p| !p.name.is_empty())
+            .map(|p| (p.id, p.name.clone()))
+            .collect();
         let (base, _) = self.participant.committed();
         let hash = config_hash(text.as_bytes());
         let start = Start {
@@ -484,6 +490,7 @@ impl Driver {
                     Waiter {
                         reply,
                         not_reached,
+                        names,
                         received,
                         started: now,
                     },
@@ -518,6 +525,7 @@ impl Driver {
                         .map(|w| w.started - w.received)
                         .unwrap_or_default(),
                     prepare: waiter.as_ref().map(|w| now - w.started).unwrap_or_default(),
+                    names: waiter.as_ref().map(|w| w.names.clone()).unwrap_or_default(),
                 };
                 info!(%txn, "topology change decided: {report}");
                 self.last(Some(txn), committed, report.to_string());

@@ -143,6 +143,19 @@ pub struct ApplyReport {
     pub resolve: Duration,
     /// From PREPARE to the decision on disk.
     pub prepare: Duration,
+    /// The names of the participants, as membership knew them at the
+    /// start (messages name nodes, not ids).
+    pub names: std::collections::BTreeMap<NodeId, String>,
+}
+
+impl ApplyReport {
+    /// A node's name, or its id when membership did not know the name.
+    pub fn name(&self, id: &NodeId) -> String {
+        self.names
+            .get(id)
+            .cloned()
+            .unwrap_or_else(|| id.to_string())
+    }
 }
 
 impl ApplyReport {
@@ -156,7 +169,21 @@ impl ApplyReport {
 
 impl fmt::Display for ApplyReport {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}", self.result)?;
+        match &self.result.outcome {
+            crate::twophase::Outcome::Committed(version) => {
+                write!(f, "committed version {version}")?
+            }
+            crate::twophase::Outcome::Aborted { reasons } => {
+                write!(f, "aborted {}", self.result.txn)?;
+                for (node, why) in reasons {
+                    write!(f, "; {}: {why}", self.name(node))?;
+                }
+            }
+        }
+        if !self.result.silent.is_empty() {
+            let silent: Vec<String> = self.result.silent.iter().map(|n| self.name(n)).collect();
+            write!(f, "; no answer from {}", silent.join(", "))?;
+        }
         if !self.not_reached.is_empty() {
             write!(f, "; not reached:")?;
             for (i, (name, why)) in self.not_reached.iter().enumerate() {
