@@ -386,19 +386,7 @@ pub async fn apply_for_api(
     let done = tokio::time::timeout_at(deadline, applies.apply(text))
         .await
         .map_err(|_| timed_out())?;
-    let mut result = api::ApplyResult {
-        outcome: api::ApplyOutcome::Aborted,
-        version: None,
-        txn: None,
-        hash: None,
-        reasons: Vec::new(),
-        silent: Vec::new(),
-        not_reached: Vec::new(),
-        problems: Vec::new(),
-        finished: None,
-        timings: None,
-        message: String::new(),
-    };
+    let mut result = api::ApplyResult::new(api::ApplyOutcome::Aborted);
     let report = match done {
         Ok(report) => report,
         Err(ApplyError::Unchanged(version)) => {

@@ -155,6 +155,25 @@ pub struct ApplyResult {
     pub message: String,
 }
 
+impl ApplyResult {
+    /// A result with this outcome and nothing else yet.
+    pub fn new(outcome: ApplyOutcome) -> ApplyResult {
+        ApplyResult {
+            outcome,
+            version: None,
+            txn: None,
+            hash: None,
+            reasons: Vec::new(),
+            silent: Vec::new(),
+            not_reached: Vec::new(),
+            problems: Vec::new(),
+            finished: None,
+            timings: None,
+            message: String::new(),
+        }
+    }
+}
+
 #[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]
 pub enum ApplyOutcome {

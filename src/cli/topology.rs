@@ -366,17 +366,10 @@ mod tests {
 
     fn result(outcome: ApplyOutcome) -> ApplyResult {
         ApplyResult {
-            outcome,
             version: Some(4),
             txn: Some("n1-7".into()),
             hash: Some("ab".repeat(32)),
-            reasons: Vec::new(),
-            silent: Vec::new(),
-            not_reached: Vec::new(),
-            problems: Vec::new(),
-            finished: None,
-            timings: None,
-            message: String::new(),
+            ..ApplyResult::new(outcome)
         }
     }
 
