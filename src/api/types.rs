@@ -146,7 +146,8 @@ pub struct ApplyResult {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub problems: Vec<String>,
     /// With `wait`: whether every participant acknowledged the decision
-    /// before the timeout (then each has installed it).
+    /// before the timeout (then each has the version committed and in its
+    /// topology file; its roles run after, see its `apply.install`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub finished: Option<bool>,
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -58,8 +58,9 @@ pub struct ApplyArgs {
     /// `cohort status` shows, read here: run on the node].
     #[arg(value_name = "FILE")]
     pub file: Option<PathBuf>,
-    /// Return only when every node has acknowledged the decision (and so
-    /// installed the new version), not as soon as it is decided.
+    /// Return only when every node has acknowledged the decision (each has
+    /// the new version committed and in its topology file), not as soon as
+    /// it is decided.
     #[arg(long)]
     pub wait: bool,
     /// How long the agent may take to decide (with --wait: and to hear
@@ -184,7 +185,7 @@ pub fn render_apply(r: &ApplyResult, wait: bool, path: &Path) -> Rendered {
             let _ = writeln!(out.stdout, "committed version {version}{txn}");
             match r.finished {
                 Some(true) => {
-                    let _ = writeln!(out.stdout, "every node acknowledged it and installed it");
+                    let _ = writeln!(out.stdout, "every node acknowledged it: each has it committed and in its topology file (roles: see `cohort status` on each node)");
                 }
                 Some(false) => {
                     let _ = writeln!(
@@ -395,7 +396,7 @@ mod tests {
         r.finished = Some(true);
         assert_eq!(
             render_apply(&r, true, Path::new("/t.yaml")).stdout,
-            "committed version 4 (txn n1-7)\nevery node acknowledged it and installed it\n"
+            "committed version 4 (txn n1-7)\nevery node acknowledged it: each has it committed and in its topology file (roles: see `cohort status` on each node)\n"
         );
         r.finished = Some(false);
         r.not_reached = vec![reason("n5", "dead")];

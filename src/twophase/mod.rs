@@ -16,8 +16,9 @@
 //! roles' `validate_config`), and on success persists `Staged` before it
 //! sends its yes vote: a yes is a promise that survives a crash.
 //!
-//! The coordinator decides at the first no, when every vote is yes, or at
-//! `decide_by = start + lease / 2` (abort, naming the silent nodes). The
+//! The coordinator decides once every vote is in (commit if all are yes,
+//! else abort with every reason) or at `decide_by = start + lease / 2`
+//! (abort, naming the silent nodes). The
 //! decision is recorded (`Persist(Decided)` with [`DecisionLog::Coordinator`])
 //! before any participant can hear it; it is then sent to all and re-sent
 //! until each acknowledges. A participant installs on commit

@@ -64,14 +64,12 @@ pub(super) enum Input {
     Stop,
 }
 
+/// A version for the roles: the committed version's at start-up, then
+/// every version installed (its topology file is written already).
 struct InstallJob {
     change: Installed,
-    /// The text of the version it replaces.
-    previous: Option<Arc<str>>,
-    /// At start-up: the version was installed before; only its roles are
-    /// started (the file is the operator's until the next install: an edit
-    /// made while the agent was down is the trigger's to apply).
-    boot: bool,
+    /// Writing the topology file failed (reported with the roles' result).
+    file_error: Option<String>,
 }
 
 struct Waiter {
@@ -96,8 +94,9 @@ struct Driver {
     waiting: BTreeMap<TxnId, Waiter>,
     status: Arc<watch::Sender<ApplyStatus>>,
     installer: mpsc::UnboundedSender<InstallJob>,
-    /// The committed text (empty at version 0).
-    committed_text: Arc<str>,
+    /// Writing the topology file of this version failed (told to the
+    /// install status with the roles' result).
+    file_error: Option<(Version, String)>,
     /// The committed version's topology, parsed (none at version 0, or if
     /// this build no longer accepts it).
     committed: Option<Arc<Topology>>,
@@ -148,8 +147,7 @@ pub(super) fn spawn(
                 topology,
                 previous: None,
             },
-            previous: None,
-            boot: true,
+            file_error: None,
         });
     }
     tokio::spawn(install_loop(
@@ -178,7 +176,7 @@ pub(super) fn spawn(
         waiting: BTreeMap::new(),
         status,
         installer,
-        committed_text: disk.participant.committed.text.as_str().into(),
+        file_error: None,
         committed,
     };
     info!(node = %driver.config.me, %version, %hash, "apply driver started");
@@ -319,17 +317,41 @@ impl Driver {
         match action {
             Action::Persist(record) => {
                 let store = self.store.clone();
-                tokio::task::spawn_blocking(move || {
-                    store
-                        .lock()
-                        .unwrap_or_else(|p| p.into_inner())
-                        .persist(&record)
+                let path = self.config.topology_path.clone();
+                let written = tokio::task::spawn_blocking(move || {
+                    let mut store = store.lock().unwrap_or_else(|p| p.into_inner());
+                    let before = store.state().participant.committed.clone();
+                    store.persist(&record)?;
+                    let after = &store.state().participant.committed;
+                    if after.version == before.version {
+                        return Ok(None);
+                    }
+                    // A new version: the topology file follows before the
+                    // participant acknowledges (DESIGN step 5), so an
+                    // acknowledged node has the file too.
+                    let previous = (before.version > Version(0)).then_some(before.text.as_bytes());
+                    Ok::<_, StoreError>(Some((
+                        after.version,
+                        write_topology(&path, after.text.as_bytes(), previous, after.version),
+                    )))
                 })
                 .await
                 .map_err(|e| StoreError::Corrupt {
                     path: PathBuf::from(super::store::DIR),
                     why: format!("the write did not finish: {e}"),
                 })??;
+                match written {
+                    Some((_, Ok(Some(kept)))) => {
+                        self.status.send_modify(|s| s.kept_edits.push(kept));
+                    }
+                    // The version is committed whatever happens to the
+                    // file; the install status says the file failed.
+                    Some((version, Err(why))) => {
+                        error!(%version, "{why}");
+                        self.file_error = Some((version, why));
+                    }
+                    _ => {}
+                }
             }
             Action::Send { to, message } if to == self.config.me => self.local.push_back(message),
             Action::Send { to, message } => self.send(to, message),
@@ -549,7 +571,6 @@ impl Driver {
         info!(%txn, %version, %hash, "installed a new topology version");
         let previous = self.committed.take();
         let text: Arc<str> = text.into();
-        let replaced = std::mem::replace(&mut self.committed_text, text.clone());
         self.status.send_modify(|s| {
             s.text = text.clone();
             s.txn = committed_txn;
@@ -574,8 +595,11 @@ impl Driver {
                 topology,
                 previous,
             },
-            previous: (!replaced.is_empty()).then_some(replaced),
-            boot: false,
+            file_error: self
+                .file_error
+                .take()
+                .filter(|(v, _)| *v == version)
+                .map(|(_, why)| why),
         });
     }
 
@@ -641,45 +665,18 @@ fn check_text(text: &str, name: &Path, cluster: &str) -> Result<Topology, Diagno
     Ok(topology)
 }
 
-/// Writes each installed version to the topology file, then runs the
-/// roles, one version at a time.
+/// Runs the roles of each installed version, one version at a time.
 async fn install_loop(
     path: PathBuf,
     hooks: Arc<dyn RoleHooks>,
     status: Arc<watch::Sender<ApplyStatus>>,
     mut jobs: mpsc::UnboundedReceiver<InstallJob>,
 ) {
-    while let Some(InstallJob {
-        change,
-        previous,
-        boot,
-    }) = jobs.recv().await
-    {
+    while let Some(InstallJob { change, file_error }) = jobs.recv().await {
         let version = change.version;
-        let file = if boot {
-            Ok(None)
-        } else {
-            let path = path.clone();
-            let text = change.text.clone();
-            tokio::task::spawn_blocking(move || {
-                write_topology(
-                    &path,
-                    text.as_bytes(),
-                    previous.as_deref().map(str::as_bytes),
-                    version,
-                )
-            })
-            .await
-            .unwrap_or_else(|e| Err(format!("the write did not finish: {e}")))
-        };
-        let result = match file {
-            Ok(kept) => {
-                if let Some(kept) = kept {
-                    status.send_modify(|s| s.kept_edits.push(kept));
-                }
-                hooks.installed(&change).await
-            }
-            Err(e) => Err(e),
+        let result = match file_error {
+            None => hooks.installed(&change).await,
+            Some(why) => Err(why),
         };
         match &result {
             Ok(()) => info!(%version, path = %path.display(), "topology version applied"),
