@@ -94,7 +94,17 @@ pub async fn follow(
         tokio::select! {
             change = changes.recv() => {
                 let Some(change) = change else { return };
-                edit = on_change(&state, &path, change, &applies.status());
+                // The status first, then the file: the driver writes the
+                // file of a version before the status shows it.
+                let committed = applies.status();
+                if let FileChange::Content { text, .. } = &change {
+                    if !still_on_disk(&path, text).await {
+                        // A stale read: the agent itself rewrote the file
+                        // since (a newer commit); the watcher reports that.
+                        continue;
+                    }
+                }
+                edit = on_change(&state, &path, change, &committed);
                 if !matches!(phase, Phase::Applying { .. }) {
                     phase = match edit {
                         Some(_) => Phase::Due { at: Instant::now(), tries: 0, contended: 0 },
@@ -136,6 +146,11 @@ pub async fn follow(
             show_match(&state, edit.as_ref(), &committed);
             continue;
         }
+        if !still_on_disk(&path, &current.text).await {
+            // Changed since: the watcher's next report is the edit now.
+            phase = Phase::Idle;
+            continue;
+        }
         if tries == 0 {
             info!(path = %path.display(), base = %current.base, "the topology file changed: applying it to the cluster");
         }
@@ -155,6 +170,16 @@ pub async fn follow(
             contended,
         };
     }
+}
+
+/// Whether the file holds `text` now. A watcher read can be stale by the
+/// time it is handled: the file it read was the agent's own write of a
+/// version that a later commit replaced, and taking it for an edit would
+/// revert the cluster to that version (seen at 100 applies in a row).
+async fn still_on_disk(path: &std::path::Path, text: &str) -> bool {
+    tokio::fs::read(path)
+        .await
+        .is_ok_and(|bytes| bytes == text.as_bytes())
 }
 
 async fn sleep_until(at: Option<Instant>) {
