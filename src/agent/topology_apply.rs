@@ -125,6 +125,14 @@ pub async fn follow(
                 if changed.is_err() { return }
                 let committed = status.borrow_and_update().clone();
                 show_match(&state, edit.as_ref(), &committed);
+                // Committed meanwhile (by another node's apply of the same
+                // text): nothing left to retry.
+                let done = edit.as_ref().is_some_and(|e| {
+                    committed.version > Version(0) && e.hash == committed.hash
+                });
+                if done && matches!(phase, Phase::Due { .. }) {
+                    phase = Phase::Idle;
+                }
                 continue;
             }
             () = sleep_until(due_at) => {}
@@ -401,6 +409,7 @@ pub async fn apply_for_api(
     timeout: Duration,
 ) -> Result<api::ApplyResult, api::ApiError> {
     let deadline = Instant::now() + timeout;
+    let hash = super::apply::config_hash(text.as_bytes());
     let timed_out = || api::ApiError {
         code: "timeout".into(),
         message: format!(
@@ -456,7 +465,7 @@ pub async fn apply_for_api(
         Outcome::Committed(version) => {
             result.outcome = api::ApplyOutcome::Committed;
             result.version = Some(version.0);
-            result.hash = Some(hex(&applies.status().hash));
+            result.hash = Some(hex(&hash));
         }
         Outcome::Aborted { reasons } => {
             result.reasons = reasons

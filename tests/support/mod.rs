@@ -178,3 +178,45 @@ pub fn status(api: SocketAddr) -> Option<serde_json::Value> {
 pub fn read(path: &Path) -> String {
     std::fs::read_to_string(path).unwrap_or_default()
 }
+
+/// An HTTP/1.0 request with `body` on loopback, waiting up to `timeout`
+/// for the answer: the status code and the body, or None when nothing
+/// answers (or the connection breaks).
+pub fn http_with_body(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    body: &str,
+    timeout: Duration,
+) -> Option<(u16, String)> {
+    let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(2)).ok()?;
+    stream.set_read_timeout(Some(timeout)).ok()?;
+    write!(
+        stream,
+        "{method} {path} HTTP/1.0\r\nHost: {addr}\r\nContent-Type: text/plain\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .ok()?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response).ok()?;
+    let (head, body) = response.split_once("\r\n\r\n")?;
+    let code = head.split_whitespace().nth(1)?.parse().ok()?;
+    Some((code, body.to_string()))
+}
+
+/// A free port below the kernel's ephemeral range, so that no outgoing
+/// connection can take it between now and the bind of a process that a
+/// test starts (or restarts) later.
+pub fn free_port_not_ephemeral() -> u16 {
+    let low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|r| r.split_whitespace().next()?.parse::<u16>().ok())
+        .unwrap_or(32768);
+    for _ in 0..1000 {
+        let port = free_port();
+        if port < low {
+            return port;
+        }
+    }
+    panic!("no free port below the ephemeral range ({low})");
+}

@@ -51,6 +51,7 @@ pub(super) enum Input {
         peers: Vec<Peer>,
         reply: Reply,
         received: Instant,
+        base: Option<Version>,
     },
     /// A peer asks for the committed version (rpc `COMMITTED_METHOD`).
     Committed {
@@ -267,7 +268,13 @@ impl Driver {
                 peers,
                 reply,
                 received,
-            } => self.start(now, text, *topology, &peers, reply, received),
+                base,
+            } => match self.precheck(&text, base) {
+                Err(e) => {
+                    let _ = reply.send(Err(e));
+                }
+                Ok(()) => self.start(now, text, *topology, &peers, reply, received),
+            },
             Input::Committed { reply } => {
                 let store = self.store.lock().unwrap_or_else(|p| p.into_inner());
                 let _ = reply.send(store.state().participant.committed.clone());
@@ -409,11 +416,13 @@ impl Driver {
 
     /// Parses the text of an apply (here: problems are the caller's
     /// answer) and looks the peers up off the loop.
-    fn resolve(&mut self, received: Instant, text: String, base: Option<Version>, reply: Reply) {
+    /// Nothing to do (the text is committed), or the edit is stale.
+    /// Checked when the apply is asked for and again when it starts: a
+    /// commit or a catch-up may land while the peers are looked up.
+    fn precheck(&self, text: &str, base: Option<Version>) -> Result<(), ApplyError> {
         let (version, hash) = self.participant.committed();
         if version > Version(0) && config_hash(text.as_bytes()) == hash {
-            let _ = reply.send(Err(ApplyError::Unchanged(version)));
-            return;
+            return Err(ApplyError::Unchanged(version));
         }
         if let Some(based_on) = base.filter(|b| *b != version) {
             let stale = ApplyError::Stale {
@@ -421,7 +430,14 @@ impl Driver {
                 committed: version,
             };
             self.last(None, None, stale.to_string());
-            let _ = reply.send(Err(stale));
+            return Err(stale);
+        }
+        Ok(())
+    }
+
+    fn resolve(&mut self, received: Instant, text: String, base: Option<Version>, reply: Reply) {
+        if let Err(e) = self.precheck(&text, base) {
+            let _ = reply.send(Err(e));
             return;
         }
         let topology = match check_text(&text, &self.config.text_name, &self.config.cluster) {
@@ -446,6 +462,7 @@ impl Driver {
                     peers,
                     reply,
                     received,
+                    base,
                 })
                 .await;
         });

@@ -1,0 +1,969 @@
+//! Five real agents on loopback applying topology changes by two-phase
+//! commit. Each node has its own dir, node config, data dir, topology file
+//! (in `etc/`) and API port; they share a gossip key and join through each
+//! other. What an operator sees is checked through the API (`GET
+//! /v1/status`, `PUT /v1/topology`) and the files on disk:
+//!
+//! - an edit of one node's file (temp file + rename, like an editor) is
+//!   committed everywhere as one version, files byte-identical, comments
+//!   kept;
+//! - a broken edit (bad YAML, an unknown role, two http ports on one host)
+//!   is rejected with `FILE:LINE:COLUMN` in that node's status and changes
+//!   nothing anywhere;
+//! - an external role whose `validate` refuses on one node aborts a `PUT
+//!   /v1/topology` with HTTP 409 and its stderr as the reason;
+//! - a coordinator SIGKILLed between prepare and commit leaves no lock
+//!   behind: the survivors give the txn up by asking each other, or, when
+//!   they all voted yes, wait for the coordinator and settle when it is
+//!   back;
+//! - a node stopped during an apply is reported not reached, and catches
+//!   up when it restarts;
+//! - of two edits made at once on two nodes one wins everywhere, and the
+//!   other is kept beside its file as `topology.yaml.before-vN`.
+//!
+//! Every wait is a condition with a deadline sized for a loaded 2-core
+//! machine; none is a figure.
+
+mod support;
+
+use std::fs;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use support::*;
+
+/// The longest any condition is waited for; only reached when broken.
+const WAIT: Duration = Duration::from_secs(60);
+const KEY: &str = "q1Yd5rO3o0bI7wJ7dHqv1Uq9QbS7+7Kz3KQbq3oE8Xk=";
+/// The 2PC lock when free, as the status says it.
+const FREE: &str = "no apply in progress";
+
+struct Node {
+    name: String,
+    port: u16,
+    api: u16,
+    dir: PathBuf,
+    proc: Option<Proc>,
+}
+
+impl Node {
+    fn api(&self) -> SocketAddr {
+        addr(self.api)
+    }
+
+    fn topology(&self) -> PathBuf {
+        self.dir.join("etc").join("topology.yaml")
+    }
+
+    fn log(&self) -> PathBuf {
+        self.dir.join("agent.log")
+    }
+
+    fn start(&mut self) {
+        let log = fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.log())
+            .unwrap();
+        self.proc = Some(Proc::spawn(
+            cohort()
+                .arg("agent")
+                .arg("--config")
+                .arg(self.dir.join("cohort.yaml"))
+                .stdout(Stdio::null())
+                .stderr(log),
+        ));
+        let mut exited = None;
+        wait_until_or(WAIT, || {
+            exited = self.proc.as_mut().unwrap().child.try_wait().unwrap();
+            if exited.is_some() {
+                return Some(());
+            }
+            status(self.api()).map(|_| ())
+        })
+        .filter(|()| exited.is_none())
+        .unwrap_or_else(|| {
+            panic!(
+                "{} did not answer on its API within {WAIT:?} (exit: {exited:?}); its log:\n{}",
+                self.name,
+                read(&self.log())
+            )
+        });
+    }
+
+    /// SIGTERM, and the clean exit that follows.
+    fn stop(&mut self) {
+        let mut proc = self.proc.take().expect("the node runs");
+        proc.signal(SIGTERM);
+        assert_eq!(
+            proc.wait_exit(WAIT).code(),
+            Some(0),
+            "{} stopped",
+            self.name
+        );
+    }
+
+    fn kill(&mut self) {
+        let mut proc = self.proc.take().expect("the node runs");
+        proc.signal(SIGKILL);
+        proc.wait_exit(WAIT);
+    }
+
+    fn status(&self) -> Option<Value> {
+        status(self.api())
+    }
+
+    /// The 2PC lock in words.
+    fn lock(&self) -> Option<String> {
+        Some(self.status()?["apply"]["lock"].as_str()?.to_string())
+    }
+
+    fn file(&self) -> Vec<u8> {
+        fs::read(self.topology()).unwrap_or_default()
+    }
+
+    /// Writes the topology file the way an editor saves: a temp file in
+    /// the same dir, renamed over it.
+    fn edit(&self, text: &str) {
+        let temp = self.topology().with_file_name(".topology.yaml.swp");
+        fs::write(&temp, text).unwrap();
+        fs::rename(&temp, self.topology()).unwrap();
+    }
+
+    /// `PUT /v1/topology?wait=true`: the HTTP code and the JSON answer.
+    fn put(&self, text: &str) -> (u16, Value) {
+        let (code, body) = http_with_body(
+            self.api(),
+            "PUT",
+            "/v1/topology?wait=true&timeout=45s",
+            text,
+            WAIT,
+        )
+        .unwrap_or_else(|| panic!("{} answers PUT /v1/topology", self.name));
+        let json = serde_json::from_str(&body)
+            .unwrap_or_else(|e| panic!("PUT /v1/topology answered {code} with {body:?}: {e}"));
+        (code, json)
+    }
+
+    /// `name -> status` of the members this node knows.
+    fn members(&self) -> Option<Vec<(String, String)>> {
+        let members: Value = serde_json::from_str(&http_get(self.api(), "/v1/members")?).ok()?;
+        Some(
+            members["members"]
+                .as_array()?
+                .iter()
+                .map(|m| {
+                    (
+                        m["name"].as_str().unwrap_or("").to_string(),
+                        m["status"].as_str().unwrap_or("").to_string(),
+                    )
+                })
+                .collect(),
+        )
+    }
+
+    fn sees(&self, name: &str, status: &str) -> bool {
+        self.members()
+            .is_some_and(|m| m.iter().any(|(n, s)| n == name && s == status))
+    }
+
+    /// Files named `topology.yaml.before-v*` beside the topology file.
+    fn kept_copies(&self) -> Vec<String> {
+        let mut names: Vec<String> = fs::read_dir(self.dir.join("etc"))
+            .unwrap()
+            .filter_map(|e| e.ok()?.file_name().into_string().ok())
+            .filter(|n| n.starts_with("topology.yaml.before-v"))
+            .collect();
+        names.sort();
+        names
+    }
+}
+
+/// The committed version as one node reports it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct Committed {
+    version: u64,
+    hash: String,
+    text: String,
+}
+
+struct Cluster {
+    nodes: Vec<Node>,
+    /// The external role `probe` (see `probe_script`) and the dir of the
+    /// files that steer it.
+    probe: PathBuf,
+    flags: PathBuf,
+    /// Removed at the end, unless `APPLY_AGENTS_KEEP` is set (then its
+    /// path is printed, to read the agents' logs).
+    root: Option<tempfile::TempDir>,
+}
+
+impl Cluster {
+    /// Five agents started with the same topology (`probe`: with the
+    /// external role on every node), once they all see each other alive,
+    /// have committed it, and are quiet.
+    fn start(probe: bool) -> Cluster {
+        let root = tempfile::tempdir().unwrap();
+        let flags = root.path().join("flags");
+        fs::create_dir_all(&flags).unwrap();
+        let key = root.path().join("gossip.key");
+        fs::write(&key, format!("{KEY}\n")).unwrap();
+        let mut nodes: Vec<Node> = (1..=5)
+            .map(|i| {
+                let name = format!("n{i}");
+                let dir = root.path().join(&name);
+                fs::create_dir_all(dir.join("etc")).unwrap();
+                Node {
+                    name,
+                    port: free_port_not_ephemeral(),
+                    api: free_port_not_ephemeral(),
+                    dir,
+                    proc: None,
+                }
+            })
+            .collect();
+        let join: Vec<String> = nodes.iter().map(|n| addr(n.port).to_string()).collect();
+        for node in &nodes {
+            fs::write(
+                node.dir.join("cohort.yaml"),
+                format!(
+                    "node: {name}\ncluster: test\nbind: {bind}\ndata_dir: {data}\ntopology: {topology}\njoin: [{join}]\n\
+                     gossip: {{ key_file: {key}, protocol_period: 300ms, ack_timeout: 150ms }}\n\
+                     api: {{ http: {api} }}\nlog: {{ level: info, format: text }}\n",
+                    name = node.name,
+                    bind = addr(node.port),
+                    data = quoted(&node.dir.join("data")),
+                    topology = quoted(&node.topology()),
+                    join = join.join(", "),
+                    key = quoted(&key),
+                    api = node.api(),
+                ),
+            )
+            .unwrap();
+        }
+        let mut cluster = Cluster {
+            probe: probe_script(root.path(), &flags),
+            flags,
+            nodes: Vec::new(),
+            root: Some(root),
+        };
+        let first = cluster.text_with(&nodes, "first version", probe, "");
+        for node in &nodes {
+            fs::write(node.topology(), &first).unwrap();
+        }
+        for node in &mut nodes {
+            node.start();
+        }
+        cluster.nodes = nodes;
+        cluster.all_alive();
+        let v1 = cluster.quiet();
+        assert_eq!(v1.text, first, "the first version");
+        cluster
+    }
+
+    /// The topology of these five nodes: `note` in its first comment,
+    /// `probe` assigns the external role to both replica sets, `more` is
+    /// appended as is.
+    fn text(&self, note: &str, probe: bool, more: &str) -> String {
+        self.text_with(&self.nodes, note, probe, more)
+    }
+
+    fn text_with(&self, nodes: &[Node], note: &str, probe: bool, more: &str) -> String {
+        let extra = if probe { ", probe" } else { "" };
+        let mut text = format!(
+            "# Test topology: {note}\n# (comments are part of the text every node keeps)\n\
+             cluster: test\nreplicasets:\n  s1:\n    roles: [storage{extra}]   # the data\n    nodes:\n"
+        );
+        for node in &nodes[..3] {
+            text.push_str(&format!(
+                "      {}: {{ address: {} }}\n",
+                node.name,
+                addr(node.port)
+            ));
+        }
+        text.push_str(&format!("  s2:\n    roles: [router{extra}]\n    nodes:\n"));
+        for node in &nodes[3..] {
+            text.push_str(&format!(
+                "      {}: {{ address: {} }}\n",
+                node.name,
+                addr(node.port)
+            ));
+        }
+        if probe {
+            text.push_str(&format!(
+                "roles:\n  probe:\n    exec: {}\n    timeout: 30s\n",
+                quoted(&self.probe)
+            ));
+        }
+        text.push_str(more);
+        text
+    }
+
+    fn flag(&self, name: &str) -> PathBuf {
+        self.flags.join(name)
+    }
+
+    fn running(&self) -> impl Iterator<Item = &Node> {
+        self.nodes.iter().filter(|n| n.proc.is_some())
+    }
+
+    fn node(&self, name: &str) -> &Node {
+        self.nodes.iter().find(|n| n.name == name).unwrap()
+    }
+
+    /// Waits until every running node sees every running node alive.
+    fn all_alive(&self) {
+        let names: Vec<&str> = self.running().map(|n| n.name.as_str()).collect();
+        wait_until(WAIT, &format!("{names:?} alive on each of them"), || {
+            self.running()
+                .all(|n| names.iter().all(|name| n.sees(name, "alive")))
+                .then_some(())
+        });
+    }
+
+    /// Waits until every running node has the same committed version and
+    /// hash, its lock free, and a topology file that is the committed
+    /// text byte for byte; returns that version.
+    fn settled(&self) -> Committed {
+        let mut last = String::new();
+        let found = wait_until_or(WAIT, || {
+            let mut seen: Option<Committed> = None;
+            last.clear();
+            for node in self.running() {
+                let Some(status) = node.status() else {
+                    last = format!("{} does not answer", node.name);
+                    return None;
+                };
+                let apply = &status["apply"];
+                let committed = Committed {
+                    version: apply["version"].as_u64()?,
+                    hash: apply["hash"].as_str()?.to_string(),
+                    text: committed_text(node)?,
+                };
+                last.push_str(&format!(
+                    "{}: config_version {}, apply.version {}, lock {:?}, file {}; ",
+                    node.name,
+                    status["config_version"],
+                    committed.version,
+                    apply["lock"].as_str().unwrap_or(""),
+                    if node.file() == committed.text.as_bytes() {
+                        "= committed"
+                    } else {
+                        "differs"
+                    }
+                ));
+                let ok = status["config_version"].as_u64() == Some(committed.version)
+                    && apply["lock"] == FREE
+                    && node.file() == committed.text.as_bytes()
+                    && seen.as_ref().is_none_or(|s| *s == committed);
+                if !ok {
+                    return None;
+                }
+                seen = Some(committed);
+            }
+            seen
+        });
+        found.unwrap_or_else(|| panic!("the cluster did not settle within {WAIT:?}: {last}"))
+    }
+
+    /// `settled`, and moreover every node's file trigger is idle: its
+    /// status says the file is the committed text, nothing pending, and
+    /// the node coordinates nothing.
+    fn quiet(&self) -> Committed {
+        let mut last = String::new();
+        let found = wait_until_or(WAIT, || {
+            let committed = self.settled();
+            last.clear();
+            for node in self.running() {
+                let status = node.status()?;
+                last.push_str(&format!(
+                    "{}: version {}, topology {}, apply.coordinating {}; ",
+                    node.name,
+                    status["config_version"],
+                    status["topology"],
+                    status["apply"]["coordinating"]
+                ));
+                let idle = status["config_version"].as_u64() == Some(committed.version)
+                    && status["topology"]["matches_committed"] == true
+                    && status["topology"]["pending"].is_null()
+                    && status["apply"]["coordinating"]
+                        .as_array()
+                        .is_none_or(Vec::is_empty);
+                if !idle {
+                    return None;
+                }
+            }
+            Some(committed)
+        });
+        found.unwrap_or_else(|| panic!("the cluster did not become quiet within {WAIT:?}: {last}"))
+    }
+
+    /// Every running node is on `committed` now, lock free, file intact,
+    /// and no copy of an edit was made anywhere.
+    fn assert_still(&self, committed: &Committed) {
+        for node in self.running() {
+            let status = node.status().unwrap();
+            assert_eq!(
+                status["config_version"].as_u64(),
+                Some(committed.version),
+                "{}: {status:#}",
+                node.name
+            );
+            assert_eq!(status["apply"]["version"].as_u64(), Some(committed.version));
+            assert_eq!(status["apply"]["hash"], committed.hash.as_str());
+            assert_eq!(
+                committed_text(node).as_deref(),
+                Some(committed.text.as_str())
+            );
+            assert_eq!(node.kept_copies(), Vec::<String>::new(), "{}", node.name);
+        }
+    }
+
+    /// Waits until every running node's lock is free, then checks that
+    /// nothing changed.
+    fn assert_unchanged(&self, committed: &Committed) {
+        wait_until(WAIT, "every lock to be free", || {
+            self.running()
+                .all(|n| n.lock().as_deref() == Some(FREE))
+                .then_some(())
+        });
+        self.assert_still(committed);
+        for node in self.running() {
+            assert_eq!(
+                node.file(),
+                committed.text.as_bytes(),
+                "{}'s file changed",
+                node.name
+            );
+        }
+    }
+}
+
+impl Drop for Cluster {
+    /// On a failure, the end of every agent's log, to see why.
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            for node in &self.nodes {
+                let log = read(&node.log());
+                let lines: Vec<&str> = log.lines().collect();
+                let tail = &lines[lines.len().saturating_sub(80)..];
+                eprintln!("---- {} ({}) ----", node.name, node.log().display());
+                for line in tail {
+                    eprintln!("{line}");
+                }
+            }
+            eprintln!("---- probe calls ----\n{}", read(&self.flag("calls.log")));
+        }
+        // The agents stop before their dir goes.
+        for node in &mut self.nodes {
+            node.proc.take();
+        }
+        if std::env::var_os("APPLY_AGENTS_KEEP").is_some() {
+            if let Some(root) = self.root.take() {
+                eprintln!("kept {}", root.keep().display());
+            }
+        }
+    }
+}
+
+/// `GET /v1/topology`: the committed text.
+fn committed_text(node: &Node) -> Option<String> {
+    let body: Value = serde_json::from_str(&http_get(node.api(), "/v1/topology")?).ok()?;
+    Some(body["text"].as_str()?.to_string())
+}
+
+/// Like `wait_until`, but None at the deadline instead of a panic, so the
+/// caller can say what it saw last.
+fn wait_until_or<T>(timeout: Duration, mut check: impl FnMut() -> Option<T>) -> Option<T> {
+    let deadline = Instant::now() + timeout;
+    let mut pause = Duration::from_millis(10);
+    loop {
+        if let Some(value) = check() {
+            return Some(value);
+        }
+        if Instant::now() >= deadline {
+            return None;
+        }
+        std::thread::sleep(pause);
+        pause = (pause * 2).min(Duration::from_millis(200));
+    }
+}
+
+/// A path as a double-quoted YAML scalar.
+fn quoted(path: &Path) -> String {
+    serde_json::to_string(&path.display().to_string()).unwrap()
+}
+
+/// The external role `probe`: logs each call to `FLAGS/calls.log`; its
+/// `validate` on node N, when `FLAGS/hold-N` exists, waits until
+/// `FLAGS/release` appears (`FLAGS/holding-N` exists while it waits), then
+/// refuses with the content of `FLAGS/refuse-N` on stderr when that file
+/// exists. Everything else succeeds.
+fn probe_script(root: &Path, flags: &Path) -> PathBuf {
+    use std::os::unix::fs::PermissionsExt;
+    let script = root.join("probe.sh");
+    fs::write(
+        &script,
+        format!(
+            "#!/bin/sh\n\
+             flags={flags}\n\
+             cat >/dev/null\n\
+             echo \"$1 $COHORT_NODE ${{COHORT_CONFIG_VERSION:-}}\" >>\"$flags/calls.log\"\n\
+             if [ \"$1\" = validate ]; then\n\
+             \x20 if [ -e \"$flags/hold-$COHORT_NODE\" ]; then\n\
+             \x20   : >\"$flags/holding-$COHORT_NODE\"\n\
+             \x20   while [ ! -e \"$flags/release\" ]; do sleep 0.05; done\n\
+             \x20   rm -f \"$flags/holding-$COHORT_NODE\"\n\
+             \x20 fi\n\
+             \x20 if [ -e \"$flags/refuse-$COHORT_NODE\" ]; then\n\
+             \x20   cat \"$flags/refuse-$COHORT_NODE\" >&2\n\
+             \x20   exit 1\n\
+             \x20 fi\n\
+             fi\n\
+             exit 0\n",
+            flags = quoted(flags),
+        ),
+    )
+    .unwrap();
+    fs::set_permissions(&script, fs::Permissions::from_mode(0o755)).unwrap();
+    script
+}
+
+fn problems(status: &Value) -> Vec<String> {
+    status["topology"]["problems"]
+        .as_array()
+        .map(|p| {
+            p.iter()
+                .map(|p| p.as_str().unwrap_or("").to_string())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Waits until `node` reports its file invalid with exactly `expected`
+/// problems, and returns its status.
+fn wait_rejected(node: &Node, expected: &[String]) -> Value {
+    let mut last = Value::Null;
+    wait_until_or(WAIT, || {
+        last = node.status()?;
+        (last["topology"]["state"] == "invalid" && problems(&last) == expected).then_some(())
+    })
+    .unwrap_or_else(|| {
+        panic!(
+            "{} did not reject its file with {expected:#?}; its status: {last:#}",
+            node.name
+        )
+    });
+    last
+}
+
+#[test]
+fn edits_commit_everywhere_and_broken_or_refused_ones_change_nothing() {
+    let started = Instant::now();
+    let cluster = Cluster::start(false);
+    let v1 = cluster.quiet();
+    // Five nodes started with one file commit it once.
+    assert_eq!(
+        v1.version, 1,
+        "the same first text was committed as more than one version"
+    );
+
+    // 1. An edit on n2, saved like an editor does: one new version on
+    // every node, every file byte for byte the edit, comments included.
+    let edit = cluster.text(
+        "edited on n2",
+        false,
+        "# a trailing comment the operator wrote\n",
+    );
+    cluster.node("n2").edit(&edit);
+    let v2 = cluster.settled();
+    assert_eq!(v2.version, v1.version + 1);
+    assert_eq!(v2.text, edit);
+    assert_ne!(v2.hash, v1.hash);
+    for node in cluster.running() {
+        assert_eq!(node.file(), edit.as_bytes(), "{}'s file", node.name);
+        let mut last = Value::Null;
+        wait_until_or(WAIT, || {
+            last = node.status()?;
+            let file = &last["topology"];
+            (file["state"] == "valid"
+                && file["matches_committed"] == true
+                && file["pending"].is_null())
+            .then_some(())
+        })
+        .unwrap_or_else(|| {
+            panic!(
+                "{}'s status says its file is not the committed text: {last:#}",
+                node.name
+            )
+        });
+    }
+    cluster.assert_still(&v2);
+    // Only n2's edit was made, and it won: no node reports an edit that
+    // lost (every node's own file was committed, as version 1 or 2).
+    for node in cluster.running() {
+        let status = node.status().unwrap();
+        let last = status["apply"]["last"]["summary"].as_str().unwrap_or("");
+        assert!(
+            !last.contains("another change won"),
+            "{} reports a lost edit although its file was committed: {status:#}",
+            node.name
+        );
+    }
+
+    // 2. Broken edits on n3: each rejected with FILE:LINE:COLUMN in n3's
+    // status, and nothing changes on any node.
+    let n3 = cluster.node("n3");
+    let path = n3.topology().display().to_string();
+    let broken = [
+        (
+            "bad YAML (an unclosed flow sequence)",
+            edit.replacen("roles: [storage]", "roles: [storage", 1),
+            format!("{path}:7:10: illegal placement of ':' indicator"),
+        ),
+        (
+            "an unknown role",
+            edit.replacen("roles: [storage]", "roles: [storage, cache]", 1),
+            format!(
+                "{path}:6:22: unknown role `cache`: not built in (http, router, storage) and not defined under `roles:` with an `exec` path"
+            ),
+        ),
+        (
+            "two http ports on one host",
+            format!("{edit}roles:\n  http:\n    listen:\n      n1: 40001\n      n2: 40001\n"),
+            format!(
+                "{path}:21:11: roles.http.listen: port 40001 on host 127.0.0.1 is already taken by node `n1`"
+            ),
+        ),
+    ];
+    for (what, text, problem) in &broken {
+        n3.edit(text);
+        let status = wait_rejected(n3, std::slice::from_ref(problem));
+        let pending = status["topology"]["pending"].as_str().unwrap_or("");
+        assert_eq!(
+            pending,
+            format!(
+                "rejected: 1 problem(s); the cluster keeps version {}",
+                v2.version
+            ),
+            "{what}: {status:#}"
+        );
+        assert_eq!(status["topology"]["matches_committed"], false, "{what}");
+        // The operator's broken file stays as written.
+        assert_eq!(n3.file(), text.as_bytes(), "{what}");
+        for node in cluster.running().filter(|n| n.name != "n3") {
+            assert_eq!(
+                node.file(),
+                v2.text.as_bytes(),
+                "{what}: {}'s file",
+                node.name
+            );
+        }
+        for node in cluster.running() {
+            let status = node.status().unwrap();
+            assert_eq!(
+                status["config_version"].as_u64(),
+                Some(v2.version),
+                "{what}"
+            );
+            assert_eq!(status["apply"]["lock"], FREE, "{what}: {}", node.name);
+            assert_eq!(committed_text(node).as_deref(), Some(v2.text.as_str()));
+        }
+    }
+    // Putting the committed text back: valid, nothing to apply.
+    n3.edit(&v2.text);
+    wait_until(WAIT, "n3's file to be valid again", || {
+        let status = n3.status()?;
+        (status["topology"]["state"] == "valid" && status["topology"]["matches_committed"] == true)
+            .then_some(())
+    });
+    cluster.assert_unchanged(&v2);
+
+    // 3. An external role whose validate refuses on n4: `PUT
+    // /v1/topology` on n1 is aborted (409) with n4's stderr as the reason,
+    // and no node changes version.
+    let why = "n4 refuses: /srv/cache is read-only";
+    fs::write(cluster.flag("refuse-n4"), format!("{why}\n")).unwrap();
+    let with_probe = cluster.text("the probe role on every node", true, "");
+    let (code, answer) = cluster.node("n1").put(&with_probe);
+    assert_eq!(code, 409, "{answer:#}");
+    assert_eq!(answer["outcome"], "aborted", "{answer:#}");
+    let reasons = answer["reasons"].as_array().cloned().unwrap_or_default();
+    assert_eq!(reasons.len(), 1, "{answer:#}");
+    assert_eq!(reasons[0]["node"], "n4", "{answer:#}");
+    assert_eq!(
+        reasons[0]["reason"],
+        format!("role `probe`: {why}").as_str(),
+        "{answer:#}"
+    );
+    assert!(
+        answer["message"].as_str().unwrap().contains(why),
+        "{answer:#}"
+    );
+    cluster.assert_unchanged(&v2);
+    // Every node was asked (the role runs on all of them).
+    let calls = read(&cluster.flag("calls.log"));
+    for node in cluster.running() {
+        let call = format!("validate {} {}", node.name, v2.version + 1);
+        assert!(calls.lines().any(|l| l == call), "no `{call}` in {calls}");
+    }
+
+    // Once n4 accepts, the same text commits everywhere, and every node
+    // runs the role's apply for it.
+    fs::remove_file(cluster.flag("refuse-n4")).unwrap();
+    let (code, answer) = cluster.node("n1").put(&with_probe);
+    assert_eq!(code, 200, "{answer:#}");
+    assert_eq!(answer["outcome"], "committed", "{answer:#}");
+    assert_eq!(
+        answer["version"].as_u64(),
+        Some(v2.version + 1),
+        "{answer:#}"
+    );
+    assert_eq!(answer["finished"], true, "{answer:#}");
+    let v3 = cluster.settled();
+    assert_eq!(v3.version, v2.version + 1);
+    assert_eq!(v3.text, with_probe);
+    wait_until(WAIT, "the probe role applied on every node", || {
+        let calls = read(&cluster.flag("calls.log"));
+        cluster
+            .running()
+            .all(|n| {
+                let call = format!("apply {} {}", n.name, v3.version);
+                calls.lines().any(|l| l == call)
+            })
+            .then_some(())
+    });
+    cluster.assert_still(&v3);
+    // The answer names the hash of the text it committed (v3's, not the
+    // version it replaced).
+    assert_eq!(
+        answer["hash"],
+        v3.hash.as_str(),
+        "the hash in the PUT answer for version {} (v{}'s hash is {})",
+        v3.version,
+        v2.version,
+        v2.hash
+    );
+    eprintln!("edits test: {:?}", started.elapsed());
+}
+
+/// Starts `PUT /v1/topology` of `text` on `node` in a thread: the answer,
+/// or None when the connection broke (the node was killed first).
+fn put_in_background(node: &Node, text: String) -> std::thread::JoinHandle<Option<(u16, String)>> {
+    let api = node.api();
+    std::thread::spawn(move || {
+        http_with_body(
+            api,
+            "PUT",
+            "/v1/topology?wait=true&timeout=45s",
+            &text,
+            WAIT,
+        )
+    })
+}
+
+/// Waits until n1 (the coordinator) and n2–n4 are prepared for one txn
+/// while n5's validation hangs in the probe role; returns the txn's
+/// lock text on n1.
+fn wait_prepared_but_n5(cluster: &Cluster) -> String {
+    let mut last = Vec::new();
+    wait_until_or(WAIT, || {
+        last = cluster.nodes.iter().map(|n| n.lock()).collect();
+        let coordinator = last[0].clone()?;
+        let txn = coordinator.strip_prefix("prepared for ")?.to_string();
+        let prepared = last[1..4]
+            .iter()
+            .all(|l| l.as_deref() == Some(coordinator.as_str()));
+        let validating = last[4].as_deref() == Some(format!("validating {txn}").as_str());
+        (prepared && validating && cluster.flag("holding-n5").exists()).then_some(txn)
+    })
+    .unwrap_or_else(|| panic!("n1-n4 prepared and n5 validating; the locks: {last:?}"))
+}
+
+#[test]
+fn a_killed_coordinator_leaves_no_lock_and_a_stopped_node_catches_up() {
+    let started = Instant::now();
+    let mut cluster = Cluster::start(true);
+    let v = cluster.quiet();
+
+    // 4a. n5's validation hangs; n1 coordinates and is SIGKILLed once
+    // n1-n4 voted yes, before any decision. The survivors' leases run
+    // out, they ask each other, and n5, still validating, refuses the
+    // txn for good: every survivor aborts and frees its lock, without the
+    // coordinator.
+    fs::write(cluster.flag("hold-n5"), "").unwrap();
+    let put = put_in_background(
+        &cluster.nodes[0],
+        cluster.text("4a: the coordinator dies", true, ""),
+    );
+    let txn = wait_prepared_but_n5(&cluster);
+    cluster.nodes[0].kill();
+    let answer = put.join().unwrap();
+    if let Some(answer) = &answer {
+        eprintln!("4a: the coordinator decided before it was killed: {answer:?}");
+    }
+    let mut last = Vec::new();
+    wait_until_or(WAIT, || {
+        last = cluster.nodes[1..].iter().map(|n| n.lock()).collect();
+        last.iter()
+            .all(|l| l.as_deref() == Some(FREE))
+            .then_some(())
+    })
+    .unwrap_or_else(|| panic!("the survivors of {txn} still hold their locks: {last:?}"));
+    cluster.assert_still(&v);
+    // n5's hanging validation ends; its late yes changes nothing.
+    fs::write(cluster.flag("release"), "").unwrap();
+    wait_until(WAIT, "n5's validation to end", || {
+        (!cluster.flag("holding-n5").exists()).then_some(())
+    });
+    cluster.nodes[0].start();
+    let after = cluster.settled();
+    assert_eq!(after, v, "after the coordinator's restart");
+    cluster.assert_unchanged(&v);
+
+    // 4b. The same, but n5 is let go right after the kill: every survivor
+    // voted yes, and none can know the decision. They keep their locks,
+    // waiting for it, until the coordinator is back; it never decided, so
+    // it aborts, and everyone is free on the old version.
+    fs::remove_file(cluster.flag("release")).unwrap();
+    cluster.all_alive();
+    let put = put_in_background(
+        &cluster.nodes[0],
+        cluster.text("4b: the coordinator dies after all voted yes", true, ""),
+    );
+    let txn = wait_prepared_but_n5(&cluster);
+    cluster.nodes[0].kill();
+    fs::write(cluster.flag("release"), "").unwrap();
+    let answer = put.join().unwrap();
+    if let Some(answer) = &answer {
+        eprintln!("4b: the coordinator decided before it was killed: {answer:?}");
+    } else {
+        let waiting = format!("waiting for the decision of {txn}");
+        let mut last = Vec::new();
+        wait_until_or(WAIT, || {
+            last = cluster.nodes[1..].iter().map(|n| n.lock()).collect();
+            last.iter()
+                .all(|l| l.as_deref() == Some(waiting.as_str()))
+                .then_some(())
+        })
+        .unwrap_or_else(|| panic!("the survivors to wait for the decision: {last:?}"));
+        for node in &cluster.nodes[1..] {
+            let status = node.status().unwrap();
+            assert!(
+                status["apply"]["waiting_seconds"].is_u64(),
+                "{}: {status:#}",
+                node.name
+            );
+        }
+        cluster.assert_still(&v);
+    }
+    cluster.nodes[0].start();
+    let after = cluster.settled();
+    assert_eq!(after, v, "after the coordinator's restart");
+    cluster.assert_unchanged(&v);
+    wait_until(WAIT, "n5's validation to end", || {
+        (!cluster.flag("holding-n5").exists()).then_some(())
+    });
+    fs::remove_file(cluster.flag("hold-n5")).unwrap();
+
+    // 5. n4 stops (SIGTERM): an apply commits on the four others and
+    // names n4 as not reached; restarted, n4 catches up to that version,
+    // its file byte for byte the others'.
+    cluster.all_alive();
+    cluster.nodes[3].stop();
+    wait_until(WAIT, "n1 to see n4 left", || {
+        cluster.nodes[0].sees("n4", "left").then_some(())
+    });
+    let next = cluster.text("5: applied while n4 was down", true, "# n4 was away\n");
+    let (code, answer) = cluster.nodes[0].put(&next);
+    assert_eq!(code, 200, "{answer:#}");
+    assert_eq!(answer["outcome"], "committed", "{answer:#}");
+    assert_eq!(
+        answer["version"].as_u64(),
+        Some(v.version + 1),
+        "{answer:#}"
+    );
+    assert_eq!(answer["finished"], true, "{answer:#}");
+    assert_eq!(
+        answer["not_reached"],
+        serde_json::json!([{ "node": "n4", "reason": "left" }]),
+        "{answer:#}"
+    );
+    let committed = cluster.settled();
+    assert_eq!(committed.version, v.version + 1);
+    assert_eq!(committed.text, next);
+    assert_eq!(
+        cluster.nodes[3].file(),
+        v.text.as_bytes(),
+        "n4's file while it was down"
+    );
+    cluster.nodes[3].start();
+    let caught_up = cluster.quiet();
+    assert_eq!(caught_up, committed, "after n4's restart");
+    let n4 = cluster.nodes[3].status().unwrap();
+    assert_eq!(n4["apply"]["kept_edits"], Value::Null, "{n4:#}");
+    cluster.assert_still(&committed);
+    eprintln!("coordinator and catch-up test: {:?}", started.elapsed());
+}
+
+#[test]
+fn of_two_edits_made_at_once_one_wins_and_the_other_is_kept_beside_its_file() {
+    let started = Instant::now();
+    let cluster = Cluster::start(false);
+    let v = cluster.quiet();
+
+    // 6. Edits saved at once on n2 and n4, each on version v: exactly one
+    // is committed, as v + 1, on every node; the other node keeps its
+    // edit, byte for byte, as `topology.yaml.before-v(v+1)` and says so
+    // in its status.
+    let edits = [
+        ("n2", cluster.text("n2's edit", false, "# made on n2\n")),
+        ("n4", cluster.text("n4's edit", false, "# made on n4\n")),
+    ];
+    for (name, text) in &edits {
+        cluster.node(name).edit(text);
+    }
+    let committed = cluster.quiet();
+    assert_eq!(
+        committed.version,
+        v.version + 1,
+        "one of the two edits is committed, once"
+    );
+    let (winner, loser) = match edits.iter().position(|(_, t)| *t == committed.text) {
+        Some(0) => (&edits[0], &edits[1]),
+        Some(_) => (&edits[1], &edits[0]),
+        None => panic!("the committed text is neither edit:\n{}", committed.text),
+    };
+    eprintln!("{}'s edit won over {}'s", winner.0, loser.0);
+    let kept_name = format!("topology.yaml.before-v{}", committed.version);
+    let loser_node = cluster.node(loser.0);
+    let kept = loser_node.topology().with_file_name(&kept_name);
+    assert_eq!(
+        fs::read(&kept).unwrap_or_default(),
+        loser.1.as_bytes(),
+        "{}'s edit kept at {}",
+        loser.0,
+        kept.display()
+    );
+    let status = loser_node.status().unwrap();
+    assert_eq!(
+        status["apply"]["kept_edits"],
+        serde_json::json!([kept.display().to_string()]),
+        "{status:#}"
+    );
+    for node in cluster.running() {
+        assert_eq!(node.file(), winner.1.as_bytes(), "{}'s file", node.name);
+        let copies = node.kept_copies();
+        if node.name == loser.0 {
+            assert_eq!(copies, vec![kept_name.clone()], "{}", node.name);
+        } else {
+            assert_eq!(copies, Vec::<String>::new(), "{}", node.name);
+            let status = node.status().unwrap();
+            assert_eq!(status["apply"]["kept_edits"], Value::Null, "{status:#}");
+        }
+    }
+    eprintln!("simultaneous edits test: {:?}", started.elapsed());
+}
