@@ -524,6 +524,48 @@ roles:
     assert_eq!(DEFAULT_TIMEOUT, Duration::from_secs(30));
 }
 
+/// A stop (SIGTERM of the agent) must not wait for a validation in
+/// progress: the roles are asked without the set's lock.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stop_does_not_wait_for_a_validation_in_progress() {
+    let dir = tempfile::tempdir().unwrap();
+    let exec = script(
+        dir.path(),
+        "slow",
+        r#"dir=$(dirname "$0")
+if [ "$1" = validate ]; then touch "$dir/validating"; sleep 60; fi
+"#,
+    );
+    let t = topology(&format!(
+        "
+cluster: c
+replicasets:
+  s1:
+    roles: [slow]
+    nodes: {{ a: {{ address: 127.0.0.1:3301 }} }}
+roles:
+  slow: {{ exec: {}, timeout: 60s }}
+",
+        exec.display()
+    ));
+    let a = Arc::new(RoleSet::new(identity("a"), Registry::builtin(), false));
+    let validating = {
+        let (a, t) = (a.clone(), t.clone());
+        tokio::spawn(async move { a.validate_all(&t, None, None).await })
+    };
+    let marker = dir.path().join("validating");
+    support::wait_until(Duration::from_secs(20), "the validation to start", || {
+        marker.exists().then_some(())
+    });
+    let stopped = tokio::time::timeout(Duration::from_secs(30), a.stop_all()).await;
+    assert!(stopped.is_ok(), "stop_all waited for the validation");
+    assert!(
+        !validating.is_finished(),
+        "the validation ended before the stop"
+    );
+    validating.abort();
+}
+
 #[tokio::test]
 async fn an_external_role_that_cannot_run_says_why() {
     let dir = tempfile::tempdir().unwrap();

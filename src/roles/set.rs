@@ -201,6 +201,10 @@ impl RoleSet {
                 (ctx.role, result)
             }
         });
+        // The roles are asked without the lock: a slow external validate
+        // must not hold up a stop (or an install of another version).
+        let checks: Vec<_> = checks.collect();
+        drop(state);
         let failures: Vec<RoleFailure> = futures_util::future::join_all(checks)
             .await
             .into_iter()
