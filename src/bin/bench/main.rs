@@ -5,17 +5,22 @@
 //!   target/release/bench membership --nodes 100
 //!   bench/peers/memberlist/build.sh
 //!   target/release/bench memberlist-peer --nodes 100
+//!   target/release/bench apply --nodes 100 --runs 5 --in-a-row 100
 //!
 //! `membership`: N `cohort agent` processes (see `cohort.rs`).
 //! `memberlist-peer`: N hashicorp/memberlist processes with its LAN
 //! defaults, measured the same way where the two can be (see
 //! `memberlist.rs`), for the comparison issue 4 asks for.
+//! `apply`: N agents sharing one topology; times topology applies (two-phase
+//! commit) sent to their API, one at a time and back to back (see
+//! `apply.rs`), for issue 5.
 //!
 //! Every node the bench starts is killed on every exit path: by its
 //! owner's `Drop` (result, error, panic), by a signal thread on SIGINT,
 //! SIGTERM or SIGHUP, and by the kernel (parent-death signal) when the
 //! bench itself is SIGKILLed.
 
+mod apply;
 mod cohort;
 mod common;
 mod memberlist;
@@ -35,6 +40,8 @@ enum Scenario {
     Membership(cohort::MembershipArgs),
     /// The same on hashicorp/memberlist (LAN defaults), for comparison.
     MemberlistPeer(memberlist::MemberlistArgs),
+    /// Topology apply (two-phase commit): wall time, phases, time to every node.
+    Apply(apply::ApplyArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -44,5 +51,6 @@ fn main() -> anyhow::Result<()> {
     match args.scenario {
         Scenario::Membership(args) => cohort::membership(args, &scratch),
         Scenario::MemberlistPeer(args) => memberlist::memberlist_peer(args, &scratch),
+        Scenario::Apply(args) => apply::apply(args, &scratch),
     }
 }
