@@ -223,6 +223,8 @@ async fn serve(
         applies.clone(),
         Arc::clone(&state),
         config.topology.clone(),
+        Arc::new(gossip.clone()),
+        config.node.clone(),
     ));
     tokio::spawn(commands::answer(
         commands,

@@ -32,7 +32,7 @@ use crate::membership::driver::Handle;
 use crate::membership::ConfigStamp;
 use crate::twophase::{ConfigHash, LockStatus, Outcome, Version};
 
-use super::apply::{ApplyError, ApplyHandle, ApplyReport, ApplyStatus};
+use super::apply::{ApplyError, ApplyHandle, ApplyReport, ApplyStatus, PeerDirectory};
 use super::topology_watch::FileChange;
 
 /// First pause before retrying a contended apply; it doubles up to
@@ -42,6 +42,30 @@ const MAX_PAUSE: Duration = Duration::from_secs(8);
 /// Applies of one edit lost to other applies before the edit is given up
 /// (an edit waiting for enough nodes to come up is never given up).
 const MAX_CONTENDED: u32 = 10;
+
+/// Nodes started together with the same file would all coordinate its
+/// first version and lock each other out (100 nodes took ~100 s to settle
+/// with random pauses alone): only the first of them by name that is up
+/// does, the others wait this long for it before trying themselves.
+const FIRST_VERSION_GRACE: Duration = Duration::from_secs(20);
+const FIRST_VERSION_POLL: Duration = Duration::from_secs(1);
+
+/// The node that should coordinate the first version of a topology naming
+/// `nodes` (sorted): the first that membership sees alive or suspect, if
+/// it is not this node (`me`).
+async fn first_version_coordinator(
+    directory: &dyn PeerDirectory,
+    nodes: &[String],
+    me: &str,
+) -> Option<String> {
+    let peers = directory.peers().await;
+    let up = |name: &str| name == me || peers.iter().any(|p| p.name == name && p.takes_part());
+    nodes
+        .iter()
+        .find(|n| up(n))
+        .filter(|n| n.as_str() != me)
+        .cloned()
+}
 
 /// Full hex of a config hash (the API's form).
 pub fn hex(hash: &ConfigHash) -> String {
@@ -53,6 +77,9 @@ struct Edit {
     text: String,
     hash: ConfigHash,
     base: Version,
+    /// The names of the nodes it describes, sorted.
+    nodes: Vec<String>,
+    seen: Instant,
 }
 
 /// What the trigger is doing about the current edit.
@@ -81,6 +108,8 @@ pub async fn follow(
     applies: ApplyHandle,
     state: Arc<NodeState>,
     path: PathBuf,
+    directory: Arc<dyn PeerDirectory>,
+    me: String,
 ) {
     let mut status = applies.watch();
     let mut edit: Option<Edit> = None;
@@ -118,7 +147,10 @@ pub async fn follow(
                 phase = match &edit {
                     // The file changed while it ran: apply the new edit.
                     Some(e) if e.hash != hash => Phase::Due { at: Instant::now(), tries: 0, contended: 0 },
-                    _ => on_done(&state, done, tries + 1, contended),
+                    _ => {
+                        let first = edit.as_ref().is_some_and(|e| e.base == Version(0));
+                        on_done(&state, done, tries + 1, contended, first)
+                    }
                 };
             }
             changed = status.changed() => {
@@ -158,6 +190,20 @@ pub async fn follow(
             // Changed since: the watcher's next report is the edit now.
             phase = Phase::Idle;
             continue;
+        }
+        if current.base == Version(0) && current.seen.elapsed() < FIRST_VERSION_GRACE {
+            if let Some(first) = first_version_coordinator(&*directory, &current.nodes, &me).await {
+                set_pending(
+                    &state,
+                    Some(format!("waiting for {first} to commit the first version")),
+                );
+                phase = Phase::Due {
+                    at: Instant::now() + FIRST_VERSION_POLL,
+                    tries,
+                    contended,
+                };
+                continue;
+            }
         }
         if tries == 0 {
             info!(path = %path.display(), base = %current.base, "the topology file changed: applying it to the cluster");
@@ -234,12 +280,16 @@ fn on_change(
                 let pending = format!("rejected: {} problem(s){keeps}", lines.len());
                 (TopologyFileState::Invalid, lines, None, Some(pending))
             }
-            Ok(_) => {
+            Ok(topology) => {
                 let matches = committed.version > Version(0) && hash == committed.hash;
+                let mut nodes: Vec<String> = topology.nodes().map(|n| n.name.to_string()).collect();
+                nodes.sort();
                 let edit = (!matches).then_some(Edit {
                     text,
                     hash,
                     base: committed.version,
+                    nodes,
+                    seen: Instant::now(),
                 });
                 (TopologyFileState::Valid, Vec::new(), edit, None)
             }
@@ -285,6 +335,7 @@ fn on_done(
     done: Result<ApplyReport, ApplyError>,
     tries: u32,
     contended: u32,
+    first_version: bool,
 ) -> Phase {
     let retry = |contended: u32, why: String| {
         let pause = FIRST_PAUSE
@@ -312,7 +363,8 @@ fn on_done(
             Outcome::Aborted { reasons } => {
                 let contention = reasons.values().all(|r| r.starts_with("locked by"))
                     && (!reasons.is_empty() || !report.result.silent.is_empty());
-                if contention && contended + 1 < MAX_CONTENDED {
+                // Without a first version nothing runs: never give it up.
+                if contention && (first_version || contended + 1 < MAX_CONTENDED) {
                     retry(contended + 1, report.to_string())
                 } else {
                     warn!("the topology file was not applied: {report}");
