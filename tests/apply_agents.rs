@@ -27,110 +27,26 @@
 mod support;
 
 use std::fs;
-use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
+use support::agents::{quoted, Agent, Config};
 use support::*;
 
 /// The longest any condition is waited for; only reached when broken.
 const WAIT: Duration = Duration::from_secs(60);
-const KEY: &str = "q1Yd5rO3o0bI7wJ7dHqv1Uq9QbS7+7Kz3KQbq3oE8Xk=";
 /// The 2PC lock when free, as the status says it.
 const FREE: &str = "no apply in progress";
 
-struct Node {
-    name: String,
-    port: u16,
-    api: u16,
-    dir: PathBuf,
-    proc: Option<Proc>,
-}
-
-impl Node {
-    fn api(&self) -> SocketAddr {
-        addr(self.api)
-    }
-
-    fn topology(&self) -> PathBuf {
-        self.dir.join("etc").join("topology.yaml")
-    }
-
-    fn log(&self) -> PathBuf {
-        self.dir.join("agent.log")
-    }
-
-    fn start(&mut self) {
-        let log = fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(self.log())
-            .unwrap();
-        self.proc = Some(Proc::spawn(
-            cohort()
-                .arg("agent")
-                .arg("--config")
-                .arg(self.dir.join("cohort.yaml"))
-                .stdout(Stdio::null())
-                .stderr(log),
-        ));
-        let mut exited = None;
-        wait_until_or(WAIT, || {
-            exited = self.proc.as_mut().unwrap().child.try_wait().unwrap();
-            if exited.is_some() {
-                return Some(());
-            }
-            status(self.api()).map(|_| ())
-        })
-        .filter(|()| exited.is_none())
-        .unwrap_or_else(|| {
-            panic!(
-                "{} did not answer on its API within {WAIT:?} (exit: {exited:?}); its log:\n{}",
-                self.name,
-                read(&self.log())
-            )
-        });
-    }
-
-    /// SIGTERM, and the clean exit that follows.
-    fn stop(&mut self) {
-        let mut proc = self.proc.take().expect("the node runs");
-        proc.signal(SIGTERM);
-        assert_eq!(
-            proc.wait_exit(WAIT).code(),
-            Some(0),
-            "{} stopped",
-            self.name
-        );
-    }
-
-    fn kill(&mut self) {
-        let mut proc = self.proc.take().expect("the node runs");
-        proc.signal(SIGKILL);
-        proc.wait_exit(WAIT);
-    }
-
-    fn status(&self) -> Option<Value> {
-        status(self.api())
-    }
-
+impl Agent {
     /// The 2PC lock in words.
     fn lock(&self) -> Option<String> {
         Some(self.status()?["apply"]["lock"].as_str()?.to_string())
     }
 
     fn file(&self) -> Vec<u8> {
-        fs::read(self.topology()).unwrap_or_default()
-    }
-
-    /// Writes the topology file the way an editor saves: a temp file in
-    /// the same dir, renamed over it.
-    fn edit(&self, text: &str) {
-        let temp = self.topology().with_file_name(".topology.yaml.swp");
-        fs::write(&temp, text).unwrap();
-        fs::rename(&temp, self.topology()).unwrap();
+        fs::read(&self.topology).unwrap_or_default()
     }
 
     /// `PUT /v1/topology?wait=true`: the HTTP code and the JSON answer.
@@ -146,28 +62,6 @@ impl Node {
         let json = serde_json::from_str(&body)
             .unwrap_or_else(|e| panic!("PUT /v1/topology answered {code} with {body:?}: {e}"));
         (code, json)
-    }
-
-    /// `name -> status` of the members this node knows.
-    fn members(&self) -> Option<Vec<(String, String)>> {
-        let members: Value = serde_json::from_str(&http_get(self.api(), "/v1/members")?).ok()?;
-        Some(
-            members["members"]
-                .as_array()?
-                .iter()
-                .map(|m| {
-                    (
-                        m["name"].as_str().unwrap_or("").to_string(),
-                        m["status"].as_str().unwrap_or("").to_string(),
-                    )
-                })
-                .collect(),
-        )
-    }
-
-    fn sees(&self, name: &str, status: &str) -> bool {
-        self.members()
-            .is_some_and(|m| m.iter().any(|(n, s)| n == name && s == status))
     }
 
     /// Files named `topology.yaml.before-v*` beside the topology file.
@@ -191,7 +85,7 @@ struct Committed {
 }
 
 struct Cluster {
-    nodes: Vec<Node>,
+    nodes: Vec<Agent>,
     /// The external role `probe` (see `probe_script`) and the dir of the
     /// files that steer it.
     probe: PathBuf,
@@ -209,40 +103,27 @@ impl Cluster {
         let root = tempfile::tempdir().unwrap();
         let flags = root.path().join("flags");
         fs::create_dir_all(&flags).unwrap();
-        let key = root.path().join("gossip.key");
-        fs::write(&key, format!("{KEY}\n")).unwrap();
-        let mut nodes: Vec<Node> = (1..=5)
+        let mut nodes: Vec<Agent> = (1..=5)
             .map(|i| {
                 let name = format!("n{i}");
                 let dir = root.path().join(&name);
                 fs::create_dir_all(dir.join("etc")).unwrap();
-                Node {
+                Agent {
                     name,
                     port: free_port_not_ephemeral(),
                     api: free_port_not_ephemeral(),
+                    topology: dir.join("etc").join("topology.yaml"),
                     dir,
                     proc: None,
                 }
             })
             .collect();
-        let join: Vec<String> = nodes.iter().map(|n| addr(n.port).to_string()).collect();
+        let join: Vec<u16> = nodes.iter().map(|n| n.port).collect();
         for node in &nodes {
-            fs::write(
-                node.dir.join("cohort.yaml"),
-                format!(
-                    "node: {name}\ncluster: test\nbind: {bind}\ndata_dir: {data}\ntopology: {topology}\njoin: [{join}]\n\
-                     gossip: {{ key_file: {key}, protocol_period: 300ms, ack_timeout: 150ms }}\n\
-                     api: {{ http: {api} }}\nlog: {{ level: info, format: text }}\n",
-                    name = node.name,
-                    bind = addr(node.port),
-                    data = quoted(&node.dir.join("data")),
-                    topology = quoted(&node.topology()),
-                    join = join.join(", "),
-                    key = quoted(&key),
-                    api = node.api(),
-                ),
-            )
-            .unwrap();
+            node.write_config(&Config {
+                join: &join,
+                ..Config::default()
+            });
         }
         let mut cluster = Cluster {
             probe: probe_script(root.path(), &flags),
@@ -252,10 +133,10 @@ impl Cluster {
         };
         let first = cluster.text_with(&nodes, "first version", probe, "");
         for node in &nodes {
-            fs::write(node.topology(), &first).unwrap();
+            fs::write(&node.topology, &first).unwrap();
         }
         for node in &mut nodes {
-            node.start();
+            node.start(WAIT);
         }
         cluster.nodes = nodes;
         cluster.all_alive();
@@ -271,7 +152,7 @@ impl Cluster {
         self.text_with(&self.nodes, note, probe, more)
     }
 
-    fn text_with(&self, nodes: &[Node], note: &str, probe: bool, more: &str) -> String {
+    fn text_with(&self, nodes: &[Agent], note: &str, probe: bool, more: &str) -> String {
         let extra = if probe { ", probe" } else { "" };
         let mut text = format!(
             "# Test topology: {note}\n# (comments are part of the text every node keeps)\n\
@@ -306,11 +187,11 @@ impl Cluster {
         self.flags.join(name)
     }
 
-    fn running(&self) -> impl Iterator<Item = &Node> {
+    fn running(&self) -> impl Iterator<Item = &Agent> {
         self.nodes.iter().filter(|n| n.proc.is_some())
     }
 
-    fn node(&self, name: &str) -> &Node {
+    fn node(&self, name: &str) -> &Agent {
         self.nodes.iter().find(|n| n.name == name).unwrap()
     }
 
@@ -319,7 +200,11 @@ impl Cluster {
         let names: Vec<&str> = self.running().map(|n| n.name.as_str()).collect();
         wait_until(WAIT, &format!("{names:?} alive on each of them"), || {
             self.running()
-                .all(|n| names.iter().all(|name| n.sees(name, "alive")))
+                .all(|n| {
+                    names
+                        .iter()
+                        .all(|name| n.sees(name).as_deref() == Some("alive"))
+                })
                 .then_some(())
         });
     }
@@ -447,13 +332,8 @@ impl Drop for Cluster {
     fn drop(&mut self) {
         if std::thread::panicking() {
             for node in &self.nodes {
-                let log = read(&node.log());
-                let lines: Vec<&str> = log.lines().collect();
-                let tail = &lines[lines.len().saturating_sub(80)..];
                 eprintln!("---- {} ({}) ----", node.name, node.log().display());
-                for line in tail {
-                    eprintln!("{line}");
-                }
+                eprintln!("{}", node.log_tail(80));
             }
             eprintln!("---- probe calls ----\n{}", read(&self.flag("calls.log")));
         }
@@ -470,31 +350,9 @@ impl Drop for Cluster {
 }
 
 /// `GET /v1/topology`: the committed text.
-fn committed_text(node: &Node) -> Option<String> {
+fn committed_text(node: &Agent) -> Option<String> {
     let body: Value = serde_json::from_str(&http_get(node.api(), "/v1/topology")?).ok()?;
     Some(body["text"].as_str()?.to_string())
-}
-
-/// Like `wait_until`, but None at the deadline instead of a panic, so the
-/// caller can say what it saw last.
-fn wait_until_or<T>(timeout: Duration, mut check: impl FnMut() -> Option<T>) -> Option<T> {
-    let deadline = Instant::now() + timeout;
-    let mut pause = Duration::from_millis(10);
-    loop {
-        if let Some(value) = check() {
-            return Some(value);
-        }
-        if Instant::now() >= deadline {
-            return None;
-        }
-        std::thread::sleep(pause);
-        pause = (pause * 2).min(Duration::from_millis(200));
-    }
-}
-
-/// A path as a double-quoted YAML scalar.
-fn quoted(path: &Path) -> String {
-    serde_json::to_string(&path.display().to_string()).unwrap()
 }
 
 /// The external role `probe`: logs each call to `FLAGS/calls.log`; its
@@ -545,7 +403,7 @@ fn problems(status: &Value) -> Vec<String> {
 
 /// Waits until `node` reports its file invalid with exactly `expected`
 /// problems, and returns its status.
-fn wait_rejected(node: &Node, expected: &[String]) -> Value {
+fn wait_rejected(node: &Agent, expected: &[String]) -> Value {
     let mut last = Value::Null;
     wait_until_or(WAIT, || {
         last = node.status()?;
@@ -617,7 +475,7 @@ fn edits_commit_everywhere_and_broken_or_refused_ones_change_nothing() {
     // 2. Broken edits on n3: each rejected with FILE:LINE:COLUMN in n3's
     // status, and nothing changes on any node.
     let n3 = cluster.node("n3");
-    let path = n3.topology().display().to_string();
+    let path = n3.topology.display().to_string();
     let broken = [
         (
             "bad YAML (an unclosed flow sequence)",
@@ -752,7 +610,7 @@ fn edits_commit_everywhere_and_broken_or_refused_ones_change_nothing() {
 
 /// Starts `PUT /v1/topology` of `text` on `node` in a thread: the answer,
 /// or None when the connection broke (the node was killed first).
-fn put_in_background(node: &Node, text: String) -> std::thread::JoinHandle<Option<(u16, String)>> {
+fn put_in_background(node: &Agent, text: String) -> std::thread::JoinHandle<Option<(u16, String)>> {
     let api = node.api();
     std::thread::spawn(move || {
         http_with_body(
@@ -800,7 +658,7 @@ fn a_killed_coordinator_leaves_no_lock_and_a_stopped_node_catches_up() {
         cluster.text("4a: the coordinator dies", true, ""),
     );
     let txn = wait_prepared_but_n5(&cluster);
-    cluster.nodes[0].kill();
+    cluster.nodes[0].kill(WAIT);
     let answer = put.join().unwrap();
     if let Some(answer) = &answer {
         eprintln!("4a: the coordinator decided before it was killed: {answer:?}");
@@ -819,7 +677,7 @@ fn a_killed_coordinator_leaves_no_lock_and_a_stopped_node_catches_up() {
     wait_until(WAIT, "n5's validation to end", || {
         (!cluster.flag("holding-n5").exists()).then_some(())
     });
-    cluster.nodes[0].start();
+    cluster.nodes[0].start(WAIT);
     let after = cluster.settled();
     assert_eq!(after, v, "after the coordinator's restart");
     cluster.assert_unchanged(&v);
@@ -835,7 +693,7 @@ fn a_killed_coordinator_leaves_no_lock_and_a_stopped_node_catches_up() {
         cluster.text("4b: the coordinator dies after all voted yes", true, ""),
     );
     let txn = wait_prepared_but_n5(&cluster);
-    cluster.nodes[0].kill();
+    cluster.nodes[0].kill(WAIT);
     fs::write(cluster.flag("release"), "").unwrap();
     let answer = put.join().unwrap();
     if let Some(answer) = &answer {
@@ -860,7 +718,7 @@ fn a_killed_coordinator_leaves_no_lock_and_a_stopped_node_catches_up() {
         }
         cluster.assert_still(&v);
     }
-    cluster.nodes[0].start();
+    cluster.nodes[0].start(WAIT);
     let after = cluster.settled();
     assert_eq!(after, v, "after the coordinator's restart");
     cluster.assert_unchanged(&v);
@@ -873,9 +731,9 @@ fn a_killed_coordinator_leaves_no_lock_and_a_stopped_node_catches_up() {
     // names n4 as not reached; restarted, n4 catches up to that version,
     // its file byte for byte the others'.
     cluster.all_alive();
-    cluster.nodes[3].stop();
+    cluster.nodes[3].stop(WAIT);
     wait_until(WAIT, "n1 to see n4 left", || {
-        cluster.nodes[0].sees("n4", "left").then_some(())
+        (cluster.nodes[0].sees("n4").as_deref() == Some("left")).then_some(())
     });
     let next = cluster.text("5: applied while n4 was down", true, "# n4 was away\n");
     let (code, answer) = cluster.nodes[0].put(&next);
@@ -900,7 +758,7 @@ fn a_killed_coordinator_leaves_no_lock_and_a_stopped_node_catches_up() {
         v.text.as_bytes(),
         "n4's file while it was down"
     );
-    cluster.nodes[3].start();
+    cluster.nodes[3].start(WAIT);
     let caught_up = cluster.quiet();
     assert_eq!(caught_up, committed, "after n4's restart");
     let n4 = cluster.nodes[3].status().unwrap();
@@ -940,7 +798,7 @@ fn of_two_edits_made_at_once_one_wins_and_the_other_is_kept_beside_its_file() {
     eprintln!("{}'s edit won over {}'s", winner.0, loser.0);
     let kept_name = format!("topology.yaml.before-v{}", committed.version);
     let loser_node = cluster.node(loser.0);
-    let kept = loser_node.topology().with_file_name(&kept_name);
+    let kept = loser_node.topology.with_file_name(&kept_name);
     assert_eq!(
         fs::read(&kept).unwrap_or_default(),
         loser.1.as_bytes(),

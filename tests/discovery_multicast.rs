@@ -17,9 +17,9 @@ mod support;
 use std::fs;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
 use std::time::Duration;
 
+use support::agents::spawn_agent;
 use support::netns::Netns;
 use support::{wait_until, Proc};
 
@@ -71,13 +71,10 @@ impl Agent {
 
     fn start(&mut self, ns: &Netns) {
         let log = fs::File::create(self.log()).unwrap();
-        self.proc = Some(Proc::spawn(
-            ns.exec(env!("CARGO_BIN_EXE_cohort"))
-                .arg("agent")
-                .arg("--config")
-                .arg(self.dir.join("cohort.yaml"))
-                .stdout(Stdio::null())
-                .stderr(log),
+        self.proc = Some(spawn_agent(
+            ns.exec(env!("CARGO_BIN_EXE_cohort")),
+            &self.dir.join("cohort.yaml"),
+            log,
         ));
     }
 

@@ -8,9 +8,9 @@ mod support;
 
 use std::fs;
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
 use std::time::Duration;
 
+use support::agents::spawn_agent;
 use support::netns::Netns;
 use support::*;
 
@@ -44,14 +44,7 @@ fn start(ns: &Netns, root: &Path, name: &str, port: u16, seed: u16) -> Agent {
     )
     .unwrap();
     let log = fs::File::create(dir.join("agent.log")).unwrap();
-    let proc = Proc::spawn(
-        ns.exec(env!("CARGO_BIN_EXE_cohort"))
-            .arg("agent")
-            .arg("--config")
-            .arg(&config)
-            .stdout(Stdio::null())
-            .stderr(log),
-    );
+    let proc = spawn_agent(ns.exec(env!("CARGO_BIN_EXE_cohort")), &config, log);
     Agent {
         name: name.into(),
         port,

@@ -12,12 +12,11 @@ mod support;
 
 use std::collections::BTreeMap;
 use std::fs;
-use std::io::{ErrorKind, Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::path::{Path, PathBuf};
-use std::process::Stdio;
+use std::io::ErrorKind;
+use std::net::{TcpListener, TcpStream};
 use std::time::Duration;
 
+use support::agents::{Agent, Config};
 use support::*;
 
 /// Starting, gossiping, committing on a loaded 2-core machine: generous,
@@ -27,77 +26,9 @@ const DEADLINE: Duration = Duration::from_secs(90);
 /// The cluster name in node configs and topologies.
 const CLUSTER: &str = "http-test";
 
-const KEY: &str = "q1Yd5rO3o0bI7wJ7dHqv1Uq9QbS7+7Kz3KQbq3oE8Xk=";
-
 const SIGSTOP: i32 = 19;
 
-struct Agent {
-    name: String,
-    /// Gossip and rpc.
-    port: u16,
-    api: u16,
-    dir: PathBuf,
-    proc: Option<Proc>,
-}
-
 impl Agent {
-    fn new(root: &Path, name: &str, seed: Option<u16>) -> Agent {
-        let (port, api) = (free_port(), free_port());
-        let dir = root.join(name);
-        fs::create_dir_all(&dir).unwrap();
-        fs::write(dir.join("gossip.key"), format!("{KEY}\n")).unwrap();
-        fs::write(
-            dir.join("cohort.yaml"),
-            format!(
-                "node: {name}\ncluster: {CLUSTER}\nbind: {bind}\ndata_dir: {data}\ntopology: {topo}\njoin: [{seed}]\n\
-                 gossip: {{ key_file: {key}, protocol_period: 300ms, ack_timeout: 150ms }}\n\
-                 api: {{ http: {api} }}\nlog: {{ level: info, format: json }}\n",
-                bind = addr(port),
-                data = dir.join("data").display(),
-                topo = dir.join("topology.yaml").display(),
-                seed = addr(seed.unwrap_or(port)),
-                key = dir.join("gossip.key").display(),
-                api = addr(api),
-            ),
-        )
-        .unwrap();
-        Agent {
-            name: name.into(),
-            port,
-            api,
-            dir,
-            proc: None,
-        }
-    }
-
-    fn start(&mut self) {
-        let log = fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(self.log())
-            .unwrap();
-        self.proc = Some(Proc::spawn(
-            cohort()
-                .arg("agent")
-                .arg("--config")
-                .arg(self.dir.join("cohort.yaml"))
-                .stdout(Stdio::null())
-                .stderr(log),
-        ));
-    }
-
-    fn log(&self) -> PathBuf {
-        self.dir.join("agent.log")
-    }
-
-    fn topology_file(&self) -> PathBuf {
-        self.dir.join("topology.yaml")
-    }
-
-    fn status(&self) -> Option<serde_json::Value> {
-        status(addr(self.api))
-    }
-
     fn uuid(&self) -> String {
         let status = wait_until(DEADLINE, "the agent's status", || self.status());
         status["uuid"].as_str().unwrap().to_string()
@@ -116,17 +47,6 @@ impl Agent {
 
     fn committed(&self) -> Option<u64> {
         self.status()?["config_version"].as_u64()
-    }
-
-    /// How this node sees `name` in its membership (`alive`, `dead`, ...).
-    fn sees(&self, name: &str) -> Option<String> {
-        let members: serde_json::Value =
-            serde_json::from_str(&http_get(addr(self.api), "/v1/members")?).ok()?;
-        members["members"]
-            .as_array()?
-            .iter()
-            .find(|m| m["name"] == name)
-            .and_then(|m| m["status"].as_str().map(String::from))
     }
 
     /// Every log record whose message is exactly `message`, as `level`s.
@@ -163,10 +83,16 @@ impl Cluster {
     /// until every node installed it.
     fn start(listen: &BTreeMap<String, Option<u16>>) -> Cluster {
         let root = tempfile::tempdir().unwrap();
-        let mut agents = vec![Agent::new(root.path(), "n1", None)];
-        let seed = agents[0].port;
-        for i in 2..=4 {
-            agents.push(Agent::new(root.path(), &format!("n{i}"), Some(seed)));
+        let agents: Vec<Agent> = (1..=4)
+            .map(|i| Agent::new(root.path(), &format!("n{i}")))
+            .collect();
+        for agent in &agents {
+            agent.write_config(&Config {
+                cluster: CLUSTER,
+                join: &[agents[0].port],
+                log_format: "json",
+                ..Config::default()
+            });
         }
         let mut cluster = Cluster {
             _root: root,
@@ -174,10 +100,10 @@ impl Cluster {
         };
         let text = cluster.topology(listen, "the first version");
         for agent in &cluster.agents {
-            fs::write(agent.topology_file(), &text).unwrap();
+            fs::write(&agent.topology, &text).unwrap();
         }
         for agent in &mut cluster.agents {
-            agent.start();
+            agent.start(DEADLINE);
         }
         cluster.installed_everywhere(1);
         cluster
@@ -234,19 +160,6 @@ impl Cluster {
     }
 }
 
-/// A free port for an http-role server, below the kernel's ephemeral range:
-/// a port picked now and bound only by a later apply must not be taken
-/// meanwhile by some outgoing connection's local end.
-fn server_port() -> u16 {
-    let ephemeral = fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
-        .ok()
-        .and_then(|r| r.split_whitespace().next()?.parse::<u16>().ok())
-        .unwrap_or(32768);
-    wait_until(DEADLINE, "a free port below the ephemeral range", || {
-        Some(free_port()).filter(|p| *p < ephemeral)
-    })
-}
-
 /// `{"name": ..., "uuid": ...}` from the server on `port`, or None when
 /// nothing answers.
 fn hello(port: u16) -> Option<(String, String)> {
@@ -277,46 +190,20 @@ fn assert_refused(port: u16) {
     }
 }
 
-/// An HTTP/1.0 request with a body on loopback: the status code and the
-/// body, or None when nothing answers.
-fn send(addr: SocketAddr, method: &str, path: &str, body: &str) -> Option<(u16, String)> {
-    let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(2)).ok()?;
-    stream
-        .set_read_timeout(Some(DEADLINE + Duration::from_secs(60)))
-        .ok()?;
-    write!(
-        stream,
-        "{method} {path} HTTP/1.0\r\nHost: {addr}\r\nContent-Type: application/yaml\r\nContent-Length: {}\r\n\r\n{body}",
-        body.len()
-    )
-    .ok()?;
-    let mut response = String::new();
-    stream.read_to_string(&mut response).ok()?;
-    let (head, body) = response.split_once("\r\n\r\n")?;
-    let code = head.split_whitespace().nth(1)?.parse().ok()?;
-    Some((code, body.to_string()))
-}
-
 /// `PUT /v1/topology?wait=true` on `agent`'s API: the HTTP status and the
 /// `ApplyResult`.
 fn put_topology(agent: &Agent, text: &str) -> (u16, serde_json::Value) {
-    let (code, body) = send(
-        addr(agent.api),
+    let (code, body) = http_with_body(
+        agent.api(),
         "PUT",
         "/v1/topology?wait=true&timeout=80s",
         text,
+        DEADLINE + Duration::from_secs(60),
     )
     .unwrap_or_else(|| panic!("no answer from {}'s API", agent.name));
     let result = serde_json::from_str(&body)
         .unwrap_or_else(|e| panic!("PUT /v1/topology answered {code} {body}: {e}"));
     (code, result)
-}
-
-/// Replaces `path` the way an editor saving atomically does.
-fn write_file(path: &Path, text: &str) {
-    let temp = path.with_extension("yaml.tmp");
-    fs::write(&temp, text).unwrap();
-    fs::rename(&temp, path).unwrap();
 }
 
 fn listen(entries: &[(&str, Option<u16>)]) -> BTreeMap<String, Option<u16>> {
@@ -328,7 +215,7 @@ fn listen(entries: &[(&str, Option<u16>)]) -> BTreeMap<String, Option<u16>> {
 
 #[test]
 fn servers_move_swap_switch_off_and_a_port_held_outside_aborts_everywhere() {
-    let ports: Vec<u16> = (0..4).map(|_| server_port()).collect();
+    let ports: Vec<u16> = (0..4).map(|_| free_port_not_ephemeral()).collect();
     let first = listen(&[
         ("n1", Some(ports[0])),
         ("n2", Some(ports[1])),
@@ -345,7 +232,7 @@ fn servers_move_swap_switch_off_and_a_port_held_outside_aborts_everywhere() {
 
     // 2. One edit of n3's topology file: n1 moves to a new port, n2 and n3
     // swap theirs, n4 switches its server off.
-    let moved = server_port();
+    let moved = free_port_not_ephemeral();
     let second = listen(&[
         ("n1", Some(moved)),
         ("n2", Some(ports[2])),
@@ -353,7 +240,7 @@ fn servers_move_swap_switch_off_and_a_port_held_outside_aborts_everywhere() {
         ("n4", None),
     ]);
     let text = cluster.topology(&second, "move n1, swap n2 and n3, n4 off");
-    write_file(&n3.topology_file(), &text);
+    n3.edit(&text);
     cluster.installed_everywhere(2);
     assert_serves(moved, n1);
     assert_refused(ports[0]);
@@ -362,7 +249,7 @@ fn servers_move_swap_switch_off_and_a_port_held_outside_aborts_everywhere() {
     assert_refused(ports[3]);
     for agent in &cluster.agents {
         assert_eq!(
-            read(&agent.topology_file()),
+            read(&agent.topology),
             text,
             "{}'s topology file is the committed text",
             agent.name
@@ -370,7 +257,7 @@ fn servers_move_swap_switch_off_and_a_port_held_outside_aborts_everywhere() {
     }
 
     // Through the API this time: n4's server comes back on a new port.
-    let back = server_port();
+    let back = free_port_not_ephemeral();
     let third = listen(&[
         ("n1", Some(moved)),
         ("n2", Some(ports[2])),
@@ -445,7 +332,7 @@ fn servers_move_swap_switch_off_and_a_port_held_outside_aborts_everywhere() {
         cluster.versions()
     );
     for agent in &cluster.agents {
-        assert_eq!(read(&agent.topology_file()), text, "{}", agent.name);
+        assert_eq!(read(&agent.topology), text, "{}", agent.name);
         assert_eq!(agent.installed(), Some((3, None)), "{}", agent.name);
     }
     assert_serves(moved, n1);
@@ -498,7 +385,7 @@ fn servers_move_swap_switch_off_and_a_port_held_outside_aborts_everywhere() {
     assert_serves(ports[1], n3);
     assert_serves(back, n4);
     for agent in &cluster.agents {
-        assert_eq!(read(&agent.topology_file()), text, "{}", agent.name);
+        assert_eq!(read(&agent.topology), text, "{}", agent.name);
     }
 }
 
@@ -509,7 +396,7 @@ fn servers_move_swap_switch_off_and_a_port_held_outside_aborts_everywhere() {
 /// in, not at the first no).
 #[test]
 fn an_abort_reports_every_refusing_node_and_no_healthy_node_as_silent() {
-    let ports: Vec<u16> = (0..3).map(|_| server_port()).collect();
+    let ports: Vec<u16> = (0..3).map(|_| free_port_not_ephemeral()).collect();
     let first = listen(&[
         ("n1", Some(ports[0])),
         ("n2", Some(ports[1])),
@@ -585,7 +472,7 @@ fn an_abort_reports_every_refusing_node_and_no_healthy_node_as_silent() {
 
 #[test]
 fn a_port_a_hung_node_never_gives_up_fails_the_apply_with_the_exact_log_line() {
-    let ports: Vec<u16> = (0..4).map(|_| server_port()).collect();
+    let ports: Vec<u16> = (0..4).map(|_| free_port_not_ephemeral()).collect();
     let first = listen(&[
         ("n1", Some(ports[0])),
         ("n2", Some(ports[1])),
@@ -656,13 +543,8 @@ fn a_port_a_hung_node_never_gives_up_fails_the_apply_with_the_exact_log_line() {
 
     // n4 is killed and restarted: it catches up on version 2 (its server
     // off), and the next apply fixes n1.
-    {
-        let n4 = &mut cluster.agents[3];
-        let mut hung = n4.proc.take().unwrap();
-        hung.signal(SIGKILL);
-        hung.wait_exit(DEADLINE);
-        n4.start();
-    }
+    cluster.agents[3].kill(DEADLINE);
+    cluster.agents[3].start(DEADLINE);
     let n4 = &cluster.agents[3];
     wait_until(DEADLINE, "n4 to catch up on version 2", || {
         (n4.installed() == Some((2, None)) && n4.committed() == Some(2)).then_some(())

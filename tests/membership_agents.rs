@@ -12,84 +12,36 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
 
+use support::agents::{Agent, Config, KEY};
 use support::*;
 
 /// Detection at a 300 ms period takes a few seconds; the deadline is for a
 /// loaded 2-core machine, not a figure (benchmarks measure those).
 const CONVERGE: Duration = Duration::from_secs(60);
 
-const KEY_A: &str = "q1Yd5rO3o0bI7wJ7dHqv1Uq9QbS7+7Kz3KQbq3oE8Xk=";
 const KEY_B: &str = "mX0C4m1Qm0x6J3b7a9u0y5t2r8e1w4q7z0x3c6v9b2M=";
 
-struct Node {
-    name: String,
-    port: u16,
-    api: u16,
-    dir: PathBuf,
-    proc: Option<Proc>,
+/// A node joining through `seed` (itself when 0), with the gossip key `key`.
+fn node(root: &Path, name: &str, seed: u16, key: &str) -> Agent {
+    node_with(root, name, seed, key, "", "")
 }
 
-impl Node {
-    fn new(root: &Path, name: &str, seed: u16, key: &str) -> Node {
-        Node::with(root, name, seed, key, "", "")
-    }
+/// A node with more `gossip` settings (`, name: value` items) and
+/// `extra` YAML lines at the end of its config.
+fn node_with(root: &Path, name: &str, seed: u16, key: &str, gossip: &str, extra: &str) -> Agent {
+    let node = Agent::new(root, name);
+    let seed = if seed == 0 { node.port } else { seed };
+    node.write_config(&Config {
+        join: &[seed],
+        key,
+        gossip,
+        extra,
+        ..Config::default()
+    });
+    node
+}
 
-    /// A node with more `gossip` settings (`, name: value` items) and
-    /// `extra` YAML lines at the end of its config.
-    fn with(root: &Path, name: &str, seed: u16, key: &str, gossip: &str, extra: &str) -> Node {
-        let (port, api) = (free_port(), free_port());
-        let dir = root.join(name);
-        fs::create_dir_all(&dir).unwrap();
-        fs::write(dir.join("gossip.key"), format!("{key}\n")).unwrap();
-        let seed = if seed == 0 { port } else { seed };
-        fs::write(
-            dir.join("cohort.yaml"),
-            format!(
-                "node: {name}\ncluster: test\nbind: {bind}\ndata_dir: {data}\ntopology: {topo}\njoin: [{seed}]\n\
-                 gossip: {{ key_file: {key}, protocol_period: 300ms, ack_timeout: 150ms{gossip} }}\napi: {{ http: {api} }}\nlog: {{ level: info, format: text }}\n{extra}",
-                bind = addr(port),
-                data = dir.join("data").display(),
-                topo = dir.join("topology.yaml").display(),
-                seed = addr(seed),
-                key = dir.join("gossip.key").display(),
-                api = addr(api),
-            ),
-        )
-        .unwrap();
-        Node {
-            name: name.into(),
-            port,
-            api,
-            dir,
-            proc: None,
-        }
-    }
-
-    fn start(&mut self) {
-        let log = fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(self.log())
-            .unwrap();
-        self.proc = Some(Proc::spawn(
-            cohort()
-                .arg("agent")
-                .arg("--config")
-                .arg(self.dir.join("cohort.yaml"))
-                .stdout(Stdio::null())
-                .stderr(log),
-        ));
-        wait_until(CONVERGE, "the agent's API", || status(addr(self.api)));
-    }
-
-    fn log(&self) -> PathBuf {
-        self.dir.join("agent.log")
-    }
-
-    fn members(&self) -> Option<serde_json::Value> {
-        serde_json::from_str(&http_get(addr(self.api), "/v1/members")?).ok()
-    }
-
+impl Agent {
     /// `name -> (status, generation)` as this node sees the cluster.
     fn view(&self) -> Option<Vec<(String, String, u64)>> {
         let members = self.members()?;
@@ -114,24 +66,17 @@ impl Node {
             .find(|(n, _, _)| n == name)
             .map(|(_, _, g)| g)
     }
-
-    fn status_of(&self, name: &str) -> Option<String> {
-        self.view()?
-            .into_iter()
-            .find(|(n, _, _)| n == name)
-            .map(|(_, s, _)| s)
-    }
 }
 
 /// Waits until every running node in `observers` sees `name` as `status`.
-fn wait_everywhere(observers: &[&Node], name: &str, status: &str) {
+fn wait_everywhere(observers: &[&Agent], name: &str, status: &str) {
     wait_until(
         CONVERGE,
         &format!("{name} to be {status} on every node"),
         || {
             observers
                 .iter()
-                .all(|o| o.status_of(name).as_deref() == Some(status))
+                .all(|o| o.sees(name).as_deref() == Some(status))
                 .then_some(())
         },
     );
@@ -140,15 +85,15 @@ fn wait_everywhere(observers: &[&Node], name: &str, status: &str) {
 #[test]
 fn five_agents_detect_death_restart_leave_and_refuse_a_foreign_key() {
     let root = tempfile::tempdir().unwrap();
-    let mut nodes: Vec<Node> = Vec::new();
-    let first = Node::new(root.path(), "n1", 0, KEY_A);
+    let mut nodes: Vec<Agent> = Vec::new();
+    let first = node(root.path(), "n1", 0, KEY);
     let seed = first.port;
     nodes.push(first);
     for i in 2..=5 {
-        nodes.push(Node::new(root.path(), &format!("n{i}"), seed, KEY_A));
+        nodes.push(node(root.path(), &format!("n{i}"), seed, KEY));
     }
     for node in &mut nodes {
-        node.start();
+        node.start(CONVERGE);
     }
 
     // All alive, everywhere.
@@ -164,17 +109,16 @@ fn five_agents_detect_death_restart_leave_and_refuse_a_foreign_key() {
 
     // SIGKILL n3: dead on every other node.
     let old_generation = nodes[2].generation_of("n3").unwrap();
-    nodes[2].proc.as_ref().unwrap().signal(SIGKILL);
-    nodes[2].proc.take().unwrap().wait_exit(CONVERGE);
+    nodes[2].kill(CONVERGE);
     {
-        let others: Vec<&Node> = nodes.iter().filter(|n| n.name != "n3").collect();
+        let others: Vec<&Agent> = nodes.iter().filter(|n| n.name != "n3").collect();
         wait_everywhere(&others, "n3", "dead");
     }
 
     // Restart n3: alive again everywhere, with a greater generation.
-    nodes[2].start();
+    nodes[2].start(CONVERGE);
     {
-        let all: Vec<&Node> = nodes.iter().collect();
+        let all: Vec<&Agent> = nodes.iter().collect();
         wait_everywhere(&all, "n3", "alive");
         for observer in &all {
             let generation = observer.generation_of("n3").unwrap();
@@ -187,13 +131,9 @@ fn five_agents_detect_death_restart_leave_and_refuse_a_foreign_key() {
     }
 
     // SIGTERM n4: `left` everywhere, and nobody ever suspected it.
-    nodes[3].proc.as_ref().unwrap().signal(SIGTERM);
-    assert_eq!(
-        nodes[3].proc.take().unwrap().wait_exit(CONVERGE).code(),
-        Some(0)
-    );
+    nodes[3].stop(CONVERGE);
     {
-        let others: Vec<&Node> = nodes.iter().filter(|n| n.name != "n4").collect();
+        let others: Vec<&Agent> = nodes.iter().filter(|n| n.name != "n4").collect();
         wait_everywhere(&others, "n4", "left");
         for observer in &others {
             let log = read(&observer.log());
@@ -209,8 +149,8 @@ fn five_agents_detect_death_restart_leave_and_refuse_a_foreign_key() {
     }
 
     // A node with another key: never admitted, its packets counted.
-    let mut stranger = Node::new(root.path(), "stranger", seed, KEY_B);
-    stranger.start();
+    let mut stranger = node(root.path(), "stranger", seed, KEY_B);
+    stranger.start(CONVERGE);
     wait_until(CONVERGE, "n1 to count undecryptable packets", || {
         let members = nodes[0].members()?;
         (members["gossip"]["dropped"]["decrypt"].as_u64()? > 0).then_some(())
@@ -219,7 +159,7 @@ fn five_agents_detect_death_restart_leave_and_refuse_a_foreign_key() {
     assert!(warnings.contains("could not be decrypted"), "{warnings}");
     for node in nodes.iter().filter(|n| n.proc.is_some()) {
         assert_eq!(
-            node.status_of("stranger"),
+            node.sees("stranger"),
             None,
             "{} admitted the stranger",
             node.name
@@ -265,11 +205,11 @@ fn user_events_reach_every_node_once_its_handlers_and_its_monitor() {
     // as duplicates that must never be delivered again.
     let fast_sync = ", push_pull_interval: 1s";
     let handlers = |spec: &str| format!("events:\n  handlers:\n{spec}");
-    let mut e1 = Node::with(
+    let mut e1 = node_with(
         root.path(),
         "e1",
         0,
-        KEY_A,
+        KEY,
         fast_sync,
         &handlers(&format!(
             "    - {{ event: \"*\", exec: {} }}\n",
@@ -277,20 +217,20 @@ fn user_events_reach_every_node_once_its_handlers_and_its_monitor() {
         )),
     );
     let seed = e1.port;
-    let mut e2 = Node::with(
+    let mut e2 = node_with(
         root.path(),
         "e2",
         seed,
-        KEY_A,
+        KEY,
         fast_sync,
         &handlers(&format!(
             "    - {{ event: deploy, exec: {} }}\n",
             deploy.display()
         )),
     );
-    let mut e3 = Node::with(root.path(), "e3", seed, KEY_A, fast_sync, "");
+    let mut e3 = node_with(root.path(), "e3", seed, KEY, fast_sync, "");
     for node in [&mut e1, &mut e2, &mut e3] {
-        node.start();
+        node.start(CONVERGE);
     }
     let nodes = [&e1, &e2, &e3];
     wait_until(CONVERGE, "3 alive members on every node", || {

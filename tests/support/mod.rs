@@ -3,6 +3,7 @@
 //! a condition with a deadline (never a bare sleep to synchronise).
 #![allow(dead_code)]
 
+pub mod agents;
 pub mod netns;
 pub mod seeds;
 
@@ -57,17 +58,23 @@ pub fn addr(port: u16) -> SocketAddr {
 }
 
 /// Polls `check` until it yields a value or `timeout` passes.
-pub fn wait_until<T>(timeout: Duration, what: &str, mut check: impl FnMut() -> Option<T>) -> T {
+pub fn wait_until<T>(timeout: Duration, what: &str, check: impl FnMut() -> Option<T>) -> T {
+    wait_until_or(timeout, check)
+        .unwrap_or_else(|| panic!("timed out after {timeout:?} waiting for {what}"))
+}
+
+/// Like `wait_until`, but None at the deadline instead of a panic, so the
+/// caller can say what it saw last.
+pub fn wait_until_or<T>(timeout: Duration, mut check: impl FnMut() -> Option<T>) -> Option<T> {
     let deadline = Instant::now() + timeout;
     let mut pause = Duration::from_millis(10);
     loop {
         if let Some(value) = check() {
-            return value;
+            return Some(value);
         }
-        assert!(
-            Instant::now() < deadline,
-            "timed out after {timeout:?} waiting for {what}"
-        );
+        if Instant::now() >= deadline {
+            return None;
+        }
         std::thread::sleep(pause);
         pause = (pause * 2).min(Duration::from_millis(200));
     }
@@ -148,18 +155,11 @@ pub fn process_alive(pid: i32) -> bool {
 /// A plain HTTP/1.0 request on loopback: the status code and the body, or
 /// None when nothing answers.
 pub fn http(addr: SocketAddr, method: &str, path: &str) -> Option<(u16, String)> {
-    let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(2)).ok()?;
-    stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-    write!(
-        stream,
-        "{method} {path} HTTP/1.0\r\nHost: {addr}\r\nContent-Length: 0\r\n\r\n"
+    exchange(
+        addr,
+        &format!("{method} {path} HTTP/1.0\r\nHost: {addr}\r\nContent-Length: 0\r\n\r\n"),
+        Duration::from_secs(5),
     )
-    .ok()?;
-    let mut response = String::new();
-    stream.read_to_string(&mut response).ok()?;
-    let (head, body) = response.split_once("\r\n\r\n")?;
-    let code = head.split_whitespace().nth(1)?.parse().ok()?;
-    Some((code, body.to_string()))
 }
 
 /// A GET on loopback; the body of a 200, else None.
@@ -189,14 +189,23 @@ pub fn http_with_body(
     body: &str,
     timeout: Duration,
 ) -> Option<(u16, String)> {
+    exchange(
+        addr,
+        &format!(
+            "{method} {path} HTTP/1.0\r\nHost: {addr}\r\nContent-Type: text/plain\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        ),
+        timeout,
+    )
+}
+
+/// Sends `request` to `addr` and reads the answer until the server closes
+/// the connection, waiting up to `timeout` for it: the status code and
+/// the body.
+fn exchange(addr: SocketAddr, request: &str, timeout: Duration) -> Option<(u16, String)> {
     let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(2)).ok()?;
     stream.set_read_timeout(Some(timeout)).ok()?;
-    write!(
-        stream,
-        "{method} {path} HTTP/1.0\r\nHost: {addr}\r\nContent-Type: text/plain\r\nContent-Length: {}\r\n\r\n{body}",
-        body.len()
-    )
-    .ok()?;
+    stream.write_all(request.as_bytes()).ok()?;
     let mut response = String::new();
     stream.read_to_string(&mut response).ok()?;
     let (head, body) = response.split_once("\r\n\r\n")?;
