@@ -156,13 +156,9 @@ pub async fn follow(
             changed = status.changed() => {
                 if changed.is_err() { return }
                 let committed = status.borrow_and_update().clone();
-                show_match(&state, edit.as_ref(), &committed);
                 // Committed meanwhile (by another node's apply of the same
                 // text): nothing left to retry.
-                let done = edit.as_ref().is_some_and(|e| {
-                    committed.version > Version(0) && e.hash == committed.hash
-                });
-                if done && matches!(phase, Phase::Due { .. }) {
+                if show_match(&state, edit.as_ref(), &committed) && matches!(phase, Phase::Due { .. }) {
                     phase = Phase::Idle;
                 }
                 continue;
@@ -180,10 +176,8 @@ pub async fn follow(
         let Some(current) = edit.as_ref().filter(|_| at <= Instant::now()) else {
             continue;
         };
-        let committed = applies.status();
-        if committed.version > Version(0) && committed.hash == current.hash {
+        if show_match(&state, edit.as_ref(), &applies.status()) {
             phase = Phase::Idle;
-            show_match(&state, edit.as_ref(), &committed);
             continue;
         }
         if !still_on_disk(&path, &current.text).await {
@@ -281,7 +275,7 @@ fn on_change(
                 (TopologyFileState::Invalid, lines, None, Some(pending))
             }
             Ok(topology) => {
-                let matches = committed.version > Version(0) && hash == committed.hash;
+                let matches = committed.is_committed(&hash);
                 let mut nodes: Vec<String> = topology.nodes().map(|n| n.name.to_string()).collect();
                 nodes.sort();
                 let edit = (!matches).then_some(Edit {
@@ -310,16 +304,17 @@ fn on_change(
     edit
 }
 
-/// After a commit elsewhere (or a catch-up): does the file now hold the
-/// committed text?
-fn show_match(state: &NodeState, edit: Option<&Edit>, committed: &ApplyStatus) {
-    let Some(edit) = edit else { return };
-    if committed.version > Version(0) && edit.hash == committed.hash {
+/// After a commit elsewhere (or a catch-up): whether the edit is now the
+/// committed text (then the status says the file matches).
+fn show_match(state: &NodeState, edit: Option<&Edit>, committed: &ApplyStatus) -> bool {
+    let matches = edit.is_some_and(|e| committed.is_committed(&e.hash));
+    if matches {
         state.update(|s| {
             s.topology.matches_committed = Some(true);
             s.topology.pending = None;
         });
     }
+    matches
 }
 
 fn set_pending(state: &NodeState, pending: Option<String>) {
@@ -402,10 +397,8 @@ pub async fn publish(
             s.apply = Some(api_state(&now));
         });
         if gossiped != Some((now.version, now.hash)) {
-            let topology = (now.version > Version(0))
-                .then(|| Topology::parse(&now.text, &config.topology).ok())
-                .flatten();
-            let mut payload = super::membership::payload(&config, advertise, topology.as_ref());
+            let mut payload =
+                super::membership::payload(&config, advertise, now.topology.as_deref());
             payload.config = (now.version > Version(0)).then_some(ConfigStamp {
                 version: now.version.0,
                 hash: now.hash.0,

@@ -38,12 +38,17 @@ pub(super) async fn run(
             _ = ticks.tick() => {}
             changed = status.changed() => if changed.is_err() { return },
         }
-        let (me, have, stopped) = {
+        let (me, have, stopped, locked) = {
             let s = status.borrow_and_update();
-            (s.node, s.version, s.stopped.is_some())
+            (s.node, s.version, s.stopped.is_some(), s.lock.txn().is_some())
         };
         if stopped {
             return;
+        }
+        if locked {
+            // The driver would refuse it (see `Participant::catch_up`);
+            // the lock's release is a status change that wakes us.
+            continue;
         }
         let peers = directory.peers().await;
         // The newest version any live peer runs; among those that run it,

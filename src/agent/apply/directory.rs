@@ -35,6 +35,12 @@ impl Peer {
 /// Every member known (this node included), read fresh on each call.
 pub trait PeerDirectory: Send + Sync + 'static {
     fn peers(&self) -> BoxFuture<'_, Vec<Peer>>;
+
+    /// One member, by id: what each 2PC message send needs (a whole
+    /// table per message would cost N² per apply).
+    fn peer(&self, id: NodeId) -> BoxFuture<'_, Option<Peer>> {
+        Box::pin(async move { self.peers().await.into_iter().find(|p| p.id == id) })
+    }
 }
 
 impl PeerDirectory for Handle {
@@ -48,6 +54,19 @@ impl PeerDirectory for Handle {
             })
             .await
             .unwrap_or_default()
+        })
+    }
+
+    fn peer(&self, id: NodeId) -> BoxFuture<'_, Option<Peer>> {
+        Box::pin(async move {
+            self.inspect(move |swim| {
+                Some(swim.local())
+                    .filter(|me| me.id == id)
+                    .or_else(|| swim.member(id))
+                    .map(peer_of)
+            })
+            .await
+            .flatten()
         })
     }
 }

@@ -103,7 +103,8 @@ struct Driver {
     committed: Option<Arc<Topology>>,
 }
 
-pub(super) fn spawn(
+/// Loads the node's 2PC state and starts its driver.
+pub fn spawn(
     config: ApplyConfig,
     inbox: ApplyInbox,
     directory: Arc<dyn PeerDirectory>,
@@ -132,6 +133,7 @@ pub(super) fn spawn(
         stopped: None,
         text: disk.participant.committed.text.as_str().into(),
         txn: disk.participant.committed.txn,
+        topology: committed.clone(),
         kept_edits: Vec::new(),
     });
     let status = Arc::new(status);
@@ -385,8 +387,7 @@ impl Driver {
         let client = self.client.clone();
         let deadline = self.config.send_deadline;
         tokio::spawn(async move {
-            let peers = directory.peers().await;
-            let Some(peer) = peers.iter().find(|p| p.id == to) else {
+            let Some(peer) = directory.peer(to).await else {
                 return debug!(%to, "no address for a 2PC peer; the message waits for a re-send");
             };
             if let Err(e) = client.call(peer.addr, METHOD, &body, deadline).await {
@@ -588,11 +589,13 @@ impl Driver {
         info!(%txn, %version, %hash, "installed a new topology version");
         let previous = self.committed.take();
         let text: Arc<str> = text.into();
+        let parsed = parse_committed(&self.config, &text, version);
         self.status.send_modify(|s| {
             s.text = text.clone();
             s.txn = committed_txn;
+            s.topology = parsed.clone();
         });
-        let Some(topology) = parse_committed(&self.config, &text, version) else {
+        let Some(topology) = parsed else {
             self.status.send_modify(|s| {
                 s.install = Some(InstallStatus {
                     version,

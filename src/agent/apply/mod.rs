@@ -34,16 +34,13 @@ pub mod store;
 pub use crate::agent::topology_watch::config_hash;
 
 use std::fmt;
-use std::future::Future;
 use std::path::{Path, PathBuf};
-use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::config::{Diagnostics, NodeConfig};
-use crate::rpc::RpcClient;
 use crate::twophase::{
     ConfigHash, CoordinatorConfig, LockStatus, NodeId, ParticipantConfig, StartError, TxnId,
     TxnResult, Version,
@@ -56,8 +53,8 @@ pub use store::{ApplyStore, StoreError};
 
 use driver::Input;
 
-/// A boxed `Send` future (the hooks and the directory return these).
-pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+/// The hooks and the directory return these (the roles' own type).
+pub use crate::roles::BoxFuture;
 
 /// Inputs waiting for the driver at most; the rpc handler waits beyond.
 const INBOX: usize = 1024;
@@ -121,16 +118,7 @@ pub struct ApplyInbox {
     rx: mpsc::Receiver<Input>,
 }
 
-/// Loads the node's 2PC state and starts its driver.
-pub fn spawn(
-    config: ApplyConfig,
-    inbox: ApplyInbox,
-    directory: Arc<dyn PeerDirectory>,
-    client: RpcClient,
-    hooks: Arc<dyn RoleHooks>,
-) -> Result<ApplyHandle, StoreError> {
-    driver::spawn(config, inbox, directory, client, hooks)
-}
+pub use driver::spawn;
 
 /// What the caller of an apply hears.
 #[derive(Clone, Debug)]
@@ -255,9 +243,20 @@ pub struct ApplyStatus {
     /// committed it.
     pub text: Arc<str>,
     pub txn: Option<TxnId>,
+    /// The committed text, parsed (none at version 0, or if this build
+    /// no longer accepts it).
+    pub topology: Option<Arc<crate::config::Topology>>,
     /// Operator edits found in the topology file when a version was
     /// installed over them: where each was kept.
     pub kept_edits: Vec<PathBuf>,
+}
+
+impl ApplyStatus {
+    /// Whether the text with `hash` is the committed version (never at
+    /// version 0: nothing is committed).
+    pub fn is_committed(&self, hash: &ConfigHash) -> bool {
+        self.version > Version(0) && self.hash == *hash
+    }
 }
 
 /// Talks to a running driver. Cheap to clone.
