@@ -40,7 +40,12 @@ pub(super) async fn run(
         }
         let (me, have, stopped, locked) = {
             let s = status.borrow_and_update();
-            (s.node, s.version, s.stopped.is_some(), s.lock.txn().is_some())
+            (
+                s.node,
+                s.version,
+                s.stopped.is_some(),
+                s.lock.txn().is_some(),
+            )
         };
         if stopped {
             return;
