@@ -336,14 +336,24 @@ async fn a_bad_text_is_rejected_with_its_position_and_nothing_changes() {
         "FILE:LINE:COLUMN: {first}"
     );
     let status = cluster.nodes[1].handle.status();
-    assert_eq!(status.last.expect("shown in the status").summary, message);
+    let last = status.last.expect("shown in the status");
+    assert_eq!(last.summary, message);
+    assert_eq!(last.txn, None, "a refused text starts no txn");
 
     // Another cluster's topology is refused too, pointing at `cluster`.
     let other = text.replace(&format!("cluster: {CLUSTER}"), "cluster: elsewhere");
     let err = cluster.nodes[0].handle.apply(other).await.unwrap_err();
     assert!(err.to_string().starts_with("topology.yaml:2:10: "), "{err}");
+    let last = cluster.nodes[0].handle.status().last.unwrap();
+    assert_eq!(last.txn, None, "a refused text starts no txn");
 
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    // Refused before anything was sent: nobody coordinates, nobody is
+    // locked, every node is on version 1 with its file untouched.
+    for node in &cluster.nodes {
+        let status = node.handle.status();
+        assert!(status.coordinating.is_empty(), "{}", node.name);
+        assert_eq!(status.lock, LockStatus::Free, "{}", node.name);
+    }
     cluster.settled_at(Version(1), &text).await;
 }
 

@@ -500,9 +500,7 @@ roles:
         exec.display()
     ));
     let a = RoleSet::new(identity("a"), Registry::builtin(), false);
-    let started = Instant::now();
     let refused = a.validate_all(&t, None, None).await.unwrap_err();
-    assert!(started.elapsed() < Duration::from_secs(10));
     assert_eq!(
         refused.failures[0].reason,
         format!("{} validate timed out after 300ms (killed)", exec.display())
