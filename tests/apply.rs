@@ -5,10 +5,9 @@
 //! node's roles refusing changes nothing anywhere; a node that restarts
 //! keeps its committed version and takes part in the next apply.
 
-use std::future::Future;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use cohort::agent::apply::{
     self, ApplyConfig, ApplyError, ApplyHandle, BoxFuture, Envelope, Installed, Peer,
@@ -26,6 +25,8 @@ use cohort::twophase::{
 };
 use tokio::net::TcpListener;
 use uuid::Uuid;
+
+mod support;
 
 const CLUSTER: &str = "apply-test";
 /// The longest any condition is waited for; only reached when broken.
@@ -212,7 +213,7 @@ impl Cluster {
     /// returns the topology files, which must all hold `text`.
     async fn settled_at(&self, version: Version, text: &str) {
         for node in &self.nodes {
-            eventually(&format!("{} at version {version}", node.name), || {
+            support::eventually(WAIT, &format!("{} at version {version}", node.name), || {
                 let status = node.handle.status();
                 let file = std::fs::read(&node.topology).ok();
                 (status.version == version
@@ -223,24 +224,6 @@ impl Cluster {
             .await;
         }
     }
-}
-
-/// Polls `check` until it yields a value, failing after `WAIT`.
-async fn eventually<T>(what: &str, mut check: impl FnMut() -> Option<T>) -> T {
-    let deadline = Instant::now() + WAIT;
-    loop {
-        if let Some(value) = check() {
-            return value;
-        }
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-}
-
-async fn within<T>(what: &str, work: impl Future<Output = T>) -> T {
-    tokio::time::timeout(WAIT, work)
-        .await
-        .unwrap_or_else(|_| panic!("timed out waiting for {what}"))
 }
 
 /// A topology of nodes `n0..n{count}` in one replica set, with a comment
@@ -261,9 +244,13 @@ async fn an_apply_commits_the_same_version_everywhere_with_identical_files() {
     let cluster = Cluster::new(3).await;
     // n3 is in the topology but unknown to membership: reported, not waited for.
     let text = topology(4, "first version");
-    let report = within("the apply", cluster.nodes[0].handle.apply(text.clone()))
-        .await
-        .expect("the apply runs");
+    let report = support::within(
+        WAIT,
+        "the apply",
+        cluster.nodes[0].handle.apply(text.clone()),
+    )
+    .await
+    .expect("the apply runs");
     assert_eq!(report.committed(), Some(Version(1)), "{report}");
     assert_eq!(
         report.not_reached,
@@ -283,7 +270,7 @@ async fn an_apply_commits_the_same_version_everywhere_with_identical_files() {
         .iter()
         .all(|h| *h == apply::config_hash(text.as_bytes())));
     for node in &cluster.nodes {
-        eventually("the roles ran", || {
+        support::eventually(WAIT, "the roles ran", || {
             (*node.roles.installed.lock().unwrap() == [Version(1)]).then_some(())
         })
         .await;
@@ -300,7 +287,8 @@ async fn an_apply_commits_the_same_version_everywhere_with_identical_files() {
 
     // The next version, from another coordinator.
     let text2 = topology(3, "second version");
-    let report = within(
+    let report = support::within(
+        WAIT,
         "the second apply",
         cluster.nodes[2].handle.apply(text2.clone()),
     )
@@ -450,7 +438,9 @@ impl Outsider {
     /// The next vote (other messages are skipped).
     async fn vote(&mut self) -> (NodeId, Vote) {
         loop {
-            let envelope = within("a vote", self.inbox.recv()).await.unwrap();
+            let envelope = support::within(WAIT, "a vote", self.inbox.recv())
+                .await
+                .unwrap();
             if let Message::Vote { txn, vote } = envelope.message {
                 assert_eq!(txn, self.txn());
                 return (envelope.from, vote);
@@ -477,7 +467,7 @@ async fn a_participant_votes_no_on_a_bad_text_with_its_position() {
     };
     assert!(why.starts_with("topology.yaml:5:"), "{why}");
     assert_eq!(node.handle.status().version, Version(0));
-    eventually("the lock is free", || {
+    support::eventually(WAIT, "the lock is free", || {
         (node.handle.status().lock == LockStatus::Free).then_some(())
     })
     .await;
@@ -504,7 +494,9 @@ async fn a_node_restarted_while_prepared_keeps_its_promise_and_installs_the_comm
         status.lock
     );
     // It asks us for the decision...
-    let query = within("a query", outsider.inbox.recv()).await.unwrap();
+    let query = support::within(WAIT, "a query", outsider.inbox.recv())
+        .await
+        .unwrap();
     assert!(matches!(query.message, Message::Query { .. }), "{query:?}");
     // ...and installs the commit.
     outsider
@@ -536,7 +528,7 @@ async fn one_node_refusing_aborts_everywhere_with_its_reason() {
     let why = "roles.http.listen: port 8080 is in use on this host";
     *cluster.nodes[2].roles.reject.lock().unwrap() = Some(why.to_string());
     let text2 = topology(4, "v2");
-    let report = within("the apply", cluster.nodes[1].handle.apply(text2))
+    let report = support::within(WAIT, "the apply", cluster.nodes[1].handle.apply(text2))
         .await
         .unwrap();
     let Outcome::Aborted { reasons } = &report.result.outcome else {
@@ -579,9 +571,13 @@ async fn a_restarted_node_keeps_its_version_and_takes_part_again() {
     // The restarted node coordinates the next change (its txn numbers
     // continue) and every node follows.
     let text2 = topology(3, "after the restart");
-    let report = within("the apply", cluster.nodes[1].handle.apply(text2.clone()))
-        .await
-        .unwrap();
+    let report = support::within(
+        WAIT,
+        "the apply",
+        cluster.nodes[1].handle.apply(text2.clone()),
+    )
+    .await
+    .unwrap();
     assert_eq!(report.committed(), Some(Version(2)), "{report}");
     cluster.settled_at(Version(2), &text2).await;
 
@@ -589,9 +585,13 @@ async fn a_restarted_node_keeps_its_version_and_takes_part_again() {
     cluster.restart(0).await;
     assert_eq!(cluster.nodes[0].handle.status().version, Version(2));
     let text3 = topology(3, "third");
-    let report = within("the apply", cluster.nodes[0].handle.apply(text3.clone()))
-        .await
-        .unwrap();
+    let report = support::within(
+        WAIT,
+        "the apply",
+        cluster.nodes[0].handle.apply(text3.clone()),
+    )
+    .await
+    .unwrap();
     assert_eq!(report.committed(), Some(Version(3)), "{report}");
     assert_ne!(report.result.txn.seq, 0, "txn numbers are never reused");
     cluster.settled_at(Version(3), &text3).await;
@@ -609,9 +609,13 @@ async fn a_dead_node_does_not_block_while_a_majority_takes_part() {
         .directory
         .set_status(cluster.nodes[2].id, MemberStatus::Dead);
     let text2 = topology(3, "v2");
-    let report = within("the apply", cluster.nodes[0].handle.apply(text2.clone()))
-        .await
-        .unwrap();
+    let report = support::within(
+        WAIT,
+        "the apply",
+        cluster.nodes[0].handle.apply(text2.clone()),
+    )
+    .await
+    .unwrap();
     assert_eq!(report.committed(), Some(Version(2)), "{report}");
     assert_eq!(report.not_reached, [("n2".to_string(), "dead".to_string())]);
 
@@ -639,7 +643,8 @@ async fn a_node_down_during_an_apply_catches_up_and_keeps_the_edit_it_lost() {
     let down = cluster.nodes[2].id;
     cluster.directory.set_status(down, MemberStatus::Dead);
     for (k, comment) in ["v2", "v3"].iter().enumerate() {
-        let report = within(
+        let report = support::within(
+            WAIT,
             "an apply",
             cluster.nodes[0].handle.apply(topology(3, comment)),
         )
@@ -656,7 +661,7 @@ async fn a_node_down_during_an_apply_catches_up_and_keeps_the_edit_it_lost() {
     cluster.restart(2).await;
     assert_eq!(cluster.nodes[2].handle.status().version, Version(1));
     let v3 = topology(3, "v3");
-    eventually("n2 caught up to version 3", || {
+    support::eventually(WAIT, "n2 caught up to version 3", || {
         cluster.gossip_versions();
         let status = cluster.nodes[2].handle.status();
         let file = std::fs::read(&cluster.nodes[2].topology).ok();
@@ -666,20 +671,20 @@ async fn a_node_down_during_an_apply_catches_up_and_keeps_the_edit_it_lost() {
     let status = cluster.nodes[2].handle.status();
     assert_eq!(status.hash, apply::config_hash(v3.as_bytes()));
     assert_eq!(&*status.text, v3.as_str());
-    let kept = eventually("the edit is reported", || {
+    let kept = support::eventually(WAIT, "the edit is reported", || {
         cluster.nodes[2].handle.status().kept_edits.first().cloned()
     })
     .await;
     assert!(kept.to_string_lossy().ends_with(".before-v3"), "{kept:?}");
     assert_eq!(std::fs::read_to_string(&kept).unwrap(), edit);
-    eventually("the roles ran version 3", || {
+    support::eventually(WAIT, "the roles ran version 3", || {
         (cluster.nodes[2].roles.installed.lock().unwrap().last() == Some(&Version(3))).then_some(())
     })
     .await;
 
     // And it takes part in the next apply like any node.
     let v4 = topology(3, "v4");
-    let report = within("the apply", cluster.nodes[2].handle.apply(v4.clone()))
+    let report = support::within(WAIT, "the apply", cluster.nodes[2].handle.apply(v4.clone()))
         .await
         .unwrap();
     assert_eq!(report.committed(), Some(Version(4)), "{report}");

@@ -374,6 +374,22 @@ roles:
     ))
 }
 
+/// One node running the external role `slow`, with `timeout` per action.
+fn slow_topology(exec: &Path, timeout: &str) -> Arc<Topology> {
+    topology(&format!(
+        "
+cluster: c
+replicasets:
+  s1:
+    roles: [slow]
+    nodes: {{ a: {{ address: 127.0.0.1:3301 }} }}
+roles:
+  slow: {{ exec: {}, timeout: {timeout} }}
+",
+        exec.display()
+    ))
+}
+
 fn env_of(dir: &Path, action: &str) -> Vec<String> {
     support::read(&dir.join(format!("{action}.env")))
         .lines()
@@ -487,18 +503,7 @@ echo $! > "$dir/sleep.pid"
 wait
 "#,
     );
-    let t = topology(&format!(
-        "
-cluster: c
-replicasets:
-  s1:
-    roles: [slow]
-    nodes: {{ a: {{ address: 127.0.0.1:3301 }} }}
-roles:
-  slow: {{ exec: {}, timeout: 300ms }}
-",
-        exec.display()
-    ));
+    let t = slow_topology(&exec, "300ms");
     let a = RoleSet::new(identity("a"), Registry::builtin(), false);
     let refused = a.validate_all(&t, None, None).await.unwrap_err();
     assert_eq!(
@@ -534,18 +539,7 @@ async fn a_stop_does_not_wait_for_a_validation_in_progress() {
 if [ "$1" = validate ]; then touch "$dir/validating"; sleep 60; fi
 "#,
     );
-    let t = topology(&format!(
-        "
-cluster: c
-replicasets:
-  s1:
-    roles: [slow]
-    nodes: {{ a: {{ address: 127.0.0.1:3301 }} }}
-roles:
-  slow: {{ exec: {}, timeout: 60s }}
-",
-        exec.display()
-    ));
+    let t = slow_topology(&exec, "60s");
     let a = Arc::new(RoleSet::new(identity("a"), Registry::builtin(), false));
     let validating = {
         let (a, t) = (a.clone(), t.clone());

@@ -3,7 +3,6 @@
 //! nothing), deadlines, connection reuse and reconnection, fan-out with a
 //! bound, and gossip streams sharing the port through the demultiplexer.
 
-use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
@@ -24,6 +23,8 @@ use tokio::net::{TcpListener, TcpStream, UdpSocket};
 use tokio::sync::{mpsc, Barrier};
 use uuid::Uuid;
 
+mod support;
+
 /// The longest any condition is waited for; only reached when broken.
 const WAIT: Duration = Duration::from_secs(20);
 /// Deadline of calls that are expected to succeed.
@@ -41,25 +42,6 @@ fn auth(cluster: &str, key: Option<u8>) -> ClusterAuth {
 
 fn client(auth: ClusterAuth) -> RpcClient {
     RpcClient::new(auth, ClientConfig::default())
-}
-
-/// Polls `check` until it yields a value, failing after `WAIT`.
-async fn eventually<T>(what: &str, mut check: impl FnMut() -> Option<T>) -> T {
-    let deadline = Instant::now() + WAIT;
-    loop {
-        if let Some(value) = check() {
-            return value;
-        }
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-}
-
-/// Awaits `work`, failing after `WAIT`.
-async fn within<T>(what: &str, work: impl Future<Output = T>) -> T {
-    tokio::time::timeout(WAIT, work)
-        .await
-        .unwrap_or_else(|_| panic!("timed out waiting for {what}"))
 }
 
 /// One node's port: the demultiplexer and the rpc server behind it.
@@ -134,7 +116,12 @@ fn echo(calls: Arc<AtomicU64>) -> Router {
 async fn read_until_closed(stream: &mut TcpStream) -> Vec<u8> {
     let mut received = Vec::new();
     // A reset (we left bytes unread on its side) is a close too.
-    let _ = within("the server to close", stream.read_to_end(&mut received)).await;
+    let _ = support::within(
+        WAIT,
+        "the server to close",
+        stream.read_to_end(&mut received),
+    )
+    .await;
     received
 }
 
@@ -196,7 +183,7 @@ async fn many_calls_in_flight_share_one_connection_and_each_gets_its_own_answer(
         let body = format!("request {i}").into_bytes();
         async move { (client.call(node.addr, "reverse", &body, CALL).await, body) }
     });
-    let results = within("the calls", futures_util::future::join_all(calls)).await;
+    let results = support::within(WAIT, "the calls", futures_util::future::join_all(calls)).await;
     for (answer, body) in results {
         let expected: Vec<u8> = body.into_iter().rev().collect();
         assert_eq!(answer, Ok(expected));
@@ -237,7 +224,7 @@ async fn an_idle_connection_is_closed_and_the_next_call_opens_another() {
         client.call(node.addr, "echo", b"1", CALL).await,
         Ok(b"1".to_vec())
     );
-    eventually("the idle connection to close", || {
+    support::eventually(WAIT, "the idle connection to close", || {
         (!client.is_connected(node.addr)).then_some(())
     })
     .await;
@@ -331,7 +318,7 @@ async fn a_connection_runs_at_most_its_bound_of_requests_at_once() {
         let client = client.clone();
         async move { client.call(node.addr, "m", &i.to_be_bytes(), CALL).await }
     });
-    for answer in within("the calls", futures_util::future::join_all(calls)).await {
+    for answer in support::within(WAIT, "the calls", futures_util::future::join_all(calls)).await {
         assert!(answer.is_ok(), "{answer:?}");
     }
     assert_eq!(gate.peak(), 4);
@@ -357,7 +344,7 @@ async fn a_peer_without_the_key_is_refused_before_any_request_is_read() {
             Err(CallError::Refused(Refusal::Closed)),
             "{reason:?}"
         );
-        eventually("the refusal to be counted", || {
+        support::eventually(WAIT, "the refusal to be counted", || {
             (node.server.stats().refused(reason) == 1).then_some(())
         })
         .await;
@@ -396,7 +383,7 @@ async fn garbage_plaintext_and_silence_get_nothing_but_a_closed_socket() {
     // Garbage after our preamble, and a length far beyond the handshake's.
     assert_eq!(send(with_magic(b"\x00\x00\x00\x05hello")).await, b"");
     assert_eq!(send(with_magic(&[0xff; 8])).await, b"");
-    eventually("2 malformed", || {
+    support::eventually(WAIT, "2 malformed", || {
         (node.server.stats().refused(Refusal::Malformed) == 2).then_some(())
     })
     .await;
@@ -405,14 +392,14 @@ async fn garbage_plaintext_and_silence_get_nothing_but_a_closed_socket() {
     let mut plain = Handshake::client(&auth("orders", None), [5; 32]);
     let hello = plain.poll_transmit().expect("a hello");
     assert_eq!(send(with_magic(&hello)).await, b"");
-    eventually("1 plaintext", || {
+    support::eventually(WAIT, "1 plaintext", || {
         (node.server.stats().refused(Refusal::Plaintext) == 1).then_some(())
     })
     .await;
 
     // Our preamble, then nothing: closed at the handshake deadline.
     assert_eq!(send(with_magic(b"")).await, b"");
-    eventually("1 timeout", || {
+    support::eventually(WAIT, "1 timeout", || {
         (node.server.stats().refused(Refusal::Timeout) == 1).then_some(())
     })
     .await;
@@ -422,7 +409,7 @@ async fn garbage_plaintext_and_silence_get_nothing_but_a_closed_socket() {
         send(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n".to_vec()).await,
         b""
     );
-    eventually("the demux to refuse", || {
+    support::eventually(WAIT, "the demux to refuse", || {
         (node.demux.stats().refused == 1).then_some(())
     })
     .await;
@@ -489,7 +476,7 @@ async fn a_recorded_connection_played_back_is_refused() {
         "{} bytes back",
         received.len()
     );
-    eventually("the replay to be refused", || {
+    support::eventually(WAIT, "the replay to be refused", || {
         (node.server.stats().refused(Refusal::Replay) == 1).then_some(())
     })
     .await;
@@ -528,7 +515,8 @@ async fn the_deadline_holds_against_a_handler_that_never_answers() {
 
     let deadline = Duration::from_millis(300);
     let started = Instant::now();
-    let answer = within(
+    let answer = support::within(
+        WAIT,
         "the call to give up",
         client.call(node.addr, "never", b"", deadline),
     )
@@ -539,7 +527,7 @@ async fn the_deadline_holds_against_a_handler_that_never_answers() {
         "it waited the whole deadline"
     );
     // The server dropped the handler at the caller's deadline.
-    eventually("the handler to be dropped", || {
+    support::eventually(WAIT, "the handler to be dropped", || {
         (dropped.load(Ordering::SeqCst) == 1).then_some(())
     })
     .await;
@@ -552,7 +540,8 @@ async fn the_deadline_holds_against_a_handler_that_never_answers() {
     // A peer that accepts and never speaks: the deadline covers the
     // handshake too.
     let silent = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let answer = within(
+    let answer = support::within(
+        WAIT,
         "the call to give up",
         client.call(silent.local_addr().expect("bound"), "echo", b"", deadline),
     )
@@ -573,7 +562,7 @@ async fn the_client_reconnects_after_the_server_restarts() {
     assert!(client.is_connected(addr));
 
     node.demux.stop().await;
-    eventually("the client to see the connection close", || {
+    support::eventually(WAIT, "the client to see the connection close", || {
         (!client.is_connected(addr)).then_some(())
     })
     .await;
@@ -614,7 +603,8 @@ async fn fan_out_to_200_nodes_keeps_to_its_bound_and_reports_every_peer() {
     let arrived = move || servers.iter().map(|s| s.stats().connections).sum();
     assert!(gate.arrived.set(Box::new(arrived)).is_ok());
     let client = client(a);
-    let results = within(
+    let results = support::within(
+        WAIT,
         "the fan-out",
         client.fan_out(peers.clone(), "prepare", b"topology", CALL, BOUND),
     )
@@ -653,7 +643,7 @@ async fn a_plaintext_cluster_still_checks_its_name() {
         other.call(node.addr, "echo", b"hi", CALL).await,
         Err(CallError::Refused(Refusal::Closed))
     );
-    eventually("the refusal", || {
+    support::eventually(WAIT, "the refusal", || {
         (node.server.stats().refused(Refusal::WrongCluster) == 1).then_some(())
     })
     .await;
@@ -675,7 +665,7 @@ struct GossipNode {
 
 async fn gossip_node(n: u128, security: &PacketSecurity) -> GossipNode {
     // One port number for UDP and TCP, as the agent binds it.
-    let (udp, listener) = within("a port free for UDP and TCP", async {
+    let (udp, listener) = support::within(WAIT, "a port free for UDP and TCP", async {
         loop {
             let udp = UdpSocket::bind("127.0.0.1:0").await.expect("bind udp");
             let addr = udp.local_addr().expect("bound");
@@ -744,13 +734,13 @@ async fn gossip_streams_reach_the_membership_driver_through_the_demultiplexer() 
     let b = gossip_node(2, &security).await;
     // Joining is a full-state exchange over TCP: it must cross the demux.
     b.handle.join(a.addr).await;
-    within("each node to see the other alive", async {
+    support::within(WAIT, "each node to see the other alive", async {
         while !(sees_alive(&a, b.id).await && sees_alive(&b, a.id).await) {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     })
     .await;
-    eventually("the join's stream to pass the demux", || {
+    support::eventually(WAIT, "the join's stream to pass the demux", || {
         (a.demux.stats().gossip_streams >= 1).then_some(())
     })
     .await;

@@ -63,6 +63,36 @@ pub fn wait_until<T>(timeout: Duration, what: &str, check: impl FnMut() -> Optio
         .unwrap_or_else(|| panic!("timed out after {timeout:?} waiting for {what}"))
 }
 
+/// `wait_until` for async tests: polls without blocking the runtime.
+pub async fn eventually<T>(
+    timeout: Duration,
+    what: &str,
+    mut check: impl FnMut() -> Option<T>,
+) -> T {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(value) = check() {
+            return value;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// Awaits `work`, failing after `timeout`.
+pub async fn within<T>(
+    timeout: Duration,
+    what: &str,
+    work: impl std::future::Future<Output = T>,
+) -> T {
+    tokio::time::timeout(timeout, work)
+        .await
+        .unwrap_or_else(|_| panic!("timed out after {timeout:?} waiting for {what}"))
+}
+
 /// Like `wait_until`, but None at the deadline instead of a panic, so the
 /// caller can say what it saw last.
 pub fn wait_until_or<T>(timeout: Duration, mut check: impl FnMut() -> Option<T>) -> Option<T> {
