@@ -34,13 +34,12 @@ use std::fs;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{bail, Context};
 use serde_json::{json, Value};
 
-use crate::common::{self, percentile, summary};
+use crate::common::{self, percentile, summary, Agent};
 
 #[derive(clap::Args)]
 pub struct ApplyArgs {
@@ -79,18 +78,6 @@ pub struct ApplyArgs {
 const BOOT_DEADLINE: Duration = Duration::from_secs(300);
 /// How long every node gets to show a committed version after the answer.
 const SETTLE_DEADLINE: Duration = Duration::from_secs(60);
-
-struct Agent {
-    name: String,
-    api: SocketAddr,
-    child: Child,
-}
-
-impl Drop for Agent {
-    fn drop(&mut self) {
-        common::stop(&mut self.child);
-    }
-}
 
 /// The topology the bench proposes: every node, its address and its http
 /// port, and a comment naming the change.
@@ -439,16 +426,7 @@ fn round1(v: f64) -> f64 {
 }
 
 pub fn apply(args: ApplyArgs, root: &Path) -> anyhow::Result<()> {
-    let cohort = match &args.cohort {
-        Some(path) => path.clone(),
-        None => std::env::current_exe()?.with_file_name("cohort"),
-    };
-    if !cohort.exists() {
-        bail!(
-            "{} not found: run `cargo build --release` first, or pass --cohort",
-            cohort.display()
-        );
-    }
+    let cohort = common::cohort_binary(args.cohort.as_deref())?;
     if args.nodes < 1 || args.runs + args.in_a_row == 0 {
         bail!("need at least 1 node and at least one apply");
     }
@@ -513,16 +491,7 @@ fn run(args: &ApplyArgs, cohort: &Path, root: &Path) -> anyhow::Result<Value> {
             level = args.log_level,
         );
         fs::write(dir.join("cohort.yaml"), config)?;
-        let child = common::spawn(
-            Command::new(cohort)
-                .arg("agent")
-                .arg("--config")
-                .arg(dir.join("cohort.yaml"))
-                .stdin(Stdio::null())
-                .stdout(Stdio::null())
-                .stderr(fs::File::create(dir.join("agent.log"))?),
-        )
-        .with_context(|| format!("cannot start {}", cohort.display()))?;
+        let child = common::spawn_agent(cohort, &dir)?;
         agents.push(Agent {
             name: name.clone(),
             api: apis[i],

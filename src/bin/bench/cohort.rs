@@ -14,13 +14,12 @@ use std::fs;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, Context};
+use anyhow::bail;
 
-use crate::common::{self, summary, Counters, Traffic};
+use crate::common::{self, summary, Agent, Counters, Traffic};
 
 #[derive(clap::Args)]
 pub struct MembershipArgs {
@@ -43,18 +42,6 @@ pub struct MembershipArgs {
     /// The cohort binary [default: next to this one].
     #[arg(long)]
     cohort: Option<PathBuf>,
-}
-
-struct Agent {
-    name: String,
-    api: SocketAddr,
-    child: Child,
-}
-
-impl Drop for Agent {
-    fn drop(&mut self) {
-        common::stop(&mut self.child);
-    }
 }
 
 fn start_agent(
@@ -80,16 +67,7 @@ fn start_agent(
         ack = args.ack_timeout,
     );
     fs::write(dir.join("cohort.yaml"), config)?;
-    let child = common::spawn(
-        Command::new(cohort)
-            .arg("agent")
-            .arg("--config")
-            .arg(dir.join("cohort.yaml"))
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(fs::File::create(dir.join("agent.log"))?),
-    )
-    .with_context(|| format!("cannot start {}", cohort.display()))?;
+    let child = common::spawn_agent(cohort, &dir)?;
     Ok((
         Agent {
             name: name.into(),
@@ -173,16 +151,7 @@ fn follow_events(observer: String, api: SocketAddr, out: mpsc::Sender<Seen>) {
 }
 
 pub fn membership(args: MembershipArgs, root: &Path) -> anyhow::Result<()> {
-    let cohort = match &args.cohort {
-        Some(path) => path.clone(),
-        None => std::env::current_exe()?.with_file_name("cohort"),
-    };
-    if !cohort.exists() {
-        bail!(
-            "{} not found: run `cargo build --release` first, or pass --cohort",
-            cohort.display()
-        );
-    }
+    let cohort = common::cohort_binary(args.cohort.as_deref())?;
     if args.nodes < 3 || args.kills >= args.nodes - 1 {
         bail!("need at least 3 nodes and fewer kills than nodes - 1");
     }

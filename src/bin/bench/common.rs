@@ -4,10 +4,10 @@
 use std::collections::BTreeSet;
 use std::fs;
 use std::io;
-use std::net::{TcpListener, UdpSocket};
+use std::net::{SocketAddr, TcpListener, UdpSocket};
 use std::os::unix::process::CommandExt;
-use std::path::PathBuf;
-use std::process::{Child, Command};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
 use std::sync::Mutex;
 
 use nix::sys::signal::{self, SigSet, SigmaskHow, Signal};
@@ -96,6 +96,50 @@ pub fn spawn(command: &mut Command) -> io::Result<Child> {
     let child = command.spawn()?;
     running.push(child.id());
     Ok(child)
+}
+
+/// The `cohort` binary: `given`, or the one next to this bench.
+pub fn cohort_binary(given: Option<&Path>) -> anyhow::Result<PathBuf> {
+    let cohort = match given {
+        Some(path) => path.to_path_buf(),
+        None => std::env::current_exe()?.with_file_name("cohort"),
+    };
+    if !cohort.exists() {
+        anyhow::bail!(
+            "{} not found: run `cargo build --release` first, or pass --cohort",
+            cohort.display()
+        );
+    }
+    Ok(cohort)
+}
+
+/// Starts `cohort agent` with `dir/cohort.yaml`, its log in
+/// `dir/agent.log`.
+pub fn spawn_agent(cohort: &Path, dir: &Path) -> anyhow::Result<Child> {
+    use anyhow::Context;
+    spawn(
+        Command::new(cohort)
+            .arg("agent")
+            .arg("--config")
+            .arg(dir.join("cohort.yaml"))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(fs::File::create(dir.join("agent.log"))?),
+    )
+    .with_context(|| format!("cannot start {}", cohort.display()))
+}
+
+/// A running agent, stopped when dropped.
+pub struct Agent {
+    pub name: String,
+    pub api: SocketAddr,
+    pub child: Child,
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        stop(&mut self.child);
+    }
 }
 
 /// Kills and reaps a node; harmless when it is gone already.
