@@ -9,6 +9,7 @@ pub mod cli;
 pub mod config;
 pub mod discovery;
 pub mod membership;
+pub mod raft;
 pub mod roles;
 pub mod rpc;
 mod sim_queue;
