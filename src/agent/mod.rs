@@ -158,6 +158,7 @@ async fn serve(
         config_version: None,
         topology: topology_file.clone(),
         apply: None,
+        raft: None,
         started_at: api::rfc3339(started_at),
         started_at_ms: api::unix_ms(started_at),
         uptime_seconds: 0,

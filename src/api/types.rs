@@ -22,6 +22,9 @@ pub struct Status {
     /// apply and install. None until the apply driver runs.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub apply: Option<ApplyState>,
+    /// The Raft group as this node sees it. None until its driver runs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub raft: Option<Leaders>,
     /// When this run started, RFC 3339 in UTC.
     pub started_at: String,
     /// The same instant in Unix ms, for scripts.
@@ -333,4 +336,62 @@ pub struct JoinRequest {
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 pub struct Done {
     pub message: String,
+}
+
+/// `GET /v1/leaders` and `Status::raft`: the Raft group as one node sees it
+/// (or, with `?consistent`, as the leader confirms it with a quorum).
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+pub struct Leaders {
+    /// The node that answered.
+    pub node: String,
+    /// True when read through the leader after a quorum check
+    /// (linearizable); false for this node's local view.
+    pub consistent: bool,
+    /// `disabled`, `eventual` or `raft` (from the committed topology).
+    pub failover_mode: String,
+    /// This node in the group: leader, follower, candidate, learner or off.
+    pub role: String,
+    pub term: u64,
+    pub leader: Option<RaftPeer>,
+    pub voters: Vec<RaftPeer>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub learners: Vec<RaftPeer>,
+    /// The last log index this node applied (committed entries only).
+    pub applied_index: Option<u64>,
+    pub last_log_index: Option<u64>,
+    /// Each replica set's master and its fencing generation.
+    pub masters: std::collections::BTreeMap<String, MasterInfo>,
+    /// Why the group is not what it should be yet, in plain words.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub note: Option<String>,
+}
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+pub struct RaftPeer {
+    pub name: String,
+    pub id: uuid::Uuid,
+    pub addr: String,
+}
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+pub struct MasterInfo {
+    pub node: String,
+    /// The fencing generation: grows at every appointment in the set (0
+    /// when the master comes from the topology, not from Raft).
+    pub generation: u64,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub reason: String,
+}
+
+/// `POST /v1/failover/promote`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct PromoteRequest {
+    pub replicaset: String,
+    pub node: String,
+}
+
+/// `POST /v1/raft/transfer-leader`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct TransferRequest {
+    pub node: String,
 }

@@ -435,6 +435,7 @@ mod tests {
                 pending: None,
             },
             apply: None,
+            raft: None,
             started_at: "2026-11-23T07:57:46.175Z".into(),
             started_at_ms: 0,
             uptime_seconds: 61,
