@@ -5,6 +5,7 @@
 mod client;
 mod dev;
 mod members;
+mod raft;
 mod topology;
 
 use std::net::SocketAddr;
@@ -62,6 +63,22 @@ pub enum Command {
     /// topology diff FILE`).
     #[command(after_help = topology::TOPOLOGY_HELP)]
     Topology(topology::TopologyArgs),
+    /// Show the Raft leader and term, this node's role, the voters and
+    /// learners, and each replica set's master with its fencing generation.
+    #[command(after_help = raft::LEADERS_HELP)]
+    Leaders(raft::ReadArgs),
+    /// The Raft group: list its peers (`cohort raft peers`), hand the
+    /// leadership to another node (`cohort raft transfer-leader NODE`).
+    Raft {
+        #[command(subcommand)]
+        action: raft::RaftAction,
+    },
+    /// Replica-set failover by hand: `cohort failover promote REPLICASET
+    /// NODE` makes NODE the set's master.
+    Failover {
+        #[command(subcommand)]
+        action: raft::FailoverAction,
+    },
     /// List the members this node knows, with their status and incarnation.
     Members(MembersArgs),
     /// Stream membership and user events as they happen (Ctrl-C to stop).
@@ -205,6 +222,9 @@ pub fn run(cli: Cli) -> ExitCode {
                 }
             })
         }
+        Command::Leaders(args) => raft::leaders(cli.api, cli.format, &args),
+        Command::Raft { action } => raft::raft(cli.api, cli.format, action),
+        Command::Failover { action } => raft::failover(cli.api, action),
         Command::Members(args) => members::list(cli.api, cli.format, &args),
         Command::Monitor => members::monitor(cli.api, cli.format),
         Command::Join { address } => {
@@ -323,6 +343,7 @@ fn render_status(s: &Status) -> String {
         topology.push_str("\n  ");
         topology.push_str(problem);
     }
+    let raft_rows = s.raft.as_ref().map(raft::status_rows).unwrap_or_default();
     let mut rows: Vec<(&str, String)> = vec![
         ("node", s.node.clone()),
         ("uuid", s.uuid.to_string()),
@@ -339,6 +360,7 @@ fn render_status(s: &Status) -> String {
                 .map_or("none (no apply yet)".into(), |v| v.to_string()),
         )),
     }
+    rows.extend(raft_rows.iter().map(|(k, v)| (k.as_str(), v.clone())));
     rows.extend([
         ("topology file", topology),
         ("data dir", s.data_dir.clone()),
@@ -539,6 +561,68 @@ mod tests {
     }
 
     #[test]
+    fn status_text_shows_the_raft_group() {
+        let peer = |n: u128, name: &str| api::RaftPeer {
+            name: name.into(),
+            id: uuid::Uuid::from_u128(n),
+            addr: format!("127.0.0.1:331{n}"),
+        };
+        let master = |node: &str, generation| api::MasterInfo {
+            node: node.into(),
+            generation,
+            reason: "operator".into(),
+        };
+        let mut status = sample_status();
+        status.apply = Some(apply_state());
+        status.raft = Some(api::Leaders {
+            node: "n1".into(),
+            failover_mode: "raft".into(),
+            role: "follower".into(),
+            term: 4,
+            leader: Some(peer(2, "n2")),
+            voters: vec![peer(1, "n1"), peer(2, "n2"), peer(3, "n3")],
+            learners: vec![peer(4, "n4")],
+            applied_index: Some(17),
+            masters: [
+                ("s1".into(), master("n3", 2)),
+                ("s2".into(), master("n4", 1)),
+            ]
+            .into(),
+            note: Some("n3 has not answered for 12s".into()),
+            ..Default::default()
+        });
+        let text = render_status(&status);
+        assert_aligned(&text);
+        assert!(
+            text.contains(
+                "apply stopped   cannot write /var/lib/cohort/apply: disk full\n\
+                 raft            follower, term 4, leader n2\n\
+                 voters          n1, n2, n3\n\
+                 master s1       n3 (generation 2)\n\
+                 master s2       n4 (generation 1)\n\
+                 raft note       n3 has not answered for 12s\n\
+                 topology file   "
+            ),
+            "{text}"
+        );
+
+        status.raft.as_mut().unwrap().leader = None;
+        status.raft.as_mut().unwrap().note = None;
+        let text = render_status(&status);
+        assert!(
+            text.contains("raft            follower, term 4, no leader\n"),
+            "{text}"
+        );
+        assert!(!text.contains("raft note"), "{text}");
+
+        status.raft = None;
+        let text = render_status(&status);
+        for absent in ["raft", "voters", "master "] {
+            assert!(!text.contains(absent), "{absent:?} in\n{text}");
+        }
+    }
+
+    #[test]
     fn status_text_leaves_out_what_the_apply_state_does_not_have() {
         let mut status = sample_status();
         status.apply = Some(api::ApplyState {
@@ -675,5 +759,46 @@ mod tests {
         );
         assert!(parse(&["topology", "t.yaml"]).is_err());
         assert!(parse(&["topology", "diff", "a", "b"]).is_err());
+    }
+
+    #[test]
+    fn the_raft_commands_take_their_names_and_consistent() {
+        let command = |args: &[&str]| parse(args).unwrap().command;
+        let Command::Leaders(args) = command(&["leaders"]) else {
+            panic!();
+        };
+        assert!(!args.consistent);
+        let Command::Leaders(args) = command(&["leaders", "--consistent"]) else {
+            panic!();
+        };
+        assert!(args.consistent);
+        let Command::Raft { action } = command(&["raft", "peers", "--consistent"]) else {
+            panic!();
+        };
+        assert_eq!(
+            action,
+            raft::RaftAction::Peers(raft::ReadArgs { consistent: true })
+        );
+        let Command::Raft { action } = command(&["raft", "transfer-leader", "n2"]) else {
+            panic!();
+        };
+        assert_eq!(
+            action,
+            raft::RaftAction::TransferLeader { node: "n2".into() }
+        );
+        let Command::Failover { action } = command(&["failover", "promote", "s1", "n3"]) else {
+            panic!();
+        };
+        assert_eq!(
+            action,
+            raft::FailoverAction::Promote {
+                replicaset: "s1".into(),
+                node: "n3".into()
+            }
+        );
+        assert!(parse(&["raft"]).is_err());
+        assert!(parse(&["raft", "transfer-leader"]).is_err());
+        assert!(parse(&["failover", "promote", "s1"]).is_err());
+        assert!(parse(&["leaders", "n1"]).is_err());
     }
 }
