@@ -11,6 +11,8 @@ use crate::api::AgentCommand;
 use crate::config::JoinTarget;
 use crate::membership::driver::Handle;
 
+use crate::raft::driver::{RaftCommand, RaftHandle};
+
 use super::apply::ApplyHandle;
 
 /// Answers commands until the API side goes away.
@@ -19,6 +21,8 @@ pub async fn answer(
     gossip: Handle,
     own: SocketAddr,
     applies: ApplyHandle,
+    raft: RaftHandle,
+    name: String,
 ) {
     while let Some(command) = commands.recv().await {
         match command {
@@ -60,6 +64,48 @@ pub async fn answer(
             }
             AgentCommand::CommittedTopology { reply } => {
                 let _ = reply.send(super::topology_apply::committed_topology(&applies));
+            }
+            // Raft answers wait for a quorum: never hold up the others.
+            AgentCommand::ConsistentLeaders { reply } => {
+                let (raft, name) = (raft.clone(), name.clone());
+                tokio::spawn(async move {
+                    let view = raft
+                        .ask(|reply| RaftCommand::ConsistentRead { reply })
+                        .await;
+                    let _ = reply.send(view.map(|v| super::raft::leaders(&name, &v, true)));
+                });
+            }
+            AgentCommand::Promote { request, reply } => {
+                let raft = raft.clone();
+                tokio::spawn(async move {
+                    let answer = raft
+                        .ask(|reply| RaftCommand::Promote {
+                            set: request.replicaset.clone(),
+                            node: request.node.clone(),
+                            reply,
+                        })
+                        .await
+                        .map(|m| {
+                            format!(
+                                "{} is the master of {} (generation {})",
+                                m.node, request.replicaset, m.generation
+                            )
+                        });
+                    let _ = reply.send(answer);
+                });
+            }
+            AgentCommand::TransferLeader { request, reply } => {
+                let raft = raft.clone();
+                tokio::spawn(async move {
+                    let answer = raft
+                        .ask(|reply| RaftCommand::TransferLeader {
+                            node: request.node.clone(),
+                            reply,
+                        })
+                        .await
+                        .map(|()| format!("{} was asked to take the lead", request.node));
+                    let _ = reply.send(answer);
+                });
             }
         }
     }

@@ -29,6 +29,14 @@ const GENERATION_FILE: &str = "generation";
 )]
 pub struct NodeId(pub Uuid);
 
+/// Small numbers as ids, for tests (openraft's storage suite names nodes
+/// 0, 1, 2, ...).
+impl From<u64> for NodeId {
+    fn from(n: u64) -> NodeId {
+        NodeId(Uuid::from_u128(u128::from(n)))
+    }
+}
+
 impl std::fmt::Display for NodeId {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         self.0.fmt(f)

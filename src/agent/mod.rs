@@ -12,6 +12,7 @@ pub mod identity;
 pub mod logging;
 mod membership;
 mod options;
+mod raft;
 mod reload;
 mod sockets;
 mod systemd;
@@ -169,9 +170,21 @@ async fn serve(
     // Two-phase commit of topology applies: its rpc endpoint goes into the
     // router before the port opens; the driver starts once membership runs.
     let (apply_endpoint, apply_inbox) = apply::channel();
+    let raft_ports = crate::raft::driver::ports();
     let router = crate::rpc::Router::new()
         .route(apply::METHOD, apply_endpoint.clone())
-        .route(apply::COMMITTED_METHOD, apply_endpoint);
+        .route(apply::COMMITTED_METHOD, apply_endpoint)
+        .route(crate::raft::network::METHOD, raft_ports.endpoint.clone())
+        .route(crate::raft::driver::VIEW_METHOD, raft_ports.control.clone())
+        .route(
+            crate::raft::driver::ELECT_METHOD,
+            raft_ports.control.clone(),
+        )
+        .route(crate::raft::driver::READ_METHOD, raft_ports.control.clone())
+        .route(
+            crate::raft::driver::PROMOTE_METHOD,
+            raft_ports.control.clone(),
+        );
     let running = membership::start(
         &config,
         identity,
@@ -206,9 +219,19 @@ async fn serve(
         apply::ApplyConfig::new(identity.id, &config),
         apply_inbox,
         Arc::new(gossip.clone()),
-        rpc_client,
+        rpc_client.clone(),
         Arc::new(apply::RoleSetHooks(Arc::clone(&roles))),
     )?;
+    // The Raft group: leader, masters; follows the committed topology.
+    let raft = raft::start(
+        raft::settings(identity.id, &config.node, &config.data_dir, advertise),
+        raft_ports,
+        &applies,
+        Arc::new(gossip.clone()),
+        rpc_client,
+        Arc::clone(&roles),
+        Arc::clone(&state),
+    );
     tokio::spawn(topology_apply::publish(
         applies.clone(),
         Arc::clone(&state),
@@ -232,6 +255,8 @@ async fn serve(
         gossip.clone(),
         advertise,
         applies.clone(),
+        raft.clone(),
+        config.node.clone(),
     ));
     if let Some(mut multicast) =
         discovery::spawn(&config, identity, advertise, security, gossip.clone())?
@@ -309,6 +334,7 @@ async fn serve(
     // After the leave (UDP): closes the TCP port and every rpc connection.
     running.port.stop().await;
     drop(topology_watcher);
+    raft.stop().await;
     applies.stop().await;
     let stopped = roles.stop_all().await;
     if let Err(e) = stopped.result() {

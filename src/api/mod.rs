@@ -49,6 +49,20 @@ pub enum AgentCommand {
     CommittedTopology {
         reply: oneshot::Sender<CommittedTopology>,
     },
+    /// `GET /v1/leaders?consistent`: read through the leader.
+    ConsistentLeaders {
+        reply: oneshot::Sender<Result<Leaders, String>>,
+    },
+    /// `POST /v1/failover/promote`.
+    Promote {
+        request: PromoteRequest,
+        reply: oneshot::Sender<Result<String, String>>,
+    },
+    /// `POST /v1/raft/transfer-leader`.
+    TransferLeader {
+        request: TransferRequest,
+        reply: oneshot::Sender<Result<String, String>>,
+    },
 }
 
 /// What the agent shares with its API handlers.
@@ -147,6 +161,9 @@ pub fn router(state: Arc<NodeState>) -> Router {
         .route("/v1/join", post(join))
         .route("/v1/leave", post(leave))
         .route("/v1/topology", get(get_topology).put(put_topology))
+        .route("/v1/leaders", get(get_leaders))
+        .route("/v1/failover/promote", post(promote))
+        .route("/v1/raft/transfer-leader", post(transfer_leader))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .with_state(state)
@@ -331,6 +348,67 @@ async fn put_topology(
         }
         Err(_) => shutting_down(),
     }
+}
+
+#[derive(serde::Deserialize)]
+struct LeadersQuery {
+    /// Present (any value, or none): read through the leader.
+    consistent: Option<String>,
+}
+
+/// The group as this node sees it, or (`?consistent`) as the leader
+/// confirms it after a quorum check: a linearizable read.
+async fn get_leaders(
+    State(state): State<Arc<NodeState>>,
+    axum::extract::Query(query): axum::extract::Query<LeadersQuery>,
+) -> Response {
+    if query.consistent.is_none() {
+        return match read(&state.status).raft.clone() {
+            Some(leaders) => Json(leaders).into_response(),
+            None => error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "unavailable",
+                "the raft driver is not running yet".into(),
+            ),
+        };
+    }
+    let (reply, answer) = oneshot::channel();
+    if state
+        .commands
+        .send(AgentCommand::ConsistentLeaders { reply })
+        .await
+        .is_err()
+    {
+        return shutting_down();
+    }
+    match tokio::time::timeout(Duration::from_secs(10), answer).await {
+        Ok(Ok(Ok(leaders))) => Json(leaders).into_response(),
+        Ok(Ok(Err(message))) => error(StatusCode::SERVICE_UNAVAILABLE, "no_quorum", message),
+        Ok(Err(_)) => shutting_down(),
+        Err(_) => error(
+            StatusCode::GATEWAY_TIMEOUT,
+            "timeout",
+            "no consistent answer within 10s".into(),
+        ),
+    }
+}
+
+async fn promote(
+    State(state): State<Arc<NodeState>>,
+    Json(request): Json<PromoteRequest>,
+) -> Response {
+    ask(&state, |reply| AgentCommand::Promote { request, reply }).await
+}
+
+async fn transfer_leader(
+    State(state): State<Arc<NodeState>>,
+    Json(request): Json<TransferRequest>,
+) -> Response {
+    ask(&state, |reply| AgentCommand::TransferLeader {
+        request,
+        reply,
+    })
+    .await
 }
 
 fn shutting_down() -> Response {

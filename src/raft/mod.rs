@@ -15,8 +15,11 @@
 //! - [`runtime`]: tokio, with a random source that a test can seed;
 //! - [`driver`]: the tokio side in the agent.
 
+pub mod driver;
 pub mod failover;
+pub mod network;
 pub mod runtime;
+pub mod sim;
 pub mod state;
 pub mod store;
 

@@ -31,6 +31,9 @@ pub enum Command {
         /// Why, for the log and `cohort status` ("s1-a is dead", "operator").
         reason: String,
     },
+    /// The leader of `term` announces itself (its first write), so the
+    /// leader is part of what the group agrees on.
+    Leader { term: u64, node: NodeId },
     /// Forget the masters of replica sets that left the topology.
     ForgetSets { sets: Vec<String> },
     /// Record the decision of a 2PC transaction unless one is recorded:
@@ -80,13 +83,14 @@ impl fmt::Display for Master {
 /// Everything the group agrees on.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ClusterState {
-    /// The leader of the latest term seen in the log (each new leader
-    /// commits a blank entry first; its log id names term and leader).
+    /// The leader of the latest term, as it announced itself.
     pub leader: Option<(u64, NodeId)>,
     /// Master of each replica set that has one.
     pub masters: BTreeMap<String, Master>,
     /// The last topology version committed through a recorded decision.
     pub topology: Option<(Version, ConfigHash)>,
+    /// The last generation of each set whose master was forgotten.
+    retired: BTreeMap<String, u64>,
     /// Recent 2PC decisions, the oldest first in `decided_order`.
     pub decisions: BTreeMap<TxnId, Decision>,
     decided_order: VecDeque<TxnId>,
@@ -114,17 +118,26 @@ impl ClusterState {
                         current: current.cloned(),
                     };
                 }
+                // A set that was forgotten and comes back continues its
+                // generations: a fencing token is never handed out twice.
+                let before = self.retired.get(set).copied().unwrap_or(0);
                 let master = Master {
                     node: node.clone(),
-                    generation: generation + 1,
+                    generation: generation.max(before) + 1,
                     reason: reason.clone(),
                 };
                 self.masters.insert(set.clone(), master.clone());
                 Response::Appointed(master)
             }
+            Command::Leader { term, node } => {
+                self.leader_elected(*term, *node);
+                Response::Done
+            }
             Command::ForgetSets { sets } => {
                 for set in sets {
-                    self.masters.remove(set);
+                    if let Some(master) = self.masters.remove(set) {
+                        self.retired.insert(set.clone(), master.generation);
+                    }
                 }
                 Response::Done
             }
@@ -156,7 +169,7 @@ impl ClusterState {
         }
     }
 
-    /// A new leader's first entry was applied.
+    /// A leader announced itself (never moves back to an older term).
     pub fn leader_elected(&mut self, term: u64, leader: NodeId) {
         if self.leader.is_none_or(|(t, _)| t <= term) {
             self.leader = Some((term, leader));
@@ -234,6 +247,11 @@ mod tests {
             sets: vec!["s1".into()],
         });
         assert_eq!(s.master("s1"), None);
+        // The set comes back: its generations go on, never repeat.
+        assert!(matches!(
+            s.apply(&appoint("s1", "a", 0)),
+            Response::Appointed(Master { generation: 3, .. })
+        ));
     }
 
     #[test]

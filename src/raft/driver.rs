@@ -1,0 +1,972 @@
+//! The tokio side of Raft in the agent: starts this node's openraft
+//! instance when the committed topology puts it in the group, forms the
+//! group once, keeps the group's voters in step with the topology, and,
+//! on the leader, appoints replica-set masters. Every decision is computed
+//! by [`failover`] (no I/O); this file only carries it out.
+//!
+//! One task owns the instance and wakes on a tick (a fraction of the
+//! election timeout), on a new committed topology, and on commands from the
+//! API (promote, transfer leadership, consistent reads).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use openraft::{ChangeMembers, ServerState};
+use serde::{Deserialize, Serialize};
+use tokio::sync::{mpsc, oneshot, watch};
+use tracing::{debug, info, warn};
+
+use super::failover::{self, MemberView, MembershipStep};
+use super::network::{self, RaftEndpoint};
+use super::store::{self, Applied};
+use super::{ClusterState, Command, Master, NodeId, Peer, Raft, Response};
+use crate::agent::apply::{directory, PeerDirectory};
+use crate::config::{FailoverMode, Topology};
+use crate::rpc::{RpcClient, RpcError};
+
+/// The rpc method that answers a node's view of the group ([`GroupView`]).
+pub const VIEW_METHOD: &str = "raft.view";
+/// The rpc method a leader calls on the node it hands leadership to.
+pub const ELECT_METHOD: &str = "raft.elect";
+/// The rpc method a node calls on the leader to promote a master
+/// (postcard `(set, node)`, answered with `Result<Master, String>`).
+pub const PROMOTE_METHOD: &str = "raft.promote";
+/// The rpc method that answers the replicated state after a linearizable
+/// check on the leader (`--consistent` reads).
+pub const READ_METHOD: &str = "raft.read";
+
+/// How many entries a learner may lag and still be made a voter.
+const LEARNER_LAG: u64 = 16;
+/// A leader appoints no master while some topology node is unknown to its
+/// gossip and the agent is younger than this: a table still filling up
+/// would make a live master look gone.
+const GOSSIP_SETTLE: Duration = Duration::from_secs(10);
+
+/// The longest any single rpc of the driver waits.
+const CALL_DEADLINE: Duration = Duration::from_secs(2);
+
+/// openraft's settings for an election timeout `t`: elections start
+/// between `t` and `2t` of silence, heartbeats go out every `t/10`.
+pub fn raft_config(election_timeout: Duration) -> openraft::Config {
+    let t = election_timeout.as_millis().max(10) as u64;
+    openraft::Config {
+        cluster_name: "cohort".into(),
+        election_timeout_min: t,
+        election_timeout_max: 2 * t,
+        heartbeat_interval: (t / 10).max(1),
+        install_snapshot_timeout: (2 * t).max(500),
+        ..Default::default()
+    }
+}
+
+/// What one node knows of the group, for `cohort status`, `GET
+/// /v1/leaders` and for other nodes (rpc [`VIEW_METHOD`]).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GroupView {
+    /// This node runs a Raft instance (it is, or was, in the group).
+    pub running: bool,
+    /// The group has been formed (this node has a log or a vote).
+    pub initialized: bool,
+    /// "leader", "follower", "candidate", "learner", or "off".
+    pub role: String,
+    pub term: u64,
+    pub leader: Option<NodeId>,
+    /// How long ago a quorum last acknowledged this node as leader (on the
+    /// leader only).
+    pub quorum_ack_ms: Option<u64>,
+    pub voters: Vec<(NodeId, Peer)>,
+    pub learners: Vec<(NodeId, Peer)>,
+    pub last_log_index: Option<u64>,
+    pub last_applied: Option<u64>,
+    /// The replicated state this node has applied (fetched from the group
+    /// on nodes outside it).
+    pub state: ClusterState,
+    /// The committed topology's failover mode.
+    pub mode: Option<FailoverMode>,
+    /// Each replica set's master as this node runs it: from the replicated
+    /// state in mode `raft`, else from the topology and gossip (generation
+    /// 0: no fencing outside Raft).
+    pub masters: BTreeMap<String, Master>,
+    /// Why the group is not (yet) what it should be, for people.
+    pub note: Option<String>,
+}
+
+/// Requests from the API, answered by the driver task.
+pub enum RaftCommand {
+    /// `cohort failover promote SET NODE`.
+    Promote {
+        set: String,
+        node: String,
+        reply: oneshot::Sender<Result<Master, String>>,
+    },
+    /// `cohort raft transfer-leader NODE`.
+    TransferLeader {
+        node: String,
+        reply: oneshot::Sender<Result<(), String>>,
+    },
+    /// A linearizable read of the replicated state, through the leader.
+    ConsistentRead {
+        reply: oneshot::Sender<Result<GroupView, String>>,
+    },
+    /// Shut the instance down (the agent stops).
+    Stop {
+        reply: oneshot::Sender<Result<(), String>>,
+    },
+}
+
+/// Talks to the running driver.
+#[derive(Clone)]
+pub struct RaftHandle {
+    view: watch::Receiver<GroupView>,
+    commands: mpsc::Sender<RaftCommand>,
+}
+
+impl RaftHandle {
+    /// This node's current view (local, possibly stale).
+    pub fn view(&self) -> GroupView {
+        self.view.borrow().clone()
+    }
+
+    pub fn watch(&self) -> watch::Receiver<GroupView> {
+        self.view.clone()
+    }
+
+    /// Shuts the instance down and ends the driver.
+    pub async fn stop(&self) {
+        let _ = self.ask(|reply| RaftCommand::Stop { reply }).await;
+    }
+
+    pub async fn ask<T>(
+        &self,
+        make: impl FnOnce(oneshot::Sender<Result<T, String>>) -> RaftCommand,
+    ) -> Result<T, String> {
+        let (reply, answer) = oneshot::channel();
+        self.commands
+            .send(make(reply))
+            .await
+            .map_err(|_| "the raft driver is not running".to_string())?;
+        answer
+            .await
+            .map_err(|_| "the raft driver stopped before answering".to_string())?
+    }
+}
+
+/// Where this node's Raft lives and how it is reached.
+#[derive(Clone, Debug)]
+pub struct RaftSettings {
+    pub me: NodeId,
+    pub name: String,
+    /// `data_dir/raft`.
+    pub dir: PathBuf,
+    /// Where peers reach this node's rpc.
+    pub advertise: SocketAddr,
+}
+
+/// The rpc endpoints of Raft, made before the rpc server starts (the router
+/// is built first), handed to [`spawn`] afterwards.
+pub struct RaftPorts {
+    pub endpoint: RaftEndpoint,
+    pub control: ControlEndpoint,
+    control_inbox: mpsc::Receiver<ControlCall>,
+}
+
+/// Makes the endpoints for the router.
+pub fn ports() -> RaftPorts {
+    let (tx, control_inbox) = mpsc::channel(64);
+    RaftPorts {
+        endpoint: RaftEndpoint::new(),
+        control: ControlEndpoint { inbox: tx },
+        control_inbox,
+    }
+}
+
+/// The rpc side of [`VIEW_METHOD`], [`ELECT_METHOD`] and [`READ_METHOD`].
+#[derive(Clone)]
+pub struct ControlEndpoint {
+    inbox: mpsc::Sender<ControlCall>,
+}
+
+struct ControlCall {
+    method: String,
+    body: Vec<u8>,
+    reply: oneshot::Sender<Result<Vec<u8>, RpcError>>,
+}
+
+impl crate::rpc::RpcHandler for ControlEndpoint {
+    fn handle<'a>(
+        &'a self,
+        _from: SocketAddr,
+        method: &'a str,
+        body: Vec<u8>,
+    ) -> crate::rpc::HandlerFuture<'a> {
+        Box::pin(async move {
+            let unavailable = || RpcError::new("unavailable", "the raft driver is not running");
+            let (reply, answer) = oneshot::channel();
+            self.inbox
+                .send(ControlCall {
+                    method: method.to_string(),
+                    body,
+                    reply,
+                })
+                .await
+                .map_err(|_| unavailable())?;
+            answer.await.map_err(|_| unavailable())?
+        })
+    }
+}
+
+/// Starts the driver. `topology` follows the committed topology;
+/// `masters` is told whether this node is its replica set's master.
+pub fn spawn(
+    settings: RaftSettings,
+    ports: RaftPorts,
+    topology: watch::Receiver<Option<Arc<Topology>>>,
+    directory: Arc<dyn PeerDirectory>,
+    rpc: RpcClient,
+    masters: watch::Sender<BTreeMap<String, String>>,
+) -> RaftHandle {
+    let (view_tx, view) = watch::channel(GroupView {
+        role: "off".into(),
+        ..GroupView::default()
+    });
+    let (commands_tx, commands) = mpsc::channel(16);
+    let driver = Driver {
+        settings,
+        endpoint: ports.endpoint,
+        topology,
+        directory,
+        rpc,
+        masters,
+        view: view_tx,
+        running: None,
+        fetched: None,
+        started: tokio::time::Instant::now(),
+    };
+    tokio::spawn(driver.run(commands, ports.control_inbox));
+    RaftHandle {
+        view,
+        commands: commands_tx,
+    }
+}
+
+/// This node's openraft instance and what it was started with.
+struct Running {
+    raft: Raft,
+    applied: watch::Receiver<Applied>,
+    election_timeout: Duration,
+}
+
+struct Driver {
+    settings: RaftSettings,
+    endpoint: RaftEndpoint,
+    topology: watch::Receiver<Option<Arc<Topology>>>,
+    directory: Arc<dyn PeerDirectory>,
+    rpc: RpcClient,
+    masters: watch::Sender<BTreeMap<String, String>>,
+    view: watch::Sender<GroupView>,
+    running: Option<Running>,
+    /// Outside the group: the view last fetched from a member of it.
+    fetched: Option<GroupView>,
+    started: tokio::time::Instant,
+}
+
+impl Driver {
+    async fn run(
+        mut self,
+        mut commands: mpsc::Receiver<RaftCommand>,
+        mut control: mpsc::Receiver<ControlCall>,
+    ) {
+        loop {
+            let topology = self.topology.borrow_and_update().clone();
+            let tick = topology
+                .as_ref()
+                .map_or(Duration::from_secs(1), |t| tick_of(t.election_timeout()));
+            if let Some(topology) = &topology {
+                self.step(topology).await;
+            }
+            tokio::select! {
+                changed = self.topology.changed() => {
+                    if changed.is_err() {
+                        break;
+                    }
+                }
+                command = commands.recv() => match command {
+                    Some(RaftCommand::Stop { reply }) => {
+                        self.shutdown().await;
+                        let _ = reply.send(Ok(()));
+                        return;
+                    }
+                    Some(command) => self.command(command, topology.as_deref()).await,
+                    None => break,
+                },
+                Some(call) = control.recv() => self.control(call).await,
+                _ = tokio::time::sleep(tick) => {}
+            }
+        }
+        self.shutdown().await;
+    }
+
+    async fn shutdown(&mut self) {
+        if let Some(running) = self.running.take() {
+            if let Err(e) = running.raft.shutdown().await {
+                warn!("raft did not shut down cleanly: {e}");
+            }
+        }
+    }
+
+    /// One round: start or restart the instance, form the group, lead.
+    async fn step(&mut self, topology: &Topology) {
+        let peers = self.directory.peers().await;
+        let members: Vec<MemberView> = peers.iter().map(member_view).collect();
+        let in_group = failover::in_group(topology, &self.settings.name);
+        let mut note = None;
+
+        if self.running.is_none() && (in_group || store::has_state(&self.settings.dir)) {
+            if let Err(e) = self.start(topology).await {
+                warn!("cannot start raft: {e}");
+                note = Some(format!("cannot start raft: {e}"));
+            }
+        }
+        if let Some(running) = &self.running {
+            if running.election_timeout != topology.election_timeout() {
+                info!(
+                    from = ?running.election_timeout,
+                    to = ?topology.election_timeout(),
+                    "the election timeout changed: restarting raft"
+                );
+                let running = self.running.take().expect("running");
+                let _ = running.raft.shutdown().await;
+                if let Err(e) = self.start(topology).await {
+                    note = Some(format!("cannot restart raft: {e}"));
+                }
+            }
+        }
+        if let Some(running) = &self.running {
+            let raft = running.raft.clone();
+            raft.runtime_config()
+                .elect(failover::may_lead(topology, &self.settings.name));
+            if !raft.is_initialized().await.unwrap_or(true) {
+                note = self.maybe_form_group(&raft, topology, &peers).await;
+            } else if let Some(silent) = lost_quorum(&raft, topology.election_timeout()) {
+                // openraft 0.9 keeps a cut-off leader leading (it only
+                // cannot commit); a new election makes it a candidate, which
+                // is what the rest of the cluster and its operator should
+                // see. It cannot win without a majority.
+                warn!(
+                    silent_ms = silent,
+                    "no quorum has answered for longer than the election timeout: stepping down"
+                );
+                let _ = raft.trigger().elect().await;
+            } else if self.is_effective_leader(&raft, topology) {
+                self.lead(&raft, topology, &members).await;
+            }
+        } else {
+            self.fetch_state(topology, &peers).await;
+        }
+        self.publish(topology, &members, note);
+    }
+
+    async fn start(&mut self, topology: &Topology) -> Result<(), String> {
+        let (log, sm) = store::open(&self.settings.dir, true).map_err(|e| e.to_string())?;
+        let applied = sm.subscribe();
+        let config = raft_config(topology.election_timeout());
+        let config = Arc::new(config.validate().map_err(|e| e.to_string())?);
+        let network = network::Network::new(self.settings.me, self.rpc.clone());
+        let raft = Raft::new(self.settings.me, config, network, log, sm)
+            .await
+            .map_err(|e| e.to_string())?;
+        self.endpoint.set(raft.clone());
+        info!(dir = %self.settings.dir.display(), "raft started");
+        self.running = Some(Running {
+            raft,
+            applied,
+            election_timeout: topology.election_timeout(),
+        });
+        Ok(())
+    }
+
+    /// The first candidate by name forms the group, alone, unless a member
+    /// of the topology's group already belongs to one (this node's data
+    /// dir was wiped: it waits to be added instead). Everyone else waits.
+    async fn maybe_form_group(
+        &self,
+        raft: &Raft,
+        topology: &Topology,
+        peers: &[crate::agent::apply::Peer],
+    ) -> Option<String> {
+        let first = first_candidate(topology)?;
+        if first != self.settings.name {
+            return Some(format!(
+                "waiting to be added to the group (formed by {first}, the first candidate by name)"
+            ));
+        }
+        for peer in peers.iter().filter(|p| {
+            p.id != self.settings.me
+                && p.status == crate::membership::MemberStatus::Alive
+                && failover::in_group(topology, &p.name)
+        }) {
+            match self.view_of(peer.addr).await {
+                Ok(view) if view.initialized => {
+                    return Some(format!(
+                        "{} already belongs to a group: waiting to be added",
+                        peer.name
+                    ))
+                }
+                Ok(_) => {}
+                Err(e) => debug!(peer = %peer.name, "no view: {e}"),
+            }
+        }
+        let me = Peer {
+            name: self.settings.name.clone(),
+            addr: self.settings.advertise,
+        };
+        let members = BTreeMap::from([(self.settings.me, me)]);
+        match raft.initialize(members).await {
+            Ok(()) => {
+                info!("formed the raft group");
+                None
+            }
+            Err(e) => Some(format!("cannot form the group: {e}")),
+        }
+    }
+
+    /// Leader of the current term with a quorum heard from within one
+    /// election timeout: a leader cut off from its majority stops acting.
+    fn is_effective_leader(&self, raft: &Raft, topology: &Topology) -> bool {
+        let m = raft.metrics().borrow().clone();
+        m.state == ServerState::Leader
+            && m.millis_since_quorum_ack
+                .is_some_and(|ms| u128::from(ms) <= topology.election_timeout().as_millis())
+    }
+
+    /// The leader's duties: the group's voters follow the topology, and in
+    /// `raft` failover mode, dead masters are replaced.
+    async fn lead(&self, raft: &Raft, topology: &Topology, members: &[MemberView]) {
+        // The leader of a new term announces itself in the log first.
+        let term = raft.metrics().borrow().current_term;
+        let announced = self
+            .running
+            .as_ref()
+            .and_then(|r| r.applied.borrow().state.leader)
+            .is_some_and(|(t, node)| t == term && node == self.settings.me);
+        if !announced {
+            let me = self.settings.me;
+            if self
+                .write(raft, Command::Leader { term, node: me })
+                .await
+                .is_none()
+            {
+                return;
+            }
+        }
+        let voters = self.reconcile_voters(raft, topology, members).await;
+        let all_known = topology
+            .nodes()
+            .all(|n| members.iter().any(|m| m.name == n.name));
+        let settled = all_known || self.started.elapsed() >= GOSSIP_SETTLE;
+        if topology.failover.mode.value == FailoverMode::Raft && settled {
+            let Some(running) = &self.running else { return };
+            let state = running.applied.borrow().state.clone();
+            for command in failover::appointments(topology, members, &state) {
+                self.write(raft, command).await;
+            }
+        }
+        // A voter that may not lead (the topology changed) hands over.
+        if !failover::may_lead(topology, &self.settings.name) {
+            if let Some(to) = members.iter().find(|m| {
+                m.status == crate::membership::MemberStatus::Alive
+                    && voters.contains(&m.id)
+                    && failover::may_lead(topology, &m.name)
+            }) {
+                info!(to = %to.name, "this node may not lead: handing leadership over");
+                let _ = self.ask_to_elect(to.addr).await;
+            }
+        }
+    }
+
+    /// One membership step towards the topology's voters; returns the
+    /// voters as they were.
+    async fn reconcile_voters(
+        &self,
+        raft: &Raft,
+        topology: &Topology,
+        members: &[MemberView],
+    ) -> BTreeSet<NodeId> {
+        let membership = raft.metrics().borrow().membership_config.clone();
+        let voters: BTreeSet<NodeId> = membership.membership().voter_ids().collect();
+        let learners: BTreeSet<NodeId> = membership.membership().learner_ids().collect();
+        match failover::membership_step(topology, members, &voters, &learners) {
+            MembershipStep::Nothing => {}
+            MembershipStep::AddLearner { id, peer } => {
+                info!(node = %peer.name, %id, "adding to the raft group as a learner");
+                if let Err(e) = raft.add_learner(id, peer, false).await {
+                    warn!("cannot add a learner: {e}");
+                }
+            }
+            MembershipStep::ChangeVoters {
+                voters: wanted,
+                why,
+            } => {
+                // A learner becomes a voter once it has the log: a voter
+                // still catching up would hold back every commit.
+                let m = raft.metrics().borrow().clone();
+                let last = m.last_log_index.unwrap_or(0);
+                let behind: Vec<NodeId> = wanted
+                    .difference(&voters)
+                    .filter(|id| {
+                        let matched = m
+                            .replication
+                            .as_ref()
+                            .and_then(|r| r.get(id).cloned().flatten())
+                            .map_or(0, |l| l.index);
+                        matched + LEARNER_LAG < last
+                    })
+                    .copied()
+                    .collect();
+                if !behind.is_empty() {
+                    debug!(?behind, "waiting for learners to catch up before they vote");
+                    return voters;
+                }
+                info!(voters = ?wanted, "changing the raft voters: {why}");
+                if let Err(e) = raft.change_membership(wanted, false).await {
+                    warn!("cannot change the voters: {e}");
+                }
+            }
+            MembershipStep::RemoveLearners { ids } => {
+                if let Err(e) = raft
+                    .change_membership(ChangeMembers::RemoveNodes(ids), false)
+                    .await
+                {
+                    warn!("cannot remove learners: {e}");
+                }
+            }
+        }
+        voters
+    }
+
+    async fn write(&self, raft: &Raft, command: Command) -> Option<Response> {
+        match raft.client_write(command.clone()).await {
+            Ok(written) => {
+                match &written.data {
+                    Response::Appointed(master) => {
+                        info!(%master, reason = %master.reason, ?command, "appointed a master")
+                    }
+                    Response::Stale { current } => {
+                        debug!(?current, "appointment refused: the view was stale")
+                    }
+                    _ => {}
+                }
+                Some(written.data)
+            }
+            Err(e) => {
+                warn!("raft write failed: {e}");
+                None
+            }
+        }
+    }
+
+    /// Outside the group: the replicated state from a member of it (the
+    /// state at an index is the same on every member that applied it).
+    async fn fetch_state(&mut self, topology: &Topology, peers: &[crate::agent::apply::Peer]) {
+        for peer in peers.iter().filter(|p| {
+            p.status == crate::membership::MemberStatus::Alive
+                && failover::in_group(topology, &p.name)
+        }) {
+            if let Ok(view) = self.view_of(peer.addr).await {
+                if view.initialized {
+                    let newer = self
+                        .fetched
+                        .as_ref()
+                        .is_none_or(|have| view.last_applied >= have.last_applied);
+                    if newer {
+                        self.fetched = Some(view);
+                    }
+                    return;
+                }
+            }
+        }
+    }
+
+    async fn view_of(&self, addr: SocketAddr) -> Result<GroupView, String> {
+        let body = self
+            .rpc
+            .call(addr, VIEW_METHOD, &[], CALL_DEADLINE)
+            .await
+            .map_err(|e| e.to_string())?;
+        postcard::from_bytes(&body).map_err(|e| format!("bad answer: {e}"))
+    }
+
+    async fn ask_to_elect(&self, addr: SocketAddr) -> Result<(), String> {
+        self.rpc
+            .call(addr, ELECT_METHOD, &[], CALL_DEADLINE)
+            .await
+            .map(|_| ())
+            .map_err(|e| e.to_string())
+    }
+
+    /// Builds and publishes this node's view; tells the roles who is
+    /// master.
+    fn publish(&self, topology: &Topology, members: &[MemberView], note: Option<String>) {
+        let mut view = self.local_view();
+        view.note = note;
+        view.mode = Some(topology.failover.mode.value);
+        let unfenced = |node: String| Master {
+            node,
+            generation: 0,
+            reason: String::new(),
+        };
+        view.masters = match topology.failover.mode.value {
+            FailoverMode::Disabled => failover::configured_masters(topology)
+                .into_iter()
+                .map(|(set, node)| (set, unfenced(node)))
+                .collect(),
+            FailoverMode::Eventual => failover::eventual_masters(topology, members)
+                .into_iter()
+                .filter_map(|(set, node)| Some((set, unfenced(node?))))
+                .collect(),
+            FailoverMode::Raft => view.state.masters.clone(),
+        };
+        let masters: BTreeMap<String, String> = view
+            .masters
+            .iter()
+            .map(|(set, m)| (set.clone(), m.node.clone()))
+            .collect();
+        self.masters.send_if_modified(|have| {
+            let changed = *have != masters;
+            *have = masters;
+            changed
+        });
+        self.view.send_if_modified(|have| {
+            let changed = *have != view;
+            *have = view;
+            changed
+        });
+    }
+
+    /// This node's view now: fresh from the instance, with the masters and
+    /// note of the last round (in mode `raft` the masters are the state's).
+    fn current_view(&self) -> GroupView {
+        let published = self.view.borrow().clone();
+        let mut view = self.local_view();
+        view.mode = published.mode;
+        view.note = published.note;
+        view.masters = if view.mode == Some(FailoverMode::Raft) {
+            view.state.masters.clone()
+        } else {
+            published.masters
+        };
+        view
+    }
+
+    fn local_view(&self) -> GroupView {
+        let Some(running) = &self.running else {
+            // What a member told us, as seen from outside the group.
+            let fetched = self.fetched.clone().unwrap_or_default();
+            return GroupView {
+                running: false,
+                role: "off".into(),
+                quorum_ack_ms: None,
+                note: None,
+                ..fetched
+            };
+        };
+        let m = running.raft.metrics().borrow().clone();
+        let applied = running.applied.borrow().clone();
+        let membership = m.membership_config.membership();
+        let nodes = |ids: Vec<NodeId>| -> Vec<(NodeId, Peer)> {
+            ids.into_iter()
+                .map(|id| (id, membership.get_node(&id).cloned().unwrap_or_default()))
+                .collect()
+        };
+        GroupView {
+            running: true,
+            initialized: m.vote.leader_id().term > 0 || m.last_log_index.is_some(),
+            role: match m.state {
+                ServerState::Leader => "leader",
+                ServerState::Follower => "follower",
+                ServerState::Candidate => "candidate",
+                ServerState::Learner => "learner",
+                ServerState::Shutdown => "shutdown",
+            }
+            .into(),
+            term: m.current_term,
+            leader: m.current_leader,
+            quorum_ack_ms: m.millis_since_quorum_ack,
+            voters: nodes(membership.voter_ids().collect()),
+            learners: nodes(membership.learner_ids().collect()),
+            last_log_index: m.last_log_index,
+            last_applied: m.last_applied.map(|l| l.index),
+            state: (*applied.state).clone(),
+            mode: None,
+            masters: BTreeMap::new(),
+            note: None,
+        }
+    }
+
+    async fn command(&mut self, command: RaftCommand, topology: Option<&Topology>) {
+        match command {
+            RaftCommand::Promote { set, node, reply } => {
+                let _ = reply.send(self.promote(topology, &set, &node).await);
+            }
+            RaftCommand::TransferLeader { node, reply } => {
+                let _ = reply.send(self.transfer(topology, &node).await);
+            }
+            RaftCommand::ConsistentRead { reply } => {
+                let _ = reply.send(self.consistent_read().await);
+            }
+            // The loop stops before it gets here; answer anyway.
+            RaftCommand::Stop { reply } => {
+                let _ = reply.send(Ok(()));
+            }
+        }
+    }
+
+    /// On the leader, or forwarded to it.
+    async fn promote(
+        &self,
+        topology: Option<&Topology>,
+        set: &str,
+        node: &str,
+    ) -> Result<Master, String> {
+        if self.current_view().role == "leader" {
+            return self.promote_here(topology, set, node).await;
+        }
+        let body = postcard::to_allocvec(&(set, node)).map_err(|e| e.to_string())?;
+        let answer = self
+            .rpc
+            .call(self.leader_addr()?, PROMOTE_METHOD, &body, CALL_DEADLINE)
+            .await
+            .map_err(|e| format!("the leader did not answer: {e}"))?;
+        postcard::from_bytes::<Result<Master, String>>(&answer)
+            .map_err(|e| format!("bad answer: {e}"))?
+    }
+
+    async fn promote_here(
+        &self,
+        topology: Option<&Topology>,
+        set: &str,
+        node: &str,
+    ) -> Result<Master, String> {
+        let topology = topology.ok_or("no committed topology yet")?;
+        if topology.failover.mode.value != FailoverMode::Raft {
+            return Err(format!(
+                "failover mode is `{}`: masters move through raft only in mode `raft`",
+                mode_name(topology.failover.mode.value)
+            ));
+        }
+        let running = self
+            .running
+            .as_ref()
+            .ok_or("this node is not in the raft group")?;
+        let members: Vec<MemberView> = self
+            .directory
+            .peers()
+            .await
+            .iter()
+            .map(member_view)
+            .collect();
+        let state = running.applied.borrow().state.clone();
+        let command =
+            failover::promote(topology, &members, &state, set, node).map_err(|e| e.to_string())?;
+        match running.raft.client_write(command).await {
+            Ok(written) => match written.data {
+                Response::Appointed(master) => Ok(master),
+                Response::Stale { current } => Err(format!(
+                    "the master changed meanwhile (now {}): try again",
+                    current.map_or("none".into(), |m| m.to_string())
+                )),
+                other => Err(format!("unexpected answer {other:?}")),
+            },
+            Err(e) => Err(leader_hint(&e.to_string(), &self.current_view())),
+        }
+    }
+
+    /// Where the leader this node knows takes rpc.
+    fn leader_addr(&self) -> Result<SocketAddr, String> {
+        let view = self.current_view();
+        let leader = view.leader.ok_or("no leader known: try again")?;
+        view.voters
+            .iter()
+            .find(|(id, _)| *id == leader)
+            .map(|(_, p)| p.addr)
+            .ok_or_else(|| "the leader is not a voter known here: try again".to_string())
+    }
+
+    async fn transfer(&self, topology: Option<&Topology>, node: &str) -> Result<(), String> {
+        let topology = topology.ok_or("no committed topology yet")?;
+        if !failover::may_lead(topology, node) {
+            return Err(format!(
+                "{node} may not lead: its topology entry must say `election: candidate`"
+            ));
+        }
+        let peers = self.directory.peers().await;
+        let by_name = directory::by_name(&peers);
+        let target = by_name
+            .get(node)
+            .ok_or_else(|| format!("{node} is not known to gossip"))?;
+        let (id, addr) = (target.id, target.addr);
+        // This node itself is asked directly (its own rpc would wait for
+        // this very task).
+        let role = |view: GroupView| view.role;
+        let view = if id == self.settings.me {
+            self.current_view()
+        } else {
+            self.view_of(addr).await?
+        };
+        if !view.voters.iter().any(|(voter, _)| *voter == id) {
+            return Err(format!("{node} is not a voter of the raft group yet"));
+        }
+        // An election it starts wins only if its log is up to date, and
+        // another node may time out at the same moment: a few tries.
+        let wait = topology.election_timeout() * 2;
+        for _ in 0..3 {
+            let now = if id == self.settings.me {
+                role(self.current_view())
+            } else {
+                role(self.view_of(addr).await?)
+            };
+            if now == "leader" {
+                return Ok(());
+            }
+            if id == self.settings.me {
+                self.elect_here().await.map_err(|e| e.to_string())?;
+            } else {
+                self.ask_to_elect(addr).await?;
+            }
+            tokio::time::sleep(wait).await;
+        }
+        let now = if id == self.settings.me {
+            self.current_view()
+        } else {
+            self.view_of(addr).await?
+        };
+        match now.role.as_str() {
+            "leader" => Ok(()),
+            role => Err(format!(
+                "{node} did not win its elections (it is {role}): try again"
+            )),
+        }
+    }
+
+    /// Through the leader: here when this node leads, else over rpc. The
+    /// leader confirms with a quorum that it still leads (ReadIndex) and
+    /// answers once it applied everything committed before the read.
+    async fn consistent_read(&self) -> Result<GroupView, String> {
+        if self.current_view().role == "leader" {
+            return self.consistent_read_here().await;
+        }
+        let body = self
+            .rpc
+            .call(self.leader_addr()?, READ_METHOD, &[], CALL_DEADLINE)
+            .await
+            .map_err(|e| format!("the leader did not answer: {e}"))?;
+        postcard::from_bytes::<Result<GroupView, String>>(&body)
+            .map_err(|e| format!("bad answer: {e}"))?
+    }
+
+    async fn control(&mut self, call: ControlCall) {
+        let answer = match call.method.as_str() {
+            VIEW_METHOD => encode(&self.current_view()),
+            ELECT_METHOD => self.elect_here().await.map(|()| Vec::new()),
+            READ_METHOD => encode(&self.consistent_read_here().await),
+            PROMOTE_METHOD => match postcard::from_bytes::<(String, String)>(&call.body) {
+                Ok((set, node)) => {
+                    let topology = self.topology.borrow().clone();
+                    encode(&self.promote_here(topology.as_deref(), &set, &node).await)
+                }
+                Err(e) => Err(RpcError::bad_request(e)),
+            },
+            other => Err(RpcError::unknown_method(other)),
+        };
+        let _ = call.reply.send(answer);
+    }
+
+    /// Starts an election here (a leader handing over asked for it).
+    async fn elect_here(&self) -> Result<(), RpcError> {
+        let running = self
+            .running
+            .as_ref()
+            .ok_or_else(|| RpcError::new("unavailable", "not in the raft group"))?;
+        info!("starting an election: asked to take the lead");
+        running
+            .raft
+            .trigger()
+            .elect()
+            .await
+            .map_err(|e| RpcError::internal(e.to_string()))
+    }
+
+    /// [`READ_METHOD`] on this node: only a leader answers with the state.
+    async fn consistent_read_here(&self) -> Result<GroupView, String> {
+        let running = self.running.as_ref().ok_or("not in the raft group")?;
+        running
+            .raft
+            .ensure_linearizable()
+            .await
+            .map_err(|e| format!("not a leader with a quorum: {e}"))?;
+        Ok(self.current_view())
+    }
+}
+
+fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>, RpcError> {
+    postcard::to_allocvec(value).map_err(|e| RpcError::internal(format!("cannot encode: {e}")))
+}
+
+fn mode_name(mode: FailoverMode) -> String {
+    serde_json::to_value(mode)
+        .ok()
+        .and_then(|v| v.as_str().map(str::to_string))
+        .unwrap_or_default()
+}
+
+/// "not the leader" errors say who is.
+fn leader_hint(error: &str, view: &GroupView) -> String {
+    match view.leader {
+        Some(leader) if view.role != "leader" => {
+            let name = view
+                .voters
+                .iter()
+                .find(|(id, _)| *id == leader)
+                .map_or(leader.to_string(), |(_, p)| p.name.clone());
+            format!("{error} (the leader is {name})")
+        }
+        _ => error.to_string(),
+    }
+}
+
+/// On a leader that no quorum has acknowledged for longer than
+/// `election_timeout`: for how long (ms).
+fn lost_quorum(raft: &Raft, election_timeout: Duration) -> Option<u64> {
+    let m = raft.metrics().borrow().clone();
+    let silent = m.millis_since_quorum_ack?;
+    (m.state == ServerState::Leader && u128::from(silent) > election_timeout.as_millis())
+        .then_some(silent)
+}
+
+/// How often the driver looks again: half an election timeout, within
+/// 50 ms – 1 s.
+fn tick_of(election_timeout: Duration) -> Duration {
+    (election_timeout / 2).clamp(Duration::from_millis(50), Duration::from_secs(1))
+}
+
+/// The node that forms the group: the first `election: candidate` by name
+/// (the same on every node that has the committed topology).
+fn first_candidate(topology: &Topology) -> Option<String> {
+    topology
+        .nodes()
+        .filter(|n| n.spec.election == crate::config::Election::Candidate)
+        .map(|n| n.name.to_string())
+        .min()
+}
+
+fn member_view(peer: &crate::agent::apply::Peer) -> MemberView {
+    MemberView {
+        name: peer.name.clone(),
+        id: peer.id,
+        addr: peer.addr,
+        status: peer.status,
+    }
+}
