@@ -631,7 +631,12 @@ pub struct LogReader {
 
 impl LogStore {
     fn write_vote(&mut self, vote: &Vote) -> Result<(), StoreError> {
-        write_small(&self.dir.join(VOTE_FILE), &Some(*vote), "the vote", self.fsync)?;
+        write_small(
+            &self.dir.join(VOTE_FILE),
+            &Some(*vote),
+            "the vote",
+            self.fsync,
+        )?;
         self.vote = Some(*vote);
         Ok(())
     }
