@@ -57,6 +57,28 @@ impl Agent {
     }
 }
 
+/// Two replica sets (n1–n3, n4–n5), failover mode `raft`, a 1 s
+/// election timeout, node `n{i+1}` with `election: elections[i]`.
+fn topology(nodes: &[Agent], elections: &[&str]) -> String {
+    let mut text = String::from(
+        "cluster: test\nfailover: { mode: raft, election_timeout: 1s }\nreplicasets:\n  s1:\n    roles: [storage]\n    failover_priority: [n1, n2, n3]\n    nodes:\n",
+    );
+    for (i, node) in nodes.iter().enumerate() {
+        if i == 3 {
+            text.push_str(
+                "  s2:\n    roles: [router]\n    failover_priority: [n4, n5]\n    nodes:\n",
+            );
+        }
+        text.push_str(&format!(
+            "      {}: {{ address: {}, election: {} }}\n",
+            node.name,
+            addr(node.port),
+            elections[i]
+        ));
+    }
+    text
+}
+
 struct Cluster {
     nodes: Vec<Agent>,
     _root: tempfile::TempDir,
@@ -94,27 +116,23 @@ fn seen(leaders: &Value) -> Option<Seen> {
 }
 
 impl Cluster {
+    /// Five candidates.
     fn start() -> Cluster {
+        Cluster::with_elections(&["candidate"; 5])
+    }
+
+    /// Five agents, node `n{i+1}` with `election: elections[i]`.
+    fn with_elections(elections: &[&str]) -> Cluster {
         let root = tempfile::tempdir().unwrap();
         let mut nodes: Vec<Agent> = (1..=5)
             .map(|i| Agent::new(root.path(), &format!("n{i}")))
             .collect();
         let join: Vec<u16> = nodes.iter().map(|n| n.port).collect();
-        let mut text = String::from(
-            "cluster: test\nfailover: { mode: raft, election_timeout: 1s }\nreplicasets:\n  s1:\n    roles: [storage]\n    failover_priority: [n1, n2, n3]\n    nodes:\n",
-        );
-        for (i, node) in nodes.iter().enumerate() {
-            if i == 3 {
-                text.push_str(
-                    "  s2:\n    roles: [router]\n    failover_priority: [n4, n5]\n    nodes:\n",
-                );
-            }
-            text.push_str(&format!(
-                "      {}: {{ address: {}, election: candidate }}\n",
-                node.name,
-                addr(node.port)
-            ));
-        }
+        let cluster = Cluster {
+            nodes: Vec::new(),
+            _root: root,
+        };
+        let text = topology(&nodes, elections);
         for node in &nodes {
             node.write_config(&Config {
                 join: &join,
@@ -125,7 +143,7 @@ impl Cluster {
         for node in &mut nodes {
             node.start(WAIT);
         }
-        Cluster { nodes, _root: root }
+        Cluster { nodes, ..cluster }
     }
 
     fn node(&self, name: &str) -> &Agent {
@@ -284,4 +302,41 @@ fn consistent_reads_promote_and_transfer_go_through_the_leader() {
     );
     let leader_line = out.lines().find(|l| l.contains("leader")).unwrap_or("");
     assert!(leader_line.starts_with(&target), "{out}");
+}
+
+/// Voters follow the topology: three candidates and two `off` nodes; the
+/// `off` nodes see the leader and the masters from outside the group. Then
+/// one apply turns n3 `off` and n4 into a `voter`: n3 leaves the group,
+/// n4 joins it (as a learner first), no operator step.
+#[test]
+fn the_voters_follow_the_topology_and_off_nodes_see_the_group() {
+    let cluster = Cluster::with_elections(&["candidate", "candidate", "candidate", "off", "off"]);
+    let first = cluster.agreed("three voters, seen by all five", 3, |s| {
+        s.masters.len() == 2
+    });
+    let off = cluster.node("n5").leaders(false).unwrap();
+    assert_eq!(off["role"], "off", "{off}");
+
+    let text = topology(
+        &cluster.nodes,
+        &["candidate", "candidate", "off", "voter", "off"],
+    );
+    let file = cluster.node("n1").dir.join("next.yaml");
+    fs::write(&file, &text).unwrap();
+    let (ok, out, err) = cluster
+        .node("n1")
+        .cli(&["apply", file.to_str().unwrap(), "--wait"]);
+    assert!(ok, "{out}{err}");
+    let changed = cluster.agreed("n3 out, n4 in", 3, |s| s.term >= first.term);
+    let view = cluster.node("n1").leaders(false).unwrap();
+    let mut voters: Vec<&str> = view["voters"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v["name"].as_str().unwrap())
+        .collect();
+    voters.sort();
+    assert_eq!(voters, ["n1", "n2", "n4"], "{view}");
+    assert_ne!(changed.leader, "n4", "a `voter` never leads");
+    assert_eq!(cluster.node("n3").leaders(false).unwrap()["role"], "off");
 }

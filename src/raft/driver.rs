@@ -324,7 +324,15 @@ impl Driver {
         let in_group = failover::in_group(topology, &self.settings.name);
         let mut note = None;
 
-        if self.running.is_none() && (in_group || store::has_state(&self.settings.dir)) {
+        // Out of the group by the topology: stop taking part (the leader
+        // removes this node from the voters; as a voter that is down meanwhile
+        // it costs nothing but a vote) and watch the group from outside.
+        // The log stays: if the node is put back, it is added again.
+        if !in_group && self.running.is_some() {
+            info!("this node is not a voter in the committed topology: leaving the raft group");
+            self.shutdown().await;
+        }
+        if self.running.is_none() && in_group {
             if let Err(e) = self.start(topology).await {
                 warn!("cannot start raft: {e}");
                 note = Some(format!("cannot start raft: {e}"));

@@ -124,16 +124,6 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-/// Whether `dir` holds Raft state from an earlier run: a vote, a log entry
-/// or a snapshot (a node that was in a group must start Raft even when the
-/// topology no longer names it, to be removed cleanly).
-pub fn has_state(dir: &Path) -> bool {
-    let log_len = fs::metadata(dir.join(LOG_FILE)).map_or(0, |m| m.len());
-    log_len > LOG_MAGIC.len() as u64
-        || dir.join(VOTE_FILE).exists()
-        || dir.join(SNAPSHOT_FILE).exists()
-}
-
 /// Opens (creating if need be) the store in `dir`. `fsync: false` skips
 /// every fsync: only for the in-process simulator, whose "crashes" drop the
 /// Raft instance but never the page cache.
@@ -1077,7 +1067,6 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         {
             let (mut log, _) = open(dir.path(), fsync).unwrap();
-            assert!(!has_state(dir.path()), "a new store holds nothing");
             log.save_vote(&Vote::new_committed(3, node(1)))
                 .await
                 .unwrap();
@@ -1089,7 +1078,6 @@ mod tests {
             log.purge(log_id(3, 2)).await.unwrap();
             log.blocking_append([blank(4, 7)]).await.unwrap();
         }
-        assert!(has_state(dir.path()));
         let (mut log, _) = open(dir.path(), fsync).unwrap();
         assert_eq!(
             log.read_vote().await.unwrap(),
@@ -1377,6 +1365,5 @@ mod tests {
             .unwrap()
             .expect("a snapshot");
         assert_eq!(installed.meta, current.meta);
-        assert!(has_state(other.path()));
     }
 }
