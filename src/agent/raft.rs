@@ -125,6 +125,12 @@ pub fn leaders(node: &str, view: &GroupView, consistent: bool) -> Leaders {
                 addr: String::new(),
             })
     });
+    // By name, for people; ids order them arbitrarily.
+    let by_name = |peers: &[(crate::raft::NodeId, crate::raft::Peer)]| {
+        let mut list: Vec<RaftPeer> = peers.iter().map(peer).collect();
+        list.sort_by(|a, b| a.name.cmp(&b.name));
+        list
+    };
     Leaders {
         node: node.to_string(),
         consistent,
@@ -136,8 +142,8 @@ pub fn leaders(node: &str, view: &GroupView, consistent: bool) -> Leaders {
         role: view.role.clone(),
         term: view.term,
         leader,
-        voters: view.voters.iter().map(peer).collect(),
-        learners: view.learners.iter().map(peer).collect(),
+        voters: by_name(&view.voters),
+        learners: by_name(&view.learners),
         applied_index: view.last_applied,
         last_log_index: view.last_log_index,
         masters: view
