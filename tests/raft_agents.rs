@@ -340,5 +340,6 @@ fn the_voters_follow_the_topology_and_off_nodes_see_the_group() {
     assert!(ok, "{out}{err}");
     let changed = cluster.agreed("n3 out, n4 in", 3, |s| s.voter_names == ["n1", "n2", "n4"]);
     assert_ne!(changed.leader, "n4", "a `voter` never leads");
+    assert_eq!(changed.masters, first.masters, "the masters did not move");
     assert_eq!(cluster.node("n3").leaders(false).unwrap()["role"], "off");
 }

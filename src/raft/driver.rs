@@ -48,14 +48,17 @@ const GOSSIP_SETTLE: Duration = Duration::from_secs(10);
 /// The longest any single rpc of the driver waits.
 const CALL_DEADLINE: Duration = Duration::from_secs(2);
 
-/// openraft's settings for an election timeout `t`: elections start
-/// between `t` and `2t` of silence, heartbeats go out every `t/10`.
+/// openraft's settings for an election timeout `t`. openraft makes a
+/// follower wait out the leader's lease (`election_timeout_max`) and then
+/// its own random timeout before it stands, so with max `t` and min `t/2`
+/// a follower that stops hearing the leader stands after 1.5t to 2t —
+/// etcd's election timeout `t` means [t, 2t) too. Heartbeats every `t/10`.
 pub fn raft_config(election_timeout: Duration) -> openraft::Config {
     let t = election_timeout.as_millis().max(10) as u64;
     openraft::Config {
         cluster_name: "cohort".into(),
-        election_timeout_min: t,
-        election_timeout_max: 2 * t,
+        election_timeout_min: (t / 2).max(5),
+        election_timeout_max: t,
         heartbeat_interval: (t / 10).max(1),
         install_snapshot_timeout: (2 * t).max(500),
         ..Default::default()
@@ -382,7 +385,10 @@ impl Driver {
         let applied = sm.subscribe();
         let config = raft_config(topology.election_timeout());
         let config = Arc::new(config.validate().map_err(|e| e.to_string())?);
-        let network = network::Network::new(self.settings.me, self.rpc.clone());
+        // A follower that comes back hears from the leader before its own
+        // election timeout runs out.
+        let network = network::Network::new(self.settings.me, self.rpc.clone())
+            .with_max_backoff(topology.election_timeout() / 2);
         let raft = Raft::new(self.settings.me, config, network, log, sm)
             .await
             .map_err(|e| e.to_string())?;
@@ -945,19 +951,20 @@ fn leader_hint(error: &str, view: &GroupView) -> String {
     }
 }
 
-/// On a leader that no quorum has acknowledged for longer than
-/// `election_timeout`: for how long (ms).
+/// On a leader that no quorum has acknowledged for longer than 3/4 of
+/// `election_timeout`: for how long (ms). With a round every fifth of it,
+/// a cut-off leader steps down within one election timeout.
 fn lost_quorum(raft: &Raft, election_timeout: Duration) -> Option<u64> {
     let m = raft.metrics().borrow().clone();
     let silent = m.millis_since_quorum_ack?;
-    (m.state == ServerState::Leader && u128::from(silent) > election_timeout.as_millis())
-        .then_some(silent)
+    let limit = election_timeout.as_millis() * 3 / 4;
+    (m.state == ServerState::Leader && u128::from(silent) > limit).then_some(silent)
 }
 
-/// How often the driver looks again: half an election timeout, within
-/// 50 ms – 1 s.
+/// How often the driver looks again: a fifth of an election timeout,
+/// within 50 ms – 1 s.
 fn tick_of(election_timeout: Duration) -> Duration {
-    (election_timeout / 2).clamp(Duration::from_millis(50), Duration::from_secs(1))
+    (election_timeout / 5).clamp(Duration::from_millis(50), Duration::from_secs(1))
 }
 
 /// The node that forms the group: the first `election: candidate` by name

@@ -1,23 +1,42 @@
 #![cfg(feature = "sim")]
 //! A seeded simulator of the Raft group for tests: N openraft nodes over
-//! our durable store in one process, on a single-threaded tokio runtime
-//! with a paused clock, talking through a simulated network that delays,
-//! loses and cuts messages; nodes crash (their Raft is shut down) and
-//! restart from their store directory. A [`Checker`] watches every run:
-//! one leader per term, the same entry applied at each index everywhere,
-//! acknowledged writes never lost, fencing generations never reused.
+//! our durable store ([`store::open`], one directory per node) in one
+//! process, on a single-threaded tokio runtime with a paused clock, talking
+//! through a simulated network that delays, loses and cuts messages. Nodes
+//! crash (their Raft is shut down and dropped) and restart from their
+//! store directory with the same id. A [`Checker`] watches every run: one
+//! leader per term, the same entry applied at each index on every node,
+//! acknowledged writes never lost, fencing generations never reused,
+//! voter-only nodes never standing. The scenarios are in
+//! `tests/raft_sim.rs`.
 //!
 //! Determinism, honestly: a seed fixes the network's draws (loss, delays),
-//! the test's fault schedule and openraft's election timeouts
-//! ([`runtime::seed`]). It does not fix everything: tokio's `select!`
-//! picks among ready branches at random and openraft's tasks race on one
-//! thread, so the same seed replays the same schedule of faults, not
-//! necessarily the same interleaving of messages. A failure that depends on
-//! one interleaving may need a few replays (or `RAFT_SEEDS`) to show again.
+//! the client's writes, the test's fault schedule and openraft's election
+//! timeouts ([`runtime::seed`]). It does not fix everything: tokio's
+//! `select!` picks among ready branches at random, and openraft's tasks
+//! race on one thread, so the same seed replays the same schedule of
+//! faults, not necessarily the same interleaving of messages (once two
+//! runs differ in the order of two sends, the network's later draws
+//! differ too). A failure that depends on one interleaving may need a few
+//! replays, or `RAFT_SEEDS`, to show again; `RAFT_LOG=openraft=info`
+//! prints openraft's log on the simulated clock.
 //!
-//! A crash is a process crash, not a power loss: stores are opened without
-//! fsync, and what was written before the crash survives in the page
-//! cache. Durability across power loss is the store's own test.
+//! What is not modelled:
+//! - power loss: stores are opened without fsync, a "crash" is a graceful
+//!   [`Raft::shutdown`], and what was written before it survives in the
+//!   page cache. Torn writes and lost fsyncs are the store's own tests;
+//! - timer drift: on the paused clock every timer fires on the dot. Real
+//!   timers do not, and that matters to openraft 0.9, which draws a node's
+//!   election timeout once per start and checks it on a tick (every 1.5
+//!   heartbeats): two candidates whose ticks are less than a message delay
+//!   apart, with timeouts that round to the same number of ticks, split
+//!   the vote in every round, forever. Real clocks drift apart; here nodes
+//!   start with their ticks a few milliseconds apart ([`Sim`] waits for
+//!   that), and a random node now and then misses a tick
+//!   ([`SimConfig::timer_jitter`]);
+//! - message delays beyond a LAN's: openraft's deadline for AppendEntries
+//!   is the heartbeat interval (T/10), so a round trip must stay well under
+//!   it ([`SimConfig::delay_max`]).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
@@ -53,20 +72,7 @@ use super::{
 };
 use crate::twophase::{ConfigHash, Decision, TxnId, Version};
 
-/// openraft's settings for an election timeout `t`: elections start
-/// between `t` and `2t` of silence, heartbeats go out every `t/10` (which
-/// is also openraft's deadline for an AppendEntries call).
-pub fn raft_config(election_timeout: Duration) -> openraft::Config {
-    let t = election_timeout.as_millis().max(10) as u64;
-    openraft::Config {
-        cluster_name: "cohort".into(),
-        election_timeout_min: t,
-        election_timeout_max: 2 * t,
-        heartbeat_interval: (t / 10).max(1),
-        install_snapshot_timeout: (2 * t).max(500),
-        ..Default::default()
-    }
-}
+pub use super::driver::raft_config;
 
 /// The id of the simulator's node `i`.
 pub fn node_id(i: usize) -> NodeId {
@@ -95,11 +101,14 @@ pub struct SimConfig {
     /// Voters that never stand for election (openraft's `enable_elect`
     /// off): they vote and replicate, and must never lead.
     pub voter_only: BTreeSet<usize>,
-    /// `T`: elections after `T..2T` of silence, heartbeats every `T/10`.
+    /// `T` ([`raft_config`]): each node's election timeout is drawn from
+    /// `T/2..T`, heartbeats go out every `T/10`. (A follower that heard
+    /// from a leader also waits out the leader's lease, `T`, first.)
     pub election_timeout: Duration,
-    /// One-way delay of every message, drawn uniformly. A round trip must
-    /// stay under the heartbeat interval (openraft's AppendEntries
-    /// deadline), or replication stalls on timeouts.
+    /// One-way delay of every message, drawn uniformly; under 1 ms it
+    /// arrives at once. A round trip must stay well under the heartbeat
+    /// interval (openraft's AppendEntries deadline), or replication
+    /// stalls on timeouts.
     pub delay_min: Duration,
     pub delay_max: Duration,
     /// Probability that one message (a request or an answer) is lost.
@@ -109,13 +118,15 @@ pub struct SimConfig {
     pub snapshot_every: Option<u64>,
     /// A client gives up on a write after this long.
     pub client_timeout: Duration,
-    /// Now and then a node's timer fires late (it skips one of openraft's
-    /// ticks), as timers do on real machines. See [`Sim::new`].
+    /// Now and then a random node's timer fires late (it misses one of
+    /// openraft's ticks), as timers do on real machines (see the module
+    /// doc).
     pub timer_jitter: bool,
 }
 
 impl SimConfig {
-    /// `nodes` electable voters, T = 300 ms, 0–10 ms per message, no loss.
+    /// `nodes` electable voters, T = 300 ms, 0–2 ms per message (a LAN),
+    /// no loss.
     pub fn new(seed: u64, nodes: usize) -> SimConfig {
         let t = Duration::from_millis(300);
         SimConfig {
@@ -172,10 +183,6 @@ pub struct Checker {
     snapshots_installed: u64,
     violations: Vec<String>,
 }
-
-/// The least distance between two nodes' timer ticks: more than the
-/// longest message delay, plus a millisecond of rounding.
-const TICK_GAP_MS: u64 = 4;
 
 /// At most this many violations are kept (the first ones tell the story).
 const VIOLATIONS_KEPT: usize = 20;
@@ -898,14 +905,8 @@ impl Sim {
             crashes: 0,
             max_term: 0,
         };
-        // The paused clock has no jitter, which makes for a livelock real
-        // machines do not have: openraft 0.9 draws a node's election
-        // timeout once per start (not per election) and checks it on a
-        // tick (every 1.5 heartbeats), so two candidates whose timeouts
-        // round to the same number of ticks, with ticks less than a
-        // message delay apart, split the vote in every round, forever.
-        // Hence nodes start at different instants, and (`timer_jitter`)
-        // a node skips a tick now and then.
+        // Real nodes never start in the same instant, nor keep their
+        // timers in step (see "timer drift" in the module doc).
         let mut rng = SmallRng::seed_from_u64(sim.config.seed ^ 0x57a6_6e12);
         let spread = (sim.config.election_timeout / 5).as_millis().max(1) as u64;
         for i in 0..sim.config.nodes {
@@ -961,7 +962,6 @@ impl Sim {
     /// Opens node `i`'s store and starts its Raft.
     fn start(&mut self, i: usize) -> Result<(), String> {
         let phase = self.separate_ticks(i);
-        self.nodes[i].tick_phase = Some(phase);
         let node = &self.nodes[i];
         let (log, sm) = store::open(&node.dir, false)
             .map_err(|e| format!("n{i}: cannot open the store: {e}"))?;
@@ -996,16 +996,19 @@ impl Sim {
         });
         lock(&self.net).up[i] = Some(raft);
         self.nodes[i].applied = Some(applied);
+        self.nodes[i].tick_phase = Some(phase);
         Ok(())
     }
 
     /// Waits (less than one tick) until node `i` can start with its ticks
-    /// [`TICK_GAP_MS`] or more away from every running node's, and
-    /// returns its phase. Real machines' timers are never aligned to
-    /// within a message delay for long; on the paused clock they would be,
-    /// and openraft 0.9 then splits votes forever (see the module doc).
+    /// more than the longest message delay (and a millisecond of rounding)
+    /// away from every running node's, and returns its phase. Real
+    /// machines' timers are never aligned to within a message delay for
+    /// long; on the paused clock they would be, and openraft 0.9 then
+    /// splits votes forever (see the module doc).
     fn separate_ticks(&mut self, i: usize) -> u64 {
         let tick = (raft_config(self.config.election_timeout).heartbeat_interval * 3 / 2).max(1);
+        let gap = self.config.delay_max.as_millis() as u64 + 2;
         let taken: Vec<u64> = (0..self.nodes.len())
             .filter(|&j| j != i)
             .filter_map(|j| self.nodes[j].tick_phase)
@@ -1014,7 +1017,7 @@ impl Sim {
         let apart = |phase: u64| {
             taken.iter().all(|&t| {
                 let d = phase.abs_diff(t);
-                d.min(tick - d.min(tick)) >= TICK_GAP_MS
+                d.min(tick - d.min(tick)) >= gap
             })
         };
         let wait = (0..tick).find(|w| apart((now + w) % tick)).unwrap_or(0);
@@ -1299,12 +1302,16 @@ impl Sim {
     }
 
     pub fn stats(&self) -> SimStats {
+        let (terms_led, snapshots_installed) = {
+            let checker = lock(&self.checker);
+            (checker.terms_led(), checker.snapshots_installed())
+        };
         SimStats {
             net: lock(&self.net).stats,
             client: *lock(&self.client),
             max_term: self.max_term,
-            terms_led: lock(&self.checker).terms_led(),
-            snapshots_installed: lock(&self.checker).snapshots_installed(),
+            terms_led,
+            snapshots_installed,
             crashes: self.crashes,
         }
     }
