@@ -171,20 +171,13 @@ async fn serve(
     // router before the port opens; the driver starts once membership runs.
     let (apply_endpoint, apply_inbox) = apply::channel();
     let raft_ports = crate::raft::driver::ports();
-    let router = crate::rpc::Router::new()
+    let mut router = crate::rpc::Router::new()
         .route(apply::METHOD, apply_endpoint.clone())
         .route(apply::COMMITTED_METHOD, apply_endpoint)
-        .route(crate::raft::network::METHOD, raft_ports.endpoint.clone())
-        .route(crate::raft::driver::VIEW_METHOD, raft_ports.control.clone())
-        .route(
-            crate::raft::driver::ELECT_METHOD,
-            raft_ports.control.clone(),
-        )
-        .route(crate::raft::driver::READ_METHOD, raft_ports.control.clone())
-        .route(
-            crate::raft::driver::PROMOTE_METHOD,
-            raft_ports.control.clone(),
-        );
+        .route(crate::raft::network::METHOD, raft_ports.endpoint.clone());
+    for method in crate::raft::driver::CONTROL_METHODS {
+        router = router.route(method, raft_ports.control.clone());
+    }
     let running = membership::start(
         &config,
         identity,

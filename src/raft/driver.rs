@@ -23,7 +23,7 @@ use super::failover::{self, MemberView, MembershipStep};
 use super::network::{self, RaftEndpoint};
 use super::store::{self, Applied};
 use super::{ClusterState, Command, Master, NodeId, Peer, Raft, Response};
-use crate::agent::apply::{directory, PeerDirectory};
+use crate::agent::apply::PeerDirectory;
 use crate::config::{FailoverMode, Topology};
 use crate::rpc::{RpcClient, RpcError};
 
@@ -34,6 +34,9 @@ pub const ELECT_METHOD: &str = "raft.elect";
 /// The rpc method a node calls on the leader to promote a master
 /// (postcard `(set, node)`, answered with `Result<Master, String>`).
 pub const PROMOTE_METHOD: &str = "raft.promote";
+/// The rpc method a node calls on the leader to hand leadership to a node
+/// (postcard name, answered with `Result<(), String>`).
+pub const TRANSFER_METHOD: &str = "raft.transfer";
 /// The rpc method that answers the replicated state after a linearizable
 /// check on the leader (`--consistent` reads).
 pub const READ_METHOD: &str = "raft.read";
@@ -44,6 +47,15 @@ const LEARNER_LAG: u64 = 16;
 /// gossip and the agent is younger than this: a table still filling up
 /// would make a live master look gone.
 const GOSSIP_SETTLE: Duration = Duration::from_secs(10);
+
+/// Every rpc method [`ControlEndpoint`] answers.
+pub const CONTROL_METHODS: [&str; 5] = [
+    VIEW_METHOD,
+    ELECT_METHOD,
+    READ_METHOD,
+    PROMOTE_METHOD,
+    TRANSFER_METHOD,
+];
 
 /// The longest any single rpc of the driver waits.
 const CALL_DEADLINE: Duration = Duration::from_secs(2);
@@ -362,15 +374,14 @@ impl Driver {
             if !raft.is_initialized().await.unwrap_or(true) {
                 note = self.maybe_form_group(&raft, topology, &peers).await;
             } else if let Some(silent) = lost_quorum(&raft, topology.election_timeout()) {
-                // openraft 0.9 keeps a cut-off leader leading (it only
-                // cannot commit); a new election makes it a candidate, which
-                // is what the rest of the cluster and its operator should
-                // see. It cannot win without a majority.
                 warn!(
                     silent_ms = silent,
                     "no quorum has answered for longer than the election timeout: stepping down"
                 );
-                let _ = raft.trigger().elect().await;
+                if let Err(e) = self.step_down(topology).await {
+                    warn!("cannot step down: {e}");
+                    note = Some(format!("cannot step down: {e}"));
+                }
             } else if self.is_effective_leader(&raft, topology) {
                 self.lead(&raft, topology, &members).await;
             }
@@ -378,6 +389,44 @@ impl Driver {
             self.fetch_state(topology, &peers).await;
         }
         self.publish(topology, &members, note);
+    }
+
+    /// openraft 0.9 keeps a cut-off leader leading (it only cannot
+    /// commit) and ignores an election trigger on a leader; a restart
+    /// would resume its committed vote and lead again. So the instance is
+    /// shut down, its vote moved to the next term as a candidate's own
+    /// (what starting an election does: safe, it votes for nobody else in
+    /// that term), and started again: it comes back a follower, then a
+    /// candidate that cannot win without a majority.
+    async fn step_down(&mut self, topology: &Topology) -> Result<(), String> {
+        use openraft::storage::RaftLogStorage;
+        let Some(running) = self.running.take() else {
+            return Ok(());
+        };
+        let term = running.raft.metrics().borrow().current_term;
+        self.endpoint.clear();
+        running.raft.shutdown().await.map_err(|e| e.to_string())?;
+        drop(running);
+        {
+            let (mut log, _) = store::open(&self.settings.dir, true).map_err(|e| e.to_string())?;
+            log.save_vote(&super::Vote::new(term + 1, self.settings.me))
+                .await
+                .map_err(|e| e.to_string())?;
+        }
+        self.start(topology).await
+    }
+
+    /// A Raft call that waits for a quorum, bounded: a leader cut off from
+    /// its majority never answers, and this task must keep its rounds
+    /// (step-down included) going.
+    async fn bounded<T>(&self, call: impl std::future::Future<Output = T>) -> Result<T, String> {
+        let limit = self
+            .running
+            .as_ref()
+            .map_or(CALL_DEADLINE, |r| r.election_timeout * 2);
+        tokio::time::timeout(limit, call)
+            .await
+            .map_err(|_| format!("no quorum answered within {limit:?}"))
     }
 
     async fn start(&mut self, topology: &Topology) -> Result<(), String> {
@@ -562,7 +611,14 @@ impl Driver {
     }
 
     async fn write(&self, raft: &Raft, command: Command) -> Option<Response> {
-        match raft.client_write(command.clone()).await {
+        let written = match self.bounded(raft.client_write(command.clone())).await {
+            Ok(written) => written,
+            Err(e) => {
+                warn!("raft write not answered: {e}");
+                return None;
+            }
+        };
+        match written {
             Ok(written) => {
                 match &written.data {
                     Response::Appointed(master) => {
@@ -726,7 +782,27 @@ impl Driver {
                 let _ = reply.send(self.promote(topology, &set, &node).await);
             }
             RaftCommand::TransferLeader { node, reply } => {
-                let _ = reply.send(self.transfer(topology, &node).await);
+                if self.current_view().role == "leader" {
+                    let _ = reply.send(self.transfer_here(topology, &node).await);
+                    return;
+                }
+                // Forwarded from a task of its own: the leader may ask this
+                // very node to stand, and this task must be free to answer.
+                let leader = self.leader_addr();
+                let rpc = self.rpc.clone();
+                let deadline = topology.map_or(CALL_DEADLINE, |t| t.election_timeout() * 6);
+                tokio::spawn(async move {
+                    let answer = async {
+                        let body = postcard::to_allocvec(&node).map_err(|e| e.to_string())?;
+                        let answer = rpc
+                            .call(leader?, TRANSFER_METHOD, &body, deadline)
+                            .await
+                            .map_err(|e| format!("the leader did not answer: {e}"))?;
+                        postcard::from_bytes::<Result<(), String>>(&answer)
+                            .map_err(|e| format!("bad answer: {e}"))?
+                    };
+                    let _ = reply.send(answer.await);
+                });
             }
             RaftCommand::ConsistentRead { reply } => {
                 let _ = reply.send(self.consistent_read().await);
@@ -785,7 +861,7 @@ impl Driver {
         let state = running.applied.borrow().state.clone();
         let command =
             failover::promote(topology, &members, &state, set, node).map_err(|e| e.to_string())?;
-        match running.raft.client_write(command).await {
+        match self.bounded(running.raft.client_write(command)).await? {
             Ok(written) => match written.data {
                 Response::Appointed(master) => Ok(master),
                 Response::Stale { current } => Err(format!(
@@ -809,59 +885,54 @@ impl Driver {
             .ok_or_else(|| "the leader is not a voter known here: try again".to_string())
     }
 
-    async fn transfer(&self, topology: Option<&Topology>, node: &str) -> Result<(), String> {
+    /// openraft 0.9 has no leader transfer, and followers refuse votes
+    /// while the leader's lease (one election timeout) runs. So the leader
+    /// stops its heartbeats and elections, waits the lease out, asks the
+    /// target to stand (it does so before anyone else times out, and its
+    /// log is checked by the voters as usual), then resumes.
+    async fn transfer_here(&self, topology: Option<&Topology>, node: &str) -> Result<(), String> {
         let topology = topology.ok_or("no committed topology yet")?;
         if !failover::may_lead(topology, node) {
             return Err(format!(
                 "{node} may not lead: its topology entry must say `election: candidate`"
             ));
         }
-        let peers = self.directory.peers().await;
-        let by_name = directory::by_name(&peers);
-        let target = by_name
-            .get(node)
-            .ok_or_else(|| format!("{node} is not known to gossip"))?;
-        let (id, addr) = (target.id, target.addr);
-        // This node itself is asked directly (its own rpc would wait for
-        // this very task).
-        let role = |view: GroupView| view.role;
-        let view = if id == self.settings.me {
-            self.current_view()
-        } else {
-            self.view_of(addr).await?
-        };
-        if !view.voters.iter().any(|(voter, _)| *voter == id) {
-            return Err(format!("{node} is not a voter of the raft group yet"));
+        if node == self.settings.name {
+            return Ok(());
         }
-        // An election it starts wins only if its log is up to date, and
-        // another node may time out at the same moment: a few tries.
-        let wait = topology.election_timeout() * 2;
-        for _ in 0..3 {
-            let now = if id == self.settings.me {
-                role(self.current_view())
-            } else {
-                role(self.view_of(addr).await?)
-            };
-            if now == "leader" {
-                return Ok(());
+        let running = self.running.as_ref().ok_or("not in the raft group")?;
+        let view = self.current_view();
+        let target = view
+            .voters
+            .iter()
+            .find(|(_, p)| p.name == node)
+            .map(|(_, p)| p.addr)
+            .ok_or_else(|| format!("{node} is not a voter of the raft group yet"))?;
+        let t = topology.election_timeout();
+        let config = running.raft.runtime_config();
+        config.heartbeat(false);
+        config.elect(false);
+        tokio::time::sleep(t + t / 10).await;
+        let asked = self.ask_to_elect(target).await;
+        let mut won = false;
+        if asked.is_ok() {
+            let until = tokio::time::Instant::now() + 2 * t;
+            while tokio::time::Instant::now() < until {
+                if self.view_of(target).await.is_ok_and(|v| v.role == "leader") {
+                    won = true;
+                    break;
+                }
+                tokio::time::sleep(t / 10).await;
             }
-            if id == self.settings.me {
-                self.elect_here().await.map_err(|e| e.to_string())?;
-            } else {
-                self.ask_to_elect(addr).await?;
-            }
-            tokio::time::sleep(wait).await;
         }
-        let now = if id == self.settings.me {
-            self.current_view()
+        config.heartbeat(true);
+        config.elect(failover::may_lead(topology, &self.settings.name));
+        asked?;
+        if won {
+            info!(to = node, "handed the leadership over");
+            Ok(())
         } else {
-            self.view_of(addr).await?
-        };
-        match now.role.as_str() {
-            "leader" => Ok(()),
-            role => Err(format!(
-                "{node} did not win its elections (it is {role}): try again"
-            )),
+            Err(format!("{node} did not win its election: try again"))
         }
     }
 
@@ -886,6 +957,13 @@ impl Driver {
             VIEW_METHOD => encode(&self.current_view()),
             ELECT_METHOD => self.elect_here().await.map(|()| Vec::new()),
             READ_METHOD => encode(&self.consistent_read_here().await),
+            TRANSFER_METHOD => match postcard::from_bytes::<String>(&call.body) {
+                Ok(node) => {
+                    let topology = self.topology.borrow().clone();
+                    encode(&self.transfer_here(topology.as_deref(), &node).await)
+                }
+                Err(e) => Err(RpcError::bad_request(e)),
+            },
             PROMOTE_METHOD => match postcard::from_bytes::<(String, String)>(&call.body) {
                 Ok((set, node)) => {
                     let topology = self.topology.borrow().clone();
@@ -916,10 +994,8 @@ impl Driver {
     /// [`READ_METHOD`] on this node: only a leader answers with the state.
     async fn consistent_read_here(&self) -> Result<GroupView, String> {
         let running = self.running.as_ref().ok_or("not in the raft group")?;
-        running
-            .raft
-            .ensure_linearizable()
-            .await
+        self.bounded(running.raft.ensure_linearizable())
+            .await?
             .map_err(|e| format!("not a leader with a quorum: {e}"))?;
         Ok(self.current_view())
     }

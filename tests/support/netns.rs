@@ -74,6 +74,30 @@ impl Netns {
         }
     }
 
+    /// A whole nftables script (`nft -f -`) inside the namespace: one
+    /// transaction, so a ruleset with a drop policy never applies half.
+    pub fn nft_script(&self, script: &str) {
+        use std::io::Write;
+        let mut child = self
+            .exec("nft")
+            .args(["-f", "-"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot run nft ({e}): apt-get install nftables"));
+        if let Some(mut stdin) = child.stdin.take() {
+            stdin.write_all(script.as_bytes()).expect("write to nft");
+        }
+        let out = child.wait_with_output().expect("wait for nft");
+        assert!(
+            out.status.success(),
+            "nft -f - in {}: {}\n{script}",
+            self.name,
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+
     /// `program` run inside the namespace (`ip netns exec` execs it, so
     /// the child's pid is the program's).
     pub fn exec(&self, program: &str) -> Command {

@@ -6,6 +6,7 @@
 //!   bench/peers/memberlist/build.sh
 //!   target/release/bench memberlist-peer --nodes 100
 //!   target/release/bench apply --nodes 100 --runs 5 --in-a-row 100
+//!   target/release/bench raft --nodes 50 --voters 5 --kills 20
 //!
 //! `membership`: N `cohort agent` processes (see `cohort.rs`).
 //! `memberlist-peer`: N hashicorp/memberlist processes with its LAN
@@ -14,6 +15,9 @@
 //! `apply`: N agents sharing one topology; times topology applies (two-phase
 //! commit) sent to their API, one at a time and back to back (see
 //! `apply.rs`), for issue 5.
+//! `raft`: N agents in failover mode `raft`; times leader failover and
+//! master failover (SIGKILL → every live node shows the new one), for
+//! issue 6 (see `raft.rs`).
 //!
 //! Every node the bench starts is killed on every exit path: by its
 //! owner's `Drop` (result, error, panic), by a signal thread on SIGINT,
@@ -24,6 +28,7 @@ mod apply;
 mod cohort;
 mod common;
 mod memberlist;
+mod raft;
 
 use clap::Parser;
 
@@ -42,6 +47,8 @@ enum Scenario {
     MemberlistPeer(memberlist::MemberlistArgs),
     /// Topology apply (two-phase commit): wall time, phases, time to every node.
     Apply(apply::ApplyArgs),
+    /// Raft: leader failover and master failover after SIGKILL, seen by every node.
+    Raft(raft::RaftArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -52,5 +59,6 @@ fn main() -> anyhow::Result<()> {
         Scenario::Membership(args) => cohort::membership(args, &scratch),
         Scenario::MemberlistPeer(args) => memberlist::memberlist_peer(args, &scratch),
         Scenario::Apply(args) => apply::apply(args, &scratch),
+        Scenario::Raft(args) => raft::raft(args, &scratch),
     }
 }
