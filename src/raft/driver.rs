@@ -270,6 +270,8 @@ pub fn spawn(
 /// This node's openraft instance and what it was started with.
 struct Running {
     raft: Raft,
+    /// When this instance started.
+    since: tokio::time::Instant,
     applied: watch::Receiver<Applied>,
     election_timeout: Duration,
 }
@@ -445,6 +447,7 @@ impl Driver {
         info!(dir = %self.settings.dir.display(), "raft started");
         self.running = Some(Running {
             raft,
+            since: tokio::time::Instant::now(),
             applied,
             election_timeout: topology.election_timeout(),
         });
@@ -704,11 +707,27 @@ impl Driver {
             .iter()
             .map(|(set, m)| (set.clone(), m.node.clone()))
             .collect();
-        self.masters.send_if_modified(|have| {
-            let changed = *have != masters;
-            *have = masters;
-            changed
-        });
+        // In mode `raft` a member that knows no leader may be replaying an
+        // old log after a restart: its masters could be stale (a replaced
+        // master would believe it is master again). Roles hear of masters
+        // only from a node in touch with a leader.
+        // (An election timeout after start, a live leader's heartbeats have
+        // brought the log up to date; the fencing generation is what makes
+        // a stale master harmless.)
+        let settled = self
+            .running
+            .as_ref()
+            .is_none_or(|r| r.since.elapsed() >= r.election_timeout);
+        let in_touch = view.mode != Some(FailoverMode::Raft)
+            || !view.running
+            || (view.leader.is_some() && settled);
+        if in_touch {
+            self.masters.send_if_modified(|have| {
+                let changed = *have != masters;
+                *have = masters;
+                changed
+            });
+        }
         self.view.send_if_modified(|have| {
             let changed = *have != view;
             *have = view;
