@@ -34,12 +34,14 @@ use std::fs;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use serde_json::{json, Value};
 
-use crate::common::{self, percentile, summary, Agent};
+use crate::common::{
+    self, cpu_ticks, log_lines, percentile, round1, spread, sweep, unix_ms_now, Agent,
+};
 
 #[derive(clap::Args)]
 pub struct ApplyArgs {
@@ -116,12 +118,6 @@ impl Model {
     }
 }
 
-fn unix_ms_now() -> f64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0.0, |d| d.as_secs_f64() * 1000.0)
-}
-
 /// One HTTP/1.0 exchange: (status code, body).
 fn http(
     addr: SocketAddr,
@@ -156,25 +152,6 @@ fn get_json(addr: SocketAddr, path: &str) -> Option<Value> {
         Ok((200, body)) => serde_json::from_str(&body).ok(),
         _ => None,
     }
-}
-
-/// `f` on every address, split over `threads` threads, in order.
-fn sweep<T: Send>(
-    apis: &[SocketAddr],
-    threads: usize,
-    f: impl Fn(SocketAddr) -> T + Sync,
-) -> Vec<T> {
-    let chunk = apis.len().div_ceil(threads.max(1)).max(1);
-    std::thread::scope(|scope| {
-        let workers: Vec<_> = apis
-            .chunks(chunk)
-            .map(|part| scope.spawn(|| part.iter().map(|a| f(*a)).collect::<Vec<T>>()))
-            .collect();
-        workers
-            .into_iter()
-            .flat_map(|w| w.join().unwrap_or_default())
-            .collect()
-    })
 }
 
 /// What the bench reads of a node's `GET /v1/status`.
@@ -359,31 +336,6 @@ fn wait_installed(
     }
 }
 
-/// CPU ticks so far: (the machine's busy ticks, all CPUs, from
-/// `/proc/stat`; the agents'; the bench's own).
-fn cpu_ticks(agents: &[Agent]) -> (u64, u64, u64) {
-    let machine = fs::read_to_string("/proc/stat")
-        .ok()
-        .and_then(|s| {
-            let line = s.lines().next()?.to_string();
-            let f: Vec<u64> = line
-                .split_whitespace()
-                .skip(1)
-                .filter_map(|v| v.parse().ok())
-                .collect();
-            // user nice system idle iowait irq softirq steal
-            Some(f.iter().take(8).sum::<u64>() - f.get(3)? - f.get(4)?)
-        })
-        .unwrap_or(0);
-    let agents = agents
-        .iter()
-        .filter_map(|a| common::proc_stat(a.child.id()))
-        .map(|(ticks, _)| ticks)
-        .sum();
-    let me = common::proc_stat(std::process::id()).map_or(0, |(ticks, _)| ticks);
-    (machine, agents, me)
-}
-
 /// Where the CPU went over a window of `seconds` holding `applies`
 /// applies, from two [`cpu_ticks`].
 fn cpu_report(
@@ -409,20 +361,9 @@ fn cpu_report(
     })
 }
 
-/// `summary` plus the minimum.
-fn spread(values: &[f64]) -> Value {
-    let mut s = summary(values);
-    s["min"] = json!(percentile(values, 0.0));
-    s
-}
-
 /// `12.3` for a figure, `-` for none (stderr).
 fn ms(v: Option<f64>) -> String {
     v.map_or_else(|| "-".into(), |v| format!("{v:.1}"))
-}
-
-fn round1(v: f64) -> f64 {
-    (v * 10.0).round() / 10.0
 }
 
 pub fn apply(args: ApplyArgs, root: &Path) -> anyhow::Result<()> {
@@ -430,25 +371,12 @@ pub fn apply(args: ApplyArgs, root: &Path) -> anyhow::Result<()> {
     if args.nodes < 1 || args.runs + args.in_a_row == 0 {
         bail!("need at least 1 node and at least one apply");
     }
-    fs::create_dir_all(root)?;
-    let result = run(&args, &cohort, root);
-    // The agents are stopped by now (dropped inside `run`), whatever happened.
-    if args.keep {
-        eprintln!("bench: configs, data and logs kept in {}", root.display());
-    } else {
-        let _ = fs::remove_dir_all(root);
-    }
-    let report = result?;
-    println!("{}", serde_json::to_string_pretty(&report)?);
-    Ok(())
+    common::run_in(root, args.keep, || run(&args, &cohort, root))
 }
 
 fn run(args: &ApplyArgs, cohort: &Path, root: &Path) -> anyhow::Result<Value> {
-    let loadavg_at_start = fs::read_to_string("/proc/loadavg")
-        .ok()
-        .and_then(|l| l.split_whitespace().next().map(String::from));
-    let key: [u8; 32] = rand::random();
-    fs::write(root.join("gossip.key"), format!("{}\n", base64_key(&key)))?;
+    let loadavg_at_start = common::loadavg();
+    common::write_gossip_key(root)?;
 
     // Every port first: the topology names them all.
     let mut taken = BTreeSet::new();
@@ -745,7 +673,7 @@ fn run(args: &ApplyArgs, cohort: &Path, root: &Path) -> anyhow::Result<Value> {
             })
         })
         .collect();
-    let agent_log = log_lines(root, &names);
+    let agent_log = log_lines(names.iter().map(|n| (n, root.join(n))));
     drop(agents);
 
     let wall_summary = spread(&wall);
@@ -768,7 +696,7 @@ fn run(args: &ApplyArgs, cohort: &Path, root: &Path) -> anyhow::Result<Value> {
             "first_version_everywhere_s": boot_s,
             "version": boot_version,
         },
-        "loadavg_at_end": fs::read_to_string("/proc/loadavg").ok().and_then(|l| l.split_whitespace().next().map(String::from)),
+        "loadavg_at_end": common::loadavg(),
         "measured": {
             "cpu": runs_cpu,
             "committed": wall.len(),
@@ -802,32 +730,4 @@ fn run(args: &ApplyArgs, cohort: &Path, root: &Path) -> anyhow::Result<Value> {
         final_versions.iter().cloned().collect::<Vec<_>>().join("; "),
     );
     Ok(report)
-}
-
-/// WARN and ERROR lines of every agent's log (counts, and the first few).
-fn log_lines(root: &Path, names: &[String]) -> Value {
-    let (mut warn, mut error) = (0usize, 0usize);
-    let mut samples = Vec::new();
-    for name in names {
-        let log = fs::read_to_string(root.join(name).join("agent.log")).unwrap_or_default();
-        for line in log.lines() {
-            let level = line.split_whitespace().nth(1).unwrap_or("");
-            let counter = match level {
-                "WARN" => &mut warn,
-                "ERROR" => &mut error,
-                _ => continue,
-            };
-            *counter += 1;
-            if samples.len() < 30 {
-                let line: String = line.chars().take(400).collect();
-                samples.push(format!("{name}: {line}"));
-            }
-        }
-    }
-    json!({ "warn_lines": warn, "error_lines": error, "first_lines": samples })
-}
-
-fn base64_key(key: &[u8; 32]) -> String {
-    use base64::Engine;
-    base64::engine::general_purpose::STANDARD.encode(key)
 }

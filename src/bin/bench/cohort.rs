@@ -155,18 +155,11 @@ pub fn membership(args: MembershipArgs, root: &Path) -> anyhow::Result<()> {
     if args.nodes < 3 || args.kills >= args.nodes - 1 {
         bail!("need at least 3 nodes and fewer kills than nodes - 1");
     }
-    fs::create_dir_all(root)?;
-    let result = run(&args, &cohort, root);
-    // The agents are stopped by now (dropped inside `run`), whatever happened.
-    let _ = fs::remove_dir_all(root);
-    let report = result?;
-    println!("{}", serde_json::to_string_pretty(&report)?);
-    Ok(())
+    common::run_in(root, false, || run(&args, &cohort, root))
 }
 
 fn run(args: &MembershipArgs, cohort: &Path, root: &Path) -> anyhow::Result<serde_json::Value> {
-    let key: [u8; 32] = rand::random();
-    fs::write(root.join("gossip.key"), format!("{}\n", base64_key(&key)))?;
+    common::write_gossip_key(root)?;
 
     // Start: the first node is every other node's seed.
     let mut agents: Vec<Agent> = Vec::new();
@@ -331,9 +324,4 @@ fn run(args: &MembershipArgs, cohort: &Path, root: &Path) -> anyhow::Result<serd
         window.report(fields);
     }
     Ok(report)
-}
-
-fn base64_key(key: &[u8; 32]) -> String {
-    use base64::Engine;
-    base64::engine::general_purpose::STANDARD.encode(key)
 }

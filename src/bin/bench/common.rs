@@ -272,3 +272,129 @@ impl Traffic {
         );
     }
 }
+
+/// A fresh random gossip key, written as the keyring every agent reads
+/// (`root/gossip.key`).
+pub fn write_gossip_key(root: &Path) -> io::Result<()> {
+    use base64::Engine;
+    let key: [u8; 32] = rand::random();
+    let line = base64::engine::general_purpose::STANDARD.encode(key);
+    fs::write(root.join("gossip.key"), format!("{line}\n"))
+}
+
+/// Runs a scenario in `root` (its agents stop inside `run`, whatever
+/// happens), removes `root` unless `keep`, and prints the report.
+pub fn run_in(
+    root: &Path,
+    keep: bool,
+    run: impl FnOnce() -> anyhow::Result<serde_json::Value>,
+) -> anyhow::Result<()> {
+    fs::create_dir_all(root)?;
+    let result = run();
+    if keep {
+        eprintln!("bench: configs, data and logs kept in {}", root.display());
+    } else {
+        let _ = fs::remove_dir_all(root);
+    }
+    let report = result?;
+    println!("{}", serde_json::to_string_pretty(&report)?);
+    Ok(())
+}
+
+pub fn unix_ms_now() -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64() * 1000.0)
+}
+
+pub fn round1(v: f64) -> f64 {
+    (v * 10.0).round() / 10.0
+}
+
+/// [`summary`] plus the minimum, the p99 and how many.
+pub fn spread(values: &[f64]) -> serde_json::Value {
+    let mut s = summary(values);
+    s["min"] = serde_json::json!(percentile(values, 0.0));
+    s["p99"] = serde_json::json!(percentile(values, 0.99));
+    s["n"] = serde_json::json!(values.len());
+    s
+}
+
+/// `f` on every address, split over `threads` threads, in order.
+pub fn sweep<T: Send>(
+    apis: &[SocketAddr],
+    threads: usize,
+    f: impl Fn(SocketAddr) -> T + Sync,
+) -> Vec<T> {
+    let chunk = apis.len().div_ceil(threads.max(1)).max(1);
+    std::thread::scope(|scope| {
+        let workers: Vec<_> = apis
+            .chunks(chunk)
+            .map(|part| scope.spawn(|| part.iter().map(|a| f(*a)).collect::<Vec<T>>()))
+            .collect();
+        workers
+            .into_iter()
+            .flat_map(|w| w.join().unwrap_or_default())
+            .collect()
+    })
+}
+
+/// CPU ticks so far: (the machine's busy ticks, all CPUs, from
+/// `/proc/stat`; the agents'; the bench's own).
+pub fn cpu_ticks<'a>(agents: impl IntoIterator<Item = &'a Agent>) -> (u64, u64, u64) {
+    let machine = fs::read_to_string("/proc/stat")
+        .ok()
+        .and_then(|s| {
+            let f: Vec<u64> = s
+                .lines()
+                .next()?
+                .split_whitespace()
+                .skip(1)
+                .filter_map(|v| v.parse().ok())
+                .collect();
+            // user nice system idle iowait irq softirq steal
+            Some(f.iter().take(8).sum::<u64>() - f.get(3)? - f.get(4)?)
+        })
+        .unwrap_or(0);
+    let agents = agents
+        .into_iter()
+        .filter_map(|a| proc_stat(a.child.id()))
+        .map(|(ticks, _)| ticks)
+        .sum();
+    let me = proc_stat(std::process::id()).map_or(0, |(ticks, _)| ticks);
+    (machine, agents, me)
+}
+
+/// The 1, 5 and 15 minute load averages.
+pub fn loadavg() -> Option<String> {
+    fs::read_to_string("/proc/loadavg")
+        .ok()
+        .map(|l| l.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+}
+
+/// WARN and ERROR lines of the agents' logs (`(name, dir)`: `dir/agent.log`):
+/// counts, and the first few.
+pub fn log_lines<N: AsRef<str>, D: AsRef<Path>>(
+    agents: impl IntoIterator<Item = (N, D)>,
+) -> serde_json::Value {
+    let (mut warn, mut error) = (0usize, 0usize);
+    let mut samples = Vec::new();
+    for (name, dir) in agents {
+        let name = name.as_ref();
+        let log = fs::read_to_string(dir.as_ref().join("agent.log")).unwrap_or_default();
+        for line in log.lines() {
+            let level = line.split_whitespace().nth(1).unwrap_or("");
+            let counter = match level {
+                "WARN" => &mut warn,
+                "ERROR" => &mut error,
+                _ => continue,
+            };
+            *counter += 1;
+            if samples.len() < 30 {
+                let line: String = line.chars().take(400).collect();
+                samples.push(format!("{name}: {line}"));
+            }
+        }
+    }
+    serde_json::json!({ "warn_lines": warn, "error_lines": error, "first_lines": samples })
+}

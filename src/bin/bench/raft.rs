@@ -37,12 +37,14 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use serde_json::{json, Value};
 
-use crate::common::{self, percentile, Agent};
+use crate::common::{
+    self, cpu_ticks, log_lines, percentile, round1, spread, sweep, unix_ms_now, Agent,
+};
 
 #[derive(clap::Args)]
 pub struct RaftArgs {
@@ -236,44 +238,8 @@ fn alive_count(api: SocketAddr) -> Option<usize> {
     )
 }
 
-/// `f` on every address, on [`SWEEP_THREADS`] threads, in order.
-fn sweep<T: Send>(apis: &[SocketAddr], f: impl Fn(SocketAddr) -> T + Sync) -> Vec<T> {
-    let chunk = apis.len().div_ceil(SWEEP_THREADS).max(1);
-    std::thread::scope(|scope| {
-        let workers: Vec<_> = apis
-            .chunks(chunk)
-            .map(|part| scope.spawn(|| part.iter().map(|a| f(*a)).collect::<Vec<T>>()))
-            .collect();
-        workers
-            .into_iter()
-            .flat_map(|w| w.join().unwrap_or_default())
-            .collect()
-    })
-}
-
-fn unix_ms_now() -> f64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0.0, |d| d.as_secs_f64() * 1000.0)
-}
-
 fn ms_between(from: Instant, to: Instant) -> f64 {
     to.saturating_duration_since(from).as_secs_f64() * 1000.0
-}
-
-fn round1(v: f64) -> f64 {
-    (v * 10.0).round() / 10.0
-}
-
-/// median, p99, min, max (and how many).
-fn spread(values: &[f64]) -> Value {
-    json!({
-        "n": values.len(),
-        "median": percentile(values, 0.5),
-        "p99": percentile(values, 0.99),
-        "min": percentile(values, 0.0),
-        "max": percentile(values, 1.0),
-    })
 }
 
 fn ms(v: Option<f64>) -> String {
@@ -515,7 +481,7 @@ fn check_running(agents: &mut [Option<Agent>], nodes: &[Node]) -> anyhow::Result
 /// is missing.
 fn whole(nodes: &[Node], voters: usize, sets: usize) -> Result<View, String> {
     let apis: Vec<SocketAddr> = nodes.iter().map(|n| n.api).collect();
-    let views = sweep(&apis, leaders_of);
+    let views = sweep(&apis, SWEEP_THREADS, leaders_of);
     let mut agreed: Option<(&str, &View)> = None;
     for (node, v) in nodes.iter().zip(&views) {
         let Some(v) = v else {
@@ -560,7 +526,7 @@ fn whole(nodes: &[Node], voters: usize, sets: usize) -> Result<View, String> {
             agreed.leader
         ));
     }
-    let alive = sweep(&apis, alive_count);
+    let alive = sweep(&apis, SWEEP_THREADS, alive_count);
     if let Some((node, count)) = nodes
         .iter()
         .zip(&alive)
@@ -598,39 +564,6 @@ fn wait_whole(
     }
 }
 
-/// CPU ticks so far: the machine's busy ticks (all CPUs), the running
-/// agents', the bench's own.
-fn cpu_ticks(agents: &[Option<Agent>]) -> (u64, u64, u64) {
-    let machine = fs::read_to_string("/proc/stat")
-        .ok()
-        .and_then(|s| {
-            let f: Vec<u64> = s
-                .lines()
-                .next()?
-                .split_whitespace()
-                .skip(1)
-                .filter_map(|v| v.parse().ok())
-                .collect();
-            // user nice system idle iowait irq softirq steal
-            Some(f.iter().take(8).sum::<u64>() - f.get(3)? - f.get(4)?)
-        })
-        .unwrap_or(0);
-    let agents = agents
-        .iter()
-        .flatten()
-        .filter_map(|a| common::proc_stat(a.child.id()))
-        .map(|(ticks, _)| ticks)
-        .sum();
-    let me = common::proc_stat(std::process::id()).map_or(0, |(ticks, _)| ticks);
-    (machine, agents, me)
-}
-
-fn loadavg() -> Option<String> {
-    fs::read_to_string("/proc/loadavg")
-        .ok()
-        .map(|l| l.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
-}
-
 pub fn raft(args: RaftArgs, root: &Path) -> anyhow::Result<()> {
     let cohort = common::cohort_binary(args.cohort.as_deref())?;
     if args.voters < 3 || args.voters > args.nodes || args.set_size < 2 {
@@ -639,23 +572,12 @@ pub fn raft(args: RaftArgs, root: &Path) -> anyhow::Result<()> {
     if args.nodes.div_ceil(args.set_size) < 2 {
         bail!("need at least two replica sets (one whose master is not the leader)");
     }
-    fs::create_dir_all(root)?;
-    let result = run(&args, &cohort, root);
-    // The agents are stopped by now (dropped inside `run`), whatever happened.
-    if args.keep {
-        eprintln!("bench: configs, data and logs kept in {}", root.display());
-    } else {
-        let _ = fs::remove_dir_all(root);
-    }
-    let report = result?;
-    println!("{}", serde_json::to_string_pretty(&report)?);
-    Ok(())
+    common::run_in(root, args.keep, || run(&args, &cohort, root))
 }
 
 fn run(args: &RaftArgs, cohort: &Path, root: &Path) -> anyhow::Result<Value> {
-    let loadavg_at_start = loadavg();
-    let key: [u8; 32] = rand::random();
-    fs::write(root.join("gossip.key"), format!("{}\n", base64_key(&key)))?;
+    let loadavg_at_start = common::loadavg();
+    common::write_gossip_key(root)?;
 
     let sets = args.nodes.div_ceil(args.set_size);
     let mut taken = BTreeSet::new();
@@ -707,7 +629,7 @@ fn run(args: &RaftArgs, cohort: &Path, root: &Path) -> anyhow::Result<Value> {
     let apis: Vec<SocketAddr> = nodes.iter().map(|n| n.api).collect();
     loop {
         check_running(&mut agents, &nodes)?;
-        if sweep(&apis, alive_count)
+        if sweep(&apis, SWEEP_THREADS, alive_count)
             .iter()
             .all(|&n| n == Some(args.nodes))
         {
@@ -738,7 +660,7 @@ fn run(args: &RaftArgs, cohort: &Path, root: &Path) -> anyhow::Result<Value> {
 
     let poll = Duration::from_millis(args.poll_ms);
     let index_of = |name: &str| nodes.iter().position(|n| n.name == name);
-    let cpu_start = (cpu_ticks(&agents), Instant::now());
+    let cpu_start = (cpu_ticks(agents.iter().flatten()), Instant::now());
     let mut failures: Vec<Value> = Vec::new();
 
     // Leader failover.
@@ -979,7 +901,7 @@ fn run(args: &RaftArgs, cohort: &Path, root: &Path) -> anyhow::Result<Value> {
         group = now;
     }
 
-    let cpu_end = cpu_ticks(&agents);
+    let cpu_end = cpu_ticks(agents.iter().flatten());
     let window = cpu_start.1.elapsed().as_secs_f64();
     let secs = |a: u64, b: u64| a.saturating_sub(b) as f64 / common::TICKS_PER_SECOND;
     let (machine, agents_cpu, bench_cpu) = (
@@ -993,7 +915,7 @@ fn run(args: &RaftArgs, cohort: &Path, root: &Path) -> anyhow::Result<Value> {
         .filter_map(|a| common::proc_stat(a.child.id()))
         .map(|(_, kib)| kib as f64 / 1024.0)
         .collect();
-    let log = log_lines(&nodes);
+    let log = log_lines(nodes.iter().map(|n| (&n.name, &n.dir)));
     drop(agents);
 
     let n = args.nodes as f64;
@@ -1017,7 +939,7 @@ fn run(args: &RaftArgs, cohort: &Path, root: &Path) -> anyhow::Result<Value> {
         },
         "how_measured": "SIGKILL -> every live node's GET /v1/leaders (each polled on a thread of its own over a kept-alive HTTP/1.1 connection, poll_ms between answers) shows the same new value; a node's time is the answer that first showed the value it still showed when all agreed. Leader: the new leader's name. Master: the set's new master (node, generation); the set is one whose master is not the leader, the sets in turn. leader_swim_*: member-status events of the victim on the leader's GET /v1/events (the node's own at_ms). After each kill the node is restarted (same data dir) and the next kill waits until all N are alive on every node, every node names one leader, V voters, one set of masters.",
         "loadavg_at_start": loadavg_at_start,
-        "loadavg_at_end": loadavg(),
+        "loadavg_at_end": common::loadavg(),
         "boot": { "membership_s": membership_s, "group_s": group_s },
         "leader_failover_ms": spread(&leader_all),
         "leader_failover": {
@@ -1064,33 +986,4 @@ fn run(args: &RaftArgs, cohort: &Path, root: &Path) -> anyhow::Result<Value> {
         report["failures"].as_array().map_or(0, Vec::len),
     );
     Ok(report)
-}
-
-/// WARN and ERROR lines of every agent's log (counts, and the first few),
-/// and how many elections the agents started.
-fn log_lines(nodes: &[Node]) -> Value {
-    let (mut warn, mut error) = (0usize, 0usize);
-    let mut samples = Vec::new();
-    for node in nodes {
-        let log = fs::read_to_string(node.dir.join("agent.log")).unwrap_or_default();
-        for line in log.lines() {
-            let level = line.split_whitespace().nth(1).unwrap_or("");
-            let counter = match level {
-                "WARN" => &mut warn,
-                "ERROR" => &mut error,
-                _ => continue,
-            };
-            *counter += 1;
-            if samples.len() < 20 {
-                let line: String = line.chars().take(300).collect();
-                samples.push(format!("{}: {line}", node.name));
-            }
-        }
-    }
-    json!({ "warn_lines": warn, "error_lines": error, "first_lines": samples })
-}
-
-fn base64_key(key: &[u8; 32]) -> String {
-    use base64::Engine;
-    base64::engine::general_purpose::STANDARD.encode(key)
 }
