@@ -96,19 +96,7 @@ struct Seen {
 }
 
 fn seen(leaders: &Value) -> Option<Seen> {
-    let masters = leaders["masters"]
-        .as_object()?
-        .iter()
-        .map(|(set, m)| {
-            (
-                set.clone(),
-                (
-                    m["node"].as_str().unwrap_or("").to_string(),
-                    m["generation"].as_u64().unwrap_or(0),
-                ),
-            )
-        })
-        .collect();
+    let masters = masters_of(leaders)?;
     Some(Seen {
         term: leaders["term"].as_u64()?,
         leader: leaders["leader"]["name"].as_str()?.to_string(),

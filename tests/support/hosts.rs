@@ -25,7 +25,7 @@ use serde_json::Value;
 
 use crate::support::agents::{quoted, spawn_agent, KEY};
 use crate::support::netns::Netns;
-use crate::support::{read, wait_until_or, Proc, SIGKILL};
+use crate::support::{masters_of, read, wait_until_or, Proc, SIGKILL};
 
 /// Gossip and rpc port of every agent.
 pub const GOSSIP_PORT: u16 = 3301;
@@ -85,19 +85,7 @@ pub struct Seen {
 
 impl Seen {
     pub fn of(leaders: &Value) -> Option<Seen> {
-        let masters = leaders["masters"]
-            .as_object()?
-            .iter()
-            .map(|(set, m)| {
-                (
-                    set.clone(),
-                    (
-                        m["node"].as_str().unwrap_or("").to_string(),
-                        m["generation"].as_u64().unwrap_or(0),
-                    ),
-                )
-            })
-            .collect();
+        let masters = masters_of(leaders)?;
         Some(Seen {
             node: leaders["node"].as_str()?.to_string(),
             role: leaders["role"].as_str()?.to_string(),

@@ -200,6 +200,28 @@ pub fn http_get(addr: SocketAddr, path: &str) -> Option<String> {
     }
 }
 
+/// Each replica set's master and fencing generation in a `GET
+/// /v1/leaders` answer.
+pub fn masters_of(
+    leaders: &serde_json::Value,
+) -> Option<std::collections::BTreeMap<String, (String, u64)>> {
+    Some(
+        leaders["masters"]
+            .as_object()?
+            .iter()
+            .map(|(set, m)| {
+                (
+                    set.clone(),
+                    (
+                        m["node"].as_str().unwrap_or("").to_string(),
+                        m["generation"].as_u64().unwrap_or(0),
+                    ),
+                )
+            })
+            .collect(),
+    )
+}
+
 /// The node's status as JSON from its API, once it answers.
 pub fn status(api: SocketAddr) -> Option<serde_json::Value> {
     serde_json::from_str(&http_get(api, "/v1/status")?).ok()
