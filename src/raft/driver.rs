@@ -57,6 +57,9 @@ pub const CONTROL_METHODS: [&str; 5] = [
     TRANSFER_METHOD,
 ];
 
+/// How often a node outside the group fetches the group's view.
+const FETCH_INTERVAL: Duration = Duration::from_secs(1);
+
 /// The longest any single rpc of the driver waits.
 const CALL_DEADLINE: Duration = Duration::from_secs(2);
 
@@ -258,6 +261,7 @@ pub fn spawn(
         view: view_tx,
         running: None,
         fetched: None,
+        fetched_at: None,
         started: tokio::time::Instant::now(),
     };
     tokio::spawn(driver.run(commands, ports.control_inbox));
@@ -285,8 +289,10 @@ struct Driver {
     masters: watch::Sender<BTreeMap<String, String>>,
     view: watch::Sender<GroupView>,
     running: Option<Running>,
-    /// Outside the group: the view last fetched from a member of it.
+    /// Outside the group: the view last fetched from a member of it, and
+    /// when it was asked for.
     fetched: Option<GroupView>,
+    fetched_at: Option<tokio::time::Instant>,
     started: tokio::time::Instant,
 }
 
@@ -644,6 +650,16 @@ impl Driver {
     /// Outside the group: the replicated state from a member of it (the
     /// state at an index is the same on every member that applied it).
     async fn fetch_state(&mut self, topology: &Topology, peers: &[crate::agent::apply::Peer]) {
+        // Rounds come every T/5; a whole view (the state, with its recent
+        // decisions) from every outside node that often would load the
+        // voters for nothing.
+        if self
+            .fetched_at
+            .is_some_and(|at| at.elapsed() < FETCH_INTERVAL)
+        {
+            return;
+        }
+        self.fetched_at = Some(tokio::time::Instant::now());
         for peer in peers.iter().filter(|p| {
             p.status == crate::membership::MemberStatus::Alive
                 && failover::in_group(topology, &p.name)
