@@ -153,12 +153,10 @@ impl Cluster {
                 lease: Duration::from_secs(4),
                 retry: Duration::from_millis(100),
                 max_retry: Duration::from_millis(500),
-                ..CoordinatorConfig::default()
             },
             participant: ParticipantConfig {
                 query_interval: Duration::from_millis(100),
                 max_query_interval: Duration::from_millis(500),
-                ..ParticipantConfig::default()
             },
             send_deadline: Duration::from_secs(1),
         };
@@ -425,6 +423,7 @@ impl Outsider {
             },
             participants: vec![to, self.id],
             lease: Duration::from_secs(5),
+            log: cohort::twophase::DecisionLog::Coordinator,
         })
     }
 

@@ -90,6 +90,9 @@ struct Cluster {
     /// files that steer it.
     probe: PathBuf,
     flags: PathBuf,
+    /// Every node `election: candidate`: a Raft group, which records the
+    /// 2PC decisions.
+    voters: bool,
     /// Removed at the end, unless `APPLY_AGENTS_KEEP` is set (then its
     /// path is printed, to read the agents' logs).
     root: Option<tempfile::TempDir>,
@@ -100,6 +103,11 @@ impl Cluster {
     /// external role on every node), once they all see each other alive,
     /// have committed it, and are quiet.
     fn start(probe: bool) -> Cluster {
+        Cluster::start_with(probe, false)
+    }
+
+    /// The same, every node a Raft candidate when `voters`.
+    fn start_with(probe: bool, voters: bool) -> Cluster {
         let root = tempfile::tempdir().unwrap();
         let flags = root.path().join("flags");
         fs::create_dir_all(&flags).unwrap();
@@ -128,6 +136,7 @@ impl Cluster {
         let mut cluster = Cluster {
             probe: probe_script(root.path(), &flags),
             flags,
+            voters,
             nodes: Vec::new(),
             root: Some(root),
         };
@@ -154,13 +163,18 @@ impl Cluster {
 
     fn text_with(&self, nodes: &[Agent], note: &str, probe: bool, more: &str) -> String {
         let extra = if probe { ", probe" } else { "" };
+        let election = if self.voters {
+            ", election: candidate"
+        } else {
+            ""
+        };
         let mut text = format!(
             "# Test topology: {note}\n# (comments are part of the text every node keeps)\n\
              cluster: test\nreplicasets:\n  s1:\n    roles: [storage{extra}]   # the data\n    nodes:\n"
         );
         for node in &nodes[..3] {
             text.push_str(&format!(
-                "      {}: {{ address: {} }}\n",
+                "      {}: {{ address: {}{election} }}\n",
                 node.name,
                 addr(node.port)
             ));
@@ -168,7 +182,7 @@ impl Cluster {
         text.push_str(&format!("  s2:\n    roles: [router{extra}]\n    nodes:\n"));
         for node in &nodes[3..] {
             text.push_str(&format!(
-                "      {}: {{ address: {} }}\n",
+                "      {}: {{ address: {}{election} }}\n",
                 node.name,
                 addr(node.port)
             ));
@@ -181,6 +195,19 @@ impl Cluster {
         }
         text.push_str(more);
         text
+    }
+
+    /// Waits until n2-n5 (n1 coordinated `txn` and was killed) have free
+    /// locks.
+    fn wait_survivors_free(&self, txn: &str) {
+        let mut last = Vec::new();
+        wait_until_or(WAIT, || {
+            last = self.nodes[1..].iter().map(|n| n.lock()).collect();
+            last.iter()
+                .all(|l| l.as_deref() == Some(FREE))
+                .then_some(())
+        })
+        .unwrap_or_else(|| panic!("the survivors of {txn} still hold their locks: {last:?}"));
     }
 
     fn flag(&self, name: &str) -> PathBuf {
@@ -663,14 +690,7 @@ fn a_killed_coordinator_leaves_no_lock_and_a_stopped_node_catches_up() {
     if let Some(answer) = &answer {
         eprintln!("4a: the coordinator decided before it was killed: {answer:?}");
     }
-    let mut last = Vec::new();
-    wait_until_or(WAIT, || {
-        last = cluster.nodes[1..].iter().map(|n| n.lock()).collect();
-        last.iter()
-            .all(|l| l.as_deref() == Some(FREE))
-            .then_some(())
-    })
-    .unwrap_or_else(|| panic!("the survivors of {txn} still hold their locks: {last:?}"));
+    cluster.wait_survivors_free(&txn);
     cluster.assert_still(&v);
     // n5's hanging validation ends; its late yes changes nothing.
     fs::write(cluster.flag("release"), "").unwrap();
@@ -824,4 +844,81 @@ fn of_two_edits_made_at_once_one_wins_and_the_other_is_kept_beside_its_file() {
         }
     }
     eprintln!("simultaneous edits test: {:?}", started.elapsed());
+}
+
+/// The leader's name as `node` sees it (`GET /v1/leaders`).
+fn raft_leader(node: &Agent) -> Option<String> {
+    let leaders: Value = serde_json::from_str(&http_get(node.api(), "/v1/leaders")?).ok()?;
+    Some(leaders["leader"]["name"].as_str()?.to_string())
+}
+
+/// With Raft voters the decisions of 2PC go to the Raft log, and the case
+/// that blocks without them resolves without the coordinator: every
+/// survivor voted yes, the coordinator (here also the Raft leader) is
+/// SIGKILLed before deciding; the survivors elect a new leader, their
+/// leases run out, they propose abort to the log, and the first decision
+/// recorded is everyone's. The coordinator, back, takes the log's word.
+#[test]
+fn with_raft_voters_a_dead_coordinator_blocks_nobody() {
+    let started = Instant::now();
+    let mut cluster = Cluster::start_with(true, true);
+    cluster.quiet();
+    wait_until(WAIT, "every node to know a raft leader", || {
+        cluster
+            .running()
+            .all(|n| raft_leader(n).is_some())
+            .then_some(())
+    });
+
+    // An apply now is decided through the log, which keeps the version.
+    let text = cluster.text("decided through raft", true, "");
+    let (code, answer) = cluster.nodes[1].put(&text);
+    assert_eq!(code, 200, "{answer:#}");
+    assert_eq!(answer["outcome"], "committed", "{answer:#}");
+    assert_eq!(answer["decision_log"], "raft", "{answer:#}");
+    let v = cluster.quiet();
+    assert_eq!(v.text, text);
+    wait_until(WAIT, "the log's committed version on every node", || {
+        cluster
+            .running()
+            .all(|n| {
+                http_get(n.api(), "/v1/leaders")
+                    .and_then(|body| serde_json::from_str::<Value>(&body).ok())
+                    .is_some_and(|l| {
+                        l["topology"]["version"].as_u64() == Some(v.version)
+                            && l["topology"]["hash"] == v.hash.as_str()
+                    })
+            })
+            .then_some(())
+    });
+
+    // n5's validation hangs; n1 coordinates and is SIGKILLed once n1-n4
+    // voted yes; n5 is let go and votes yes to a dead coordinator.
+    fs::write(cluster.flag("hold-n5"), "").unwrap();
+    let put = put_in_background(
+        &cluster.nodes[0],
+        cluster.text("the coordinator dies, raft decides", true, ""),
+    );
+    let txn = wait_prepared_but_n5(&cluster);
+    let leader_before = raft_leader(&cluster.nodes[1]);
+    cluster.nodes[0].kill(WAIT);
+    fs::write(cluster.flag("release"), "").unwrap();
+    if let Some(answer) = put.join().unwrap() {
+        eprintln!("the coordinator decided before it was killed: {answer:?}");
+    }
+    cluster.wait_survivors_free(&txn);
+    assert!(cluster.nodes[0].proc.is_none(), "n1 stayed down");
+    cluster.assert_still(&v);
+    eprintln!(
+        "survivors free without the coordinator (raft leader before: {leader_before:?}, \
+         after: {:?})",
+        raft_leader(&cluster.nodes[1])
+    );
+
+    // Back, the coordinator asks the log and announces its abort.
+    cluster.nodes[0].start(WAIT);
+    let after = cluster.quiet();
+    assert_eq!(after, v, "after the coordinator's restart");
+    cluster.assert_unchanged(&v);
+    eprintln!("raft decision log test: {:?}", started.elapsed());
 }

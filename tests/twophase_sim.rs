@@ -59,7 +59,11 @@ fn chaos_config(seed: u64, loss: f64, log: DecisionLog) -> SimConfig {
 /// node restarts; the cluster must settle within 2 minutes and then commit
 /// one more apply.
 fn chaos(seed: u64, loss: f64, log: DecisionLog) -> Result<Figures, String> {
-    let config = chaos_config(seed, loss, log);
+    chaos_with(chaos_config(seed, loss, log))
+}
+
+fn chaos_with(config: SimConfig) -> Result<Figures, String> {
+    let seed = config.seed;
     let n = config.nodes;
     let mut sim = Sim::new(config);
     let mut rng = SmallRng::seed_from_u64(seed ^ 0x2c0f_fee5);
@@ -171,6 +175,18 @@ fn chaos_30_percent_loss_crashes_at_any_action() {
 fn chaos_replicated_log_30_percent_loss() {
     over_seeds("chaos_replicated_log_30_percent_loss", 200, |seed| {
         chaos(seed, 0.3, DecisionLog::Replicated)
+    });
+}
+
+/// Txns of both logs side by side (agents use the replicated log while
+/// the Raft group has a leader, their own otherwise): each txn keeps the
+/// log it started with, and the invariants hold across them.
+#[test]
+fn chaos_mixed_logs_30_percent_loss() {
+    over_seeds("chaos_mixed_logs_30_percent_loss", 200, |seed| {
+        let mut config = chaos_config(seed, 0.3, DecisionLog::Coordinator);
+        config.mixed_logs = true;
+        chaos_with(config)
     });
 }
 

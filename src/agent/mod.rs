@@ -225,6 +225,7 @@ async fn serve(
         Arc::clone(&roles),
         Arc::clone(&state),
     );
+    applies.use_replicated_log(Arc::new(raft.clone())).await;
     tokio::spawn(topology_apply::publish(
         applies.clone(),
         Arc::clone(&state),

@@ -9,13 +9,14 @@ use std::sync::Arc;
 use tokio::sync::watch;
 use tracing::{info, warn};
 
-use crate::api::{Leaders, MasterInfo, NodeState, RaftPeer};
+use crate::api::{Leaders, LoggedTopology, MasterInfo, NodeState, RaftPeer};
 use crate::config::Topology;
 use crate::raft::driver::{self, GroupView, RaftHandle, RaftPorts, RaftSettings};
 use crate::roles::RoleSet;
 use crate::rpc::RpcClient;
 
-use super::apply::{ApplyHandle, PeerDirectory};
+use super::apply::{ApplyHandle, BoxFuture, PeerDirectory, ReplicatedLog};
+use crate::twophase::{ConfigHash, Decision, TxnId, Version};
 
 /// Starts the driver and the tasks around it.
 #[allow(clippy::too_many_arguments)]
@@ -69,6 +70,22 @@ fn same(a: &Option<Arc<Topology>>, b: &Option<Arc<Topology>>) -> bool {
         (Some(a), Some(b)) => Arc::ptr_eq(a, b),
         (None, None) => true,
         _ => false,
+    }
+}
+
+/// 2PC decisions go to the Raft log while the group has a leader.
+impl ReplicatedLog for RaftHandle {
+    fn available(&self) -> bool {
+        self.leader_known()
+    }
+
+    fn record(
+        &self,
+        txn: TxnId,
+        decision: Decision,
+        installs: Option<(Version, ConfigHash)>,
+    ) -> BoxFuture<'_, Result<Decision, String>> {
+        Box::pin(self.record_decision(txn, decision, installs))
     }
 }
 
@@ -160,6 +177,11 @@ pub fn leaders(node: &str, view: &GroupView, consistent: bool) -> Leaders {
                 )
             })
             .collect(),
+        topology: view.state.topology.map(|(version, hash)| LoggedTopology {
+            version: version.0,
+            hash: super::topology_apply::hex(&hash),
+        }),
+        decisions: view.state.decisions.len(),
         note: view.note.clone(),
     }
 }

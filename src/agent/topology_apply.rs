@@ -496,6 +496,7 @@ pub async fn apply_for_api(
     let name = |id: &crate::twophase::NodeId| report.name(id);
     let txn = report.result.txn;
     result.txn = Some(txn.to_string());
+    result.decision_log = Some(super::apply::log_name(report.log).to_string());
     result.version = Some(report.result.version.0);
     result.silent = report.result.silent.iter().map(name).collect();
     result.not_reached = report

@@ -132,6 +132,11 @@ pub struct ApplyResult {
     pub version: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub txn: Option<String>,
+    /// Where the decision was recorded: `raft` (the cluster's Raft log:
+    /// no node waits for a dead coordinator) or `coordinator` (its data
+    /// dir: no Raft leader was known when the change started).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub decision_log: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub hash: Option<String>,
     /// Aborted: every node's reason (node name, or its uuid when
@@ -166,6 +171,7 @@ impl ApplyResult {
             outcome,
             version: None,
             txn: None,
+            decision_log: None,
             hash: None,
             reasons: Vec::new(),
             silent: Vec::new(),
@@ -361,9 +367,22 @@ pub struct Leaders {
     pub last_log_index: Option<u64>,
     /// Each replica set's master and its fencing generation.
     pub masters: std::collections::BTreeMap<String, MasterInfo>,
+    /// The topology version whose commit the log last recorded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub topology: Option<LoggedTopology>,
+    /// How many recent 2PC decisions the log keeps.
+    #[serde(default)]
+    pub decisions: usize,
     /// Why the group is not what it should be yet, in plain words.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub note: Option<String>,
+}
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+pub struct LoggedTopology {
+    pub version: u64,
+    /// SHA-256 of the text, hex.
+    pub hash: String,
 }
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]

@@ -277,6 +277,18 @@ fn render_leaders(l: &Leaders) -> String {
             },
         ),
         (
+            "logged config",
+            match &l.topology {
+                None => "none".into(),
+                Some(t) => format!(
+                    "version {} ({}), {} 2PC decision(s) kept",
+                    t.version,
+                    &t.hash[..t.hash.len().min(12)],
+                    l.decisions
+                ),
+            },
+        ),
+        (
             "view",
             if l.consistent {
                 "consistent: the leader confirmed it with a quorum".into()
@@ -457,6 +469,11 @@ mod tests {
                 ("s1".to_string(), master("n3", 2, "n2 is dead")),
             ]
             .into(),
+            topology: Some(crate::api::LoggedTopology {
+                version: 7,
+                hash: "0123456789abcdef".into(),
+            }),
+            decisions: 3,
             note: None,
         }
     }
@@ -471,6 +488,7 @@ term           4
 node           n2 (follower)
 failover mode  raft
 applied index  17 (last log index 18)
+logged config  version 7 (0123456789ab), 3 2PC decision(s) kept
 view           n2's own, possibly stale (--consistent asks the leader)
 
 VOTER  ADDRESS
@@ -506,6 +524,7 @@ term           0
 node           n5 (off)
 failover mode  disabled
 applied index  none
+logged config  none
 view           consistent: the leader confirmed it with a quorum
 voters         none
 masters        none

@@ -26,6 +26,7 @@ use super::{ClusterState, Command, Master, NodeId, Peer, Raft, Response};
 use crate::agent::apply::PeerDirectory;
 use crate::config::{FailoverMode, Topology};
 use crate::rpc::{RpcClient, RpcError};
+use crate::twophase::Decision;
 
 /// The rpc method that answers a node's view of the group ([`GroupView`]).
 pub const VIEW_METHOD: &str = "raft.view";
@@ -40,6 +41,10 @@ pub const TRANSFER_METHOD: &str = "raft.transfer";
 /// The rpc method that answers the replicated state after a linearizable
 /// check on the leader (`--consistent` reads).
 pub const READ_METHOD: &str = "raft.read";
+/// The rpc method a node calls on the leader to record a 2PC decision
+/// (postcard [`Command::RecordDecision`], answered with `Result<Decision,
+/// String>`: the decision the log holds).
+pub const DECIDE_METHOD: &str = "raft.decide";
 
 /// How many entries a learner may lag and still be made a voter.
 const LEARNER_LAG: u64 = 16;
@@ -49,12 +54,13 @@ const LEARNER_LAG: u64 = 16;
 const GOSSIP_SETTLE: Duration = Duration::from_secs(10);
 
 /// Every rpc method [`ControlEndpoint`] answers.
-pub const CONTROL_METHODS: [&str; 5] = [
+pub const CONTROL_METHODS: [&str; 6] = [
     VIEW_METHOD,
     ELECT_METHOD,
     READ_METHOD,
     PROMOTE_METHOD,
     TRANSFER_METHOD,
+    DECIDE_METHOD,
 ];
 
 /// How often a node outside the group fetches the group's view.
@@ -125,6 +131,12 @@ pub enum RaftCommand {
         node: String,
         reply: oneshot::Sender<Result<(), String>>,
     },
+    /// Record a 2PC decision (a [`Command::RecordDecision`]) through the
+    /// leader; answers the decision the log holds for the txn.
+    RecordDecision {
+        command: Command,
+        reply: oneshot::Sender<Result<Decision, String>>,
+    },
     /// A linearizable read of the replicated state, through the leader.
     ConsistentRead {
         reply: oneshot::Sender<Result<GroupView, String>>,
@@ -148,6 +160,13 @@ impl RaftHandle {
         self.view.borrow().clone()
     }
 
+    /// The group is formed and this node knows its leader (a write sent
+    /// now has somewhere to go).
+    pub fn leader_known(&self) -> bool {
+        let view = self.view.borrow();
+        view.initialized && view.leader.is_some()
+    }
+
     pub fn watch(&self) -> watch::Receiver<GroupView> {
         self.view.clone()
     }
@@ -155,6 +174,24 @@ impl RaftHandle {
     /// Shuts the instance down and ends the driver.
     pub async fn stop(&self) {
         let _ = self.ask(|reply| RaftCommand::Stop { reply }).await;
+    }
+
+    /// Records `decision` for `txn` in the replicated log unless it holds
+    /// one (a commit names the version it installs); answers the decision
+    /// the log holds.
+    pub async fn record_decision(
+        &self,
+        txn: crate::twophase::TxnId,
+        decision: Decision,
+        installs: Option<(crate::twophase::Version, crate::twophase::ConfigHash)>,
+    ) -> Result<Decision, String> {
+        let command = Command::RecordDecision {
+            txn,
+            decision,
+            installs,
+        };
+        self.ask(|reply| RaftCommand::RecordDecision { command, reply })
+            .await
     }
 
     pub async fn ask<T>(
@@ -823,20 +860,23 @@ impl Driver {
                 }
                 // Forwarded from a task of its own: the leader may ask this
                 // very node to stand, and this task must be free to answer.
-                let leader = self.leader_addr();
-                let rpc = self.rpc.clone();
                 let deadline = topology.map_or(CALL_DEADLINE, |t| t.election_timeout() * 6);
+                let forward = self.forward(TRANSFER_METHOD, &node, deadline);
                 tokio::spawn(async move {
-                    let answer = async {
-                        let body = postcard::to_allocvec(&node).map_err(|e| e.to_string())?;
-                        let answer = rpc
-                            .call(leader?, TRANSFER_METHOD, &body, deadline)
-                            .await
-                            .map_err(|e| format!("the leader did not answer: {e}"))?;
-                        postcard::from_bytes::<Result<(), String>>(&answer)
-                            .map_err(|e| format!("bad answer: {e}"))?
+                    let _ = reply.send(forward.await);
+                });
+            }
+            RaftCommand::RecordDecision { command, reply } => {
+                // Off the loop: a write waits for a quorum, an rpc for the
+                // leader, and 2PC retries on its own timers anyway.
+                let write = self.leader_write(command.clone());
+                let forward = self.forward(DECIDE_METHOD, &command, CALL_DEADLINE);
+                tokio::spawn(async move {
+                    let answer = match (write, forward) {
+                        (Some(write), _) => write.await.and_then(decided),
+                        (None, forward) => forward.await,
                     };
-                    let _ = reply.send(answer.await);
+                    let _ = reply.send(answer);
                 });
             }
             RaftCommand::ConsistentRead { reply } => {
@@ -859,14 +899,8 @@ impl Driver {
         if self.current_view().role == "leader" {
             return self.promote_here(topology, set, node).await;
         }
-        let body = postcard::to_allocvec(&(set, node)).map_err(|e| e.to_string())?;
-        let answer = self
-            .rpc
-            .call(self.leader_addr()?, PROMOTE_METHOD, &body, CALL_DEADLINE)
+        self.forward(PROMOTE_METHOD, &(set, node), CALL_DEADLINE)
             .await
-            .map_err(|e| format!("the leader did not answer: {e}"))?;
-        postcard::from_bytes::<Result<Master, String>>(&answer)
-            .map_err(|e| format!("bad answer: {e}"))?
     }
 
     async fn promote_here(
@@ -978,13 +1012,8 @@ impl Driver {
         if self.current_view().role == "leader" {
             return self.consistent_read_here().await;
         }
-        let body = self
-            .rpc
-            .call(self.leader_addr()?, READ_METHOD, &[], CALL_DEADLINE)
-            .await
-            .map_err(|e| format!("the leader did not answer: {e}"))?;
-        postcard::from_bytes::<Result<GroupView, String>>(&body)
-            .map_err(|e| format!("bad answer: {e}"))?
+        // `()` is no bytes at all: the method takes an empty body.
+        self.forward(READ_METHOD, &(), CALL_DEADLINE).await
     }
 
     async fn control(&mut self, call: ControlCall) {
@@ -1006,9 +1035,71 @@ impl Driver {
                 }
                 Err(e) => Err(RpcError::bad_request(e)),
             },
+            DECIDE_METHOD => match postcard::from_bytes::<Command>(&call.body) {
+                Ok(command @ Command::RecordDecision { .. }) => {
+                    let Some(write) = self.leader_write(command) else {
+                        let not = Err::<Decision, _>(leader_hint(
+                            "this node is not the leader",
+                            &self.current_view(),
+                        ));
+                        let _ = call.reply.send(encode(&not));
+                        return;
+                    };
+                    tokio::spawn(async move {
+                        let _ = call.reply.send(encode(&write.await.and_then(decided)));
+                    });
+                    return;
+                }
+                Ok(_) => Err(RpcError::bad_request("not a decision")),
+                Err(e) => Err(RpcError::bad_request(e)),
+            },
             other => Err(RpcError::unknown_method(other)),
         };
         let _ = call.reply.send(answer);
+    }
+
+    /// On an effective leader: `command` written through this node's
+    /// instance, bounded like every quorum call, as a future that needs
+    /// nothing of the driver (to run off its loop). `None` elsewhere.
+    fn leader_write(
+        &self,
+        command: Command,
+    ) -> Option<impl std::future::Future<Output = Result<Response, String>> + Send + 'static> {
+        let running = self.running.as_ref()?;
+        let topology = self.topology.borrow().clone()?;
+        if !self.is_effective_leader(&running.raft, &topology) {
+            return None;
+        }
+        let raft = running.raft.clone();
+        let limit = running.election_timeout * 2;
+        Some(async move {
+            match tokio::time::timeout(limit, raft.client_write(command)).await {
+                Err(_) => Err(format!("no quorum answered within {limit:?}")),
+                Ok(Err(e)) => Err(e.to_string()),
+                Ok(Ok(written)) => Ok(written.data),
+            }
+        })
+    }
+
+    /// `body` sent to the leader this node knows under `method`, as a
+    /// future that needs nothing of the driver; the answer decoded.
+    fn forward<B: Serialize, T: serde::de::DeserializeOwned + Send + 'static>(
+        &self,
+        method: &'static str,
+        body: &B,
+        deadline: Duration,
+    ) -> impl std::future::Future<Output = Result<T, String>> + Send + 'static {
+        let leader = self.leader_addr();
+        let body = postcard::to_allocvec(body).map_err(|e| e.to_string());
+        let rpc = self.rpc.clone();
+        async move {
+            let answer = rpc
+                .call(leader?, method, &body?, deadline)
+                .await
+                .map_err(|e| format!("the leader did not answer: {e}"))?;
+            postcard::from_bytes::<Result<T, String>>(&answer)
+                .map_err(|e| format!("bad answer: {e}"))?
+        }
     }
 
     /// Starts an election here (a leader handing over asked for it).
@@ -1033,6 +1124,15 @@ impl Driver {
             .await?
             .map_err(|e| format!("not a leader with a quorum: {e}"))?;
         Ok(self.current_view())
+    }
+}
+
+/// The decision a [`Command::RecordDecision`] write found in the log.
+fn decided(response: Response) -> Result<Decision, String> {
+    match response {
+        Response::Decided(decision) => Ok(decision),
+        Response::Forgotten => Err("the log no longer keeps this txn's decision".into()),
+        other => Err(format!("unexpected answer {other:?}")),
     }
 }
 

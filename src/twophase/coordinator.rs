@@ -6,7 +6,7 @@
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::time::{Duration, Instant};
 
-use super::durable::{CoordinatorDisk, Record};
+use super::durable::{CoordinatorDisk, Record, Started};
 use super::messages::{Answer, Message, Prepare, Vote};
 use super::{
     backoff, Action, ConfigHash, Decision, DecisionLog, Event, NodeId, Outcome, Proposal, TxnId,
@@ -15,7 +15,6 @@ use super::{
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct CoordinatorConfig {
-    pub log: DecisionLog,
     /// The participants' lock lease; votes are collected for half of it.
     pub lease: Duration,
     /// First pause before re-sending a PREPARE or a decision to a silent
@@ -27,7 +26,6 @@ pub struct CoordinatorConfig {
 impl Default for CoordinatorConfig {
     fn default() -> Self {
         CoordinatorConfig {
-            log: DecisionLog::Coordinator,
             lease: Duration::from_secs(5),
             retry: Duration::from_millis(200),
             max_retry: Duration::from_secs(5),
@@ -57,6 +55,9 @@ pub struct Start {
     /// so that two txns on the same base always share a node (whose single
     /// lock lets only one of them through). Empty for the first apply.
     pub base_members: Vec<NodeId>,
+    /// Where the decision is recorded: the replicated log when the cluster
+    /// has a Raft group with a leader, else this node's data dir.
+    pub log: DecisionLog,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
@@ -104,7 +105,9 @@ enum Phase {
 #[derive(Clone, Debug)]
 struct Txn {
     version: Version,
+    hash: ConfigHash,
     participants: Vec<NodeId>,
+    log: DecisionLog,
     phase: Phase,
 }
 
@@ -187,7 +190,9 @@ impl Coordinator {
                 txn,
                 Txn {
                     version: started.version,
+                    hash: started.hash,
                     participants: started.participants,
+                    log: started.log,
                     // Replaced at once below.
                     phase: Phase::Announcing {
                         decision: Decision::Abort,
@@ -244,8 +249,12 @@ impl Coordinator {
         let version = start.base.next();
         self.persist(Record::Started {
             txn,
-            version,
-            participants: participants.clone(),
+            started: Started {
+                version,
+                hash: start.hash,
+                participants: participants.clone(),
+                log: start.log,
+            },
         });
         self.stats.started += 1;
         let prepare = Prepare {
@@ -258,6 +267,7 @@ impl Coordinator {
             },
             participants: participants.clone(),
             lease: self.config.lease,
+            log: start.log,
         };
         for &to in &participants {
             self.send(to, Message::Prepare(prepare.clone()));
@@ -266,7 +276,9 @@ impl Coordinator {
             txn,
             Txn {
                 version,
+                hash: start.hash,
                 participants,
+                log: start.log,
                 phase: Phase::Collecting {
                     prepare,
                     decide_by: now + self.config.vote_window(),
@@ -364,8 +376,8 @@ impl Coordinator {
                 } => {
                     *interval = backoff(*interval, max);
                     *next = now + *interval;
-                    let decision = *proposed;
-                    self.actions.push_back(Action::Propose { txn, decision });
+                    let propose = proposal(txn, *proposed, t.version, t.hash);
+                    self.actions.push_back(propose);
                 }
                 Phase::Announcing {
                     decision,
@@ -492,7 +504,10 @@ impl Coordinator {
     }
 
     fn on_query(&mut self, now: Instant, from: NodeId, txn: TxnId) {
-        if txn.coordinator != self.me || self.config.log != DecisionLog::Coordinator {
+        // Only the replicated log answers for its txns (their participants
+        // propose rather than ask; a stray query gets nothing).
+        let replicated = |t: &Txn| t.log == DecisionLog::Replicated;
+        if txn.coordinator != self.me || self.txns.get(&txn).is_some_and(replicated) {
             return;
         }
         if let Some(Phase::Collecting { decide_by, .. }) = self.txns.get(&txn).map(|t| &t.phase) {
@@ -571,21 +586,23 @@ impl Coordinator {
     /// Records the decision (or proposes it to the replicated log) before
     /// anyone can hear it.
     fn decide(&mut self, now: Instant, txn: TxnId, decision: Decision, result: TxnResult) {
-        match self.config.log {
+        let Some(t) = self.txns.get_mut(&txn) else {
+            return;
+        };
+        match t.log {
             DecisionLog::Coordinator => {
                 self.persist(Record::Decided { txn, decision });
                 self.announce(now, txn, decision, Some(result));
             }
             DecisionLog::Replicated => {
-                self.actions.push_back(Action::Propose { txn, decision });
-                if let Some(t) = self.txns.get_mut(&txn) {
-                    t.phase = Phase::Recording {
-                        proposed: decision,
-                        result,
-                        next: now + self.config.retry,
-                        interval: self.config.retry,
-                    };
-                }
+                let propose = proposal(txn, decision, t.version, t.hash);
+                t.phase = Phase::Recording {
+                    proposed: decision,
+                    result,
+                    next: now + self.config.retry,
+                    interval: self.config.retry,
+                };
+                self.actions.push_back(propose);
             }
         }
     }
@@ -648,6 +665,16 @@ impl Coordinator {
     }
 }
 
+/// `Action::Propose` of `decision` for `txn` (a commit names what it
+/// installs).
+fn proposal(txn: TxnId, decision: Decision, version: Version, hash: ConfigHash) -> Action {
+    Action::Propose {
+        txn,
+        decision,
+        installs: (decision == Decision::Commit).then_some((version, hash)),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -657,11 +684,8 @@ mod tests {
         NodeId(Uuid::from_u128(n))
     }
 
-    fn coordinator(now: Instant, log: DecisionLog) -> Coordinator {
-        let config = CoordinatorConfig {
-            log,
-            ..CoordinatorConfig::default()
-        };
+    fn coordinator(now: Instant) -> Coordinator {
+        let config = CoordinatorConfig::default();
         Coordinator::new(now, node(1), config, &CoordinatorDisk::default())
     }
 
@@ -672,6 +696,14 @@ mod tests {
             hash: ConfigHash([7; 32]),
             participants: vec![node(3), node(1), node(2), node(2)],
             base_members: vec![node(1), node(2), node(3)],
+            log: DecisionLog::Coordinator,
+        }
+    }
+
+    fn replicated() -> Start {
+        Start {
+            log: DecisionLog::Replicated,
+            ..start()
         }
     }
 
@@ -700,6 +732,18 @@ mod tests {
         })
     }
 
+    /// The log holds `decision` for `txn`: it is copied to disk first;
+    /// the actions after that.
+    fn recorded(c: &mut Coordinator, now: Instant, txn: TxnId, decision: Decision) -> Vec<Action> {
+        c.decision_recorded(now, txn, decision);
+        let actions = drain(c);
+        assert_eq!(
+            actions[0],
+            Action::Persist(Record::Decided { txn, decision })
+        );
+        actions
+    }
+
     fn vote(c: &mut Coordinator, now: Instant, from: u128, txn: TxnId, vote: Vote) {
         c.handle_message(now, node(from), Message::Vote { txn, vote });
     }
@@ -707,7 +751,7 @@ mod tests {
     #[test]
     fn started_is_persisted_before_any_prepare() {
         let now = Instant::now();
-        let mut c = coordinator(now, DecisionLog::Coordinator);
+        let mut c = coordinator(now);
         let txn = c.start(now, start()).unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(
             txn,
@@ -731,7 +775,7 @@ mod tests {
     #[test]
     fn all_yes_commits_and_records_it_before_telling_anyone() {
         let now = Instant::now();
-        let mut c = coordinator(now, DecisionLog::Coordinator);
+        let mut c = coordinator(now);
         let txn = c.start(now, start()).unwrap_or_else(|e| panic!("{e}"));
         drain(&mut c);
         for n in 1..=3 {
@@ -754,7 +798,7 @@ mod tests {
     #[test]
     fn a_no_aborts_once_every_vote_is_in_with_every_reason() {
         let now = Instant::now();
-        let mut c = coordinator(now, DecisionLog::Coordinator);
+        let mut c = coordinator(now);
         let txn = c.start(now, start()).unwrap_or_else(|e| panic!("{e}"));
         drain(&mut c);
         vote(&mut c, now, 1, txn, Vote::Yes);
@@ -801,7 +845,7 @@ mod tests {
     #[test]
     fn a_missing_vote_at_decide_by_aborts_naming_the_silent() {
         let now = Instant::now();
-        let mut c = coordinator(now, DecisionLog::Coordinator);
+        let mut c = coordinator(now);
         let txn = c.start(now, start()).unwrap_or_else(|e| panic!("{e}"));
         drain(&mut c);
         vote(&mut c, now, 1, txn, Vote::Yes);
@@ -821,7 +865,7 @@ mod tests {
     #[test]
     fn the_decision_is_resent_until_every_ack_then_the_txn_is_finished() {
         let now = Instant::now();
-        let mut c = coordinator(now, DecisionLog::Coordinator);
+        let mut c = coordinator(now);
         let txn = c.start(now, start()).unwrap_or_else(|e| panic!("{e}"));
         for n in 1..=3 {
             vote(&mut c, now, n, txn, Vote::Yes);
@@ -854,7 +898,7 @@ mod tests {
     #[test]
     fn queries_are_answered_from_the_log() {
         let now = Instant::now();
-        let mut c = coordinator(now, DecisionLog::Coordinator);
+        let mut c = coordinator(now);
         let txn = c.start(now, start()).unwrap_or_else(|e| panic!("{e}"));
         drain(&mut c);
         let query = Message::Query {
@@ -875,7 +919,7 @@ mod tests {
     #[test]
     fn a_query_past_decide_by_decides_abort_if_the_timer_is_late() {
         let now = Instant::now();
-        let mut c = coordinator(now, DecisionLog::Coordinator);
+        let mut c = coordinator(now);
         let txn = c.start(now, start()).unwrap_or_else(|e| panic!("{e}"));
         drain(&mut c);
         let late = now + CoordinatorConfig::default().lease;
@@ -901,7 +945,7 @@ mod tests {
     #[test]
     fn a_query_about_an_unknown_txn_records_abort_before_answering() {
         let now = Instant::now();
-        let mut c = coordinator(now, DecisionLog::Coordinator);
+        let mut c = coordinator(now);
         let txn = TxnId {
             coordinator: node(1),
             seq: 9,
@@ -937,10 +981,18 @@ mod tests {
     }
 
     fn started(txn: TxnId) -> Record {
+        started_with(txn, DecisionLog::Coordinator)
+    }
+
+    fn started_with(txn: TxnId, log: DecisionLog) -> Record {
         Record::Started {
             txn,
-            version: Version(1),
-            participants: vec![node(1), node(2), node(3)],
+            started: Started {
+                version: Version(1),
+                hash: ConfigHash([7; 32]),
+                participants: vec![node(1), node(2), node(3)],
+                log,
+            },
         }
     }
 
@@ -1001,7 +1053,7 @@ mod tests {
     #[test]
     fn too_few_participants_of_the_base_topology_is_refused() {
         let now = Instant::now();
-        let mut c = coordinator(now, DecisionLog::Coordinator);
+        let mut c = coordinator(now);
         let mut s = start();
         s.participants = vec![node(1), node(9)];
         s.base_members = vec![node(1), node(2), node(3), node(4)];
@@ -1033,8 +1085,19 @@ mod tests {
     #[test]
     fn with_a_replicated_log_the_log_has_the_last_word() {
         let now = Instant::now();
-        let mut c = coordinator(now, DecisionLog::Replicated);
-        let txn = c.start(now, start()).unwrap_or_else(|e| panic!("{e}"));
+        let mut c = coordinator(now);
+        let txn = c.start(now, replicated()).unwrap_or_else(|e| panic!("{e}"));
+        let prepares = drain(&mut c);
+        assert!(prepares.iter().any(|a| matches!(
+            a,
+            Action::Send {
+                message: Message::Prepare(Prepare {
+                    log: DecisionLog::Replicated,
+                    ..
+                }),
+                ..
+            }
+        )));
         for n in 1..=3 {
             vote(&mut c, now, n, txn, Vote::Yes);
         }
@@ -1043,20 +1106,13 @@ mod tests {
             actions.last(),
             Some(&Action::Propose {
                 txn,
-                decision: Decision::Commit
+                decision: Decision::Commit,
+                installs: Some((Version(1), ConfigHash([7; 32]))),
             })
         );
         assert!(sent_to(&actions, is_decision).is_empty());
         // A participant's abort got there first.
-        c.decision_recorded(now, txn, Decision::Abort);
-        let actions = drain(&mut c);
-        assert_eq!(
-            actions[0],
-            Action::Persist(Record::Decided {
-                txn,
-                decision: Decision::Abort
-            })
-        );
+        let actions = recorded(&mut c, now, txn, Decision::Abort);
         assert!(actions[1..].iter().all(|a| matches!(
             a,
             Action::Send {
@@ -1069,5 +1125,37 @@ mod tests {
         )));
         let r = result(&mut c).unwrap_or_else(|| panic!("no result"));
         assert!(matches!(r.outcome, Outcome::Aborted { .. }), "{r}");
+    }
+
+    #[test]
+    fn a_replicated_txn_is_never_decided_alone() {
+        let now = Instant::now();
+        let txn = TxnId {
+            coordinator: node(1),
+            seq: 0,
+        };
+        // Restarted undecided: the abort goes to the log, not to the disk.
+        let disk = disk(&[started_with(txn, DecisionLog::Replicated)]);
+        let mut c = Coordinator::new(now, node(1), CoordinatorConfig::default(), &disk);
+        assert_eq!(
+            drain(&mut c),
+            [Action::Propose {
+                txn,
+                decision: Decision::Abort,
+                installs: None,
+            }]
+        );
+        assert_eq!(c.decision(txn), None);
+        // A query (from a confused peer) gets no answer and decides nothing.
+        let query = Message::Query {
+            txn,
+            version: Version(1),
+        };
+        c.handle_message(now, node(2), query);
+        assert!(drain(&mut c).is_empty());
+        assert_eq!(c.decision(txn), None);
+        // What the log holds is what is announced.
+        let actions = recorded(&mut c, now, txn, Decision::Commit);
+        assert_eq!(sent_to(&actions, is_decision).len(), 3);
     }
 }

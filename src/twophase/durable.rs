@@ -10,7 +10,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 use super::messages::Prepare;
-use super::{ConfigHash, Decision, NodeId, TxnId, Version};
+use super::{ConfigHash, Decision, DecisionLog, NodeId, TxnId, Version};
 
 /// How many past versions a participant remembers the txn of, and how many
 /// finished decisions a coordinator keeps answering for.
@@ -35,11 +35,7 @@ pub enum Record {
     CaughtUp(Committed),
     // ---- coordinator
     /// A txn this node coordinates is about to send PREPAREs.
-    Started {
-        txn: TxnId,
-        version: Version,
-        participants: Vec<NodeId>,
-    },
+    Started { txn: TxnId, started: Started },
     /// The decision of a txn this node coordinates: the decision itself
     /// with `DecisionLog::Coordinator`, a copy of the log's with
     /// `DecisionLog::Replicated`.
@@ -81,7 +77,10 @@ pub struct ParticipantDisk {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Started {
     pub version: Version,
+    pub hash: ConfigHash,
     pub participants: Vec<NodeId>,
+    /// Where its decision is recorded (see `Prepare::log`).
+    pub log: DecisionLog,
 }
 
 /// A coordinator's durable state: its decision log (with
@@ -180,19 +179,9 @@ impl CoordinatorDisk {
     /// decision, once recorded, never changes.
     pub fn apply(&mut self, record: &Record) {
         match record {
-            Record::Started {
-                txn,
-                version,
-                participants,
-            } => {
+            Record::Started { txn, started } => {
                 self.next_seq = self.next_seq.max(txn.seq.saturating_add(1));
-                self.started.insert(
-                    *txn,
-                    Started {
-                        version: *version,
-                        participants: participants.clone(),
-                    },
-                );
+                self.started.insert(*txn, started.clone());
             }
             Record::Decided { txn, decision } => {
                 self.next_seq = self.next_seq.max(txn.seq.saturating_add(1));
@@ -246,6 +235,7 @@ mod tests {
             },
             participants: Vec::new(),
             lease: std::time::Duration::from_secs(5),
+            log: DecisionLog::Coordinator,
         })
     }
 

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use super::{Decision, NodeId, Proposal, TxnId, Version};
+use super::{Decision, DecisionLog, NodeId, Proposal, TxnId, Version};
 
 /// PREPARE: everything a participant needs to vote, and to stage.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -16,6 +16,10 @@ pub struct Prepare {
     pub participants: Vec<NodeId>,
     /// How long the participant's lock lives before it starts asking.
     pub lease: Duration,
+    /// Where this txn's decision is recorded, fixed by the coordinator
+    /// when it starts the txn: a participant whose lease runs out asks the
+    /// peers, or proposes to the replicated log, as the txn says.
+    pub log: DecisionLog,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

@@ -91,12 +91,16 @@
 //! that some node already installed; committing could install a txn the
 //! coordinator aborted. 2PC alone cannot do better; a consensus log can.
 //!
-//! **With a replicated decision log** ([`DecisionLog::Replicated`], Raft,
-//! issue 6) the decision of a txn is the first one the log records, whoever
+//! **With a replicated decision log** ([`DecisionLog::Replicated`], Raft)
+//! the decision of a txn is the first one the log records, whoever
 //! proposed it. The coordinator proposes its decision (`Action::Propose`)
 //! and announces what the log answers (`decision_recorded`); a participant
 //! whose lease ran out proposes Abort and follows the answer. Nothing
-//! blocks while a majority of voters is up.
+//! blocks while a majority of voters is up. Which log a txn uses is fixed
+//! when it starts and travels in its PREPARE ([`Prepare::log`]): a node
+//! never mixes the two for one txn (a coordinator that decided commit
+//! alone while a participant had the log record abort would split the
+//! cluster).
 //!
 //! # Safety, in one paragraph
 //!
@@ -212,8 +216,10 @@ impl fmt::Display for Decision {
     }
 }
 
-/// Where decisions are recorded, and so who may make one. The coordinator
-/// and the participants of one cluster must agree on it.
+/// Where a txn's decision is recorded, and so who may make one. The
+/// coordinator chooses it for each txn (`Start::log`) and the PREPARE
+/// carries it, so every node of a txn agrees on it, whatever each one
+/// thinks of the cluster's Raft group meanwhile.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub enum DecisionLog {
     /// In the coordinator's data dir (a cluster without Raft voters): only
@@ -247,6 +253,9 @@ pub enum Action {
     Propose {
         txn: TxnId,
         decision: Decision,
+        /// With a commit: the version it installs and its hash, which the
+        /// log keeps as the committed topology.
+        installs: Option<(Version, ConfigHash)>,
     },
 }
 

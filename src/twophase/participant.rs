@@ -16,7 +16,6 @@ const ASKED_WHILE_VALIDATING: &str =
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ParticipantConfig {
-    pub log: DecisionLog,
     /// First pause between two rounds of queries (or proposals) once the
     /// lease ran out; doubles up to `max_query_interval`.
     pub query_interval: Duration,
@@ -26,7 +25,6 @@ pub struct ParticipantConfig {
 impl Default for ParticipantConfig {
     fn default() -> Self {
         ParticipantConfig {
-            log: DecisionLog::Coordinator,
             query_interval: Duration::from_millis(500),
             max_query_interval: Duration::from_secs(4),
         }
@@ -461,7 +459,7 @@ impl Participant {
         if !matches!(self.lock, Lock::Waiting { txn: t, .. } if t == txn) {
             return;
         }
-        if self.config.log == DecisionLog::Replicated {
+        if self.staged_log() == Some(DecisionLog::Replicated) {
             // Only the replicated log decides; peers' words are not needed.
             return;
         }
@@ -485,6 +483,10 @@ impl Participant {
         }
     }
 
+    fn staged_log(&self) -> Option<DecisionLog> {
+        self.disk.staged.as_ref().map(|s| s.log)
+    }
+
     fn start_waiting(&mut self, now: Instant, txn: TxnId) {
         let interval = self.config.query_interval;
         self.lock = Lock::Waiting {
@@ -505,10 +507,11 @@ impl Participant {
         let Some(staged) = &self.disk.staged else {
             return;
         };
-        if self.config.log == DecisionLog::Replicated {
+        if staged.log == DecisionLog::Replicated {
             self.actions.push_back(Action::Propose {
                 txn,
                 decision: Decision::Abort,
+                installs: None,
             });
             return;
         }
@@ -612,6 +615,10 @@ mod tests {
     }
 
     fn prepare(seq: u64, base: u64) -> Message {
+        prepare_with(seq, base, DecisionLog::Coordinator)
+    }
+
+    fn prepare_with(seq: u64, base: u64, log: DecisionLog) -> Message {
         let (a, b, c) = abc();
         Message::Prepare(Prepare {
             proposal: Proposal {
@@ -623,6 +630,7 @@ mod tests {
             },
             participants: vec![a, b, c],
             lease: LEASE,
+            log,
         })
     }
 
@@ -975,12 +983,8 @@ mod tests {
     #[test]
     fn with_a_replicated_log_the_lease_end_proposes_abort_and_follows_the_log() {
         let now = Instant::now();
-        let config = ParticipantConfig {
-            log: DecisionLog::Replicated,
-            ..ParticipantConfig::default()
-        };
-        let mut p = Participant::new(now, node(2), config, &ParticipantDisk::default());
-        p.handle_message(now, node(1), prepare(1, 0));
+        let mut p = participant(now);
+        p.handle_message(now, node(1), prepare_with(1, 0, DecisionLog::Replicated));
         p.validated(now, txn(1), Ok(()));
         drain(&mut p);
         p.handle_timeout(now + LEASE);
@@ -988,9 +992,20 @@ mod tests {
             drain(&mut p),
             vec![Action::Propose {
                 txn: txn(1),
-                decision: Decision::Abort
+                decision: Decision::Abort,
+                installs: None,
             }]
         );
+        // Peers' answers do not decide a replicated txn.
+        p.handle_message(
+            now + LEASE,
+            node(3),
+            Message::Answer {
+                txn: txn(1),
+                answer: Answer::Aborted,
+            },
+        );
+        assert!(matches!(p.status(), LockStatus::Waiting { .. }));
         // The coordinator's commit was recorded first: it wins.
         p.decision_recorded(txn(1), Decision::Commit);
         assert_eq!(p.committed().0, Version(1));

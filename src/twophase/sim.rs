@@ -28,8 +28,11 @@ use super::{
 pub struct SimConfig {
     pub seed: u64,
     pub nodes: usize,
-    /// Where decisions are recorded; set into both configs below.
+    /// Where each txn's decision is recorded (`Start::log`).
     pub log: DecisionLog,
+    /// Each txn draws its log instead (as agents do when the Raft group
+    /// comes and goes): the two logs side by side, never mixed in one txn.
+    pub mixed_logs: bool,
     pub coordinator: CoordinatorConfig,
     pub participant: ParticipantConfig,
     /// Probability a message between two nodes is lost (a node's messages
@@ -72,6 +75,7 @@ impl SimConfig {
             seed,
             nodes,
             log: DecisionLog::Coordinator,
+            mixed_logs: false,
             coordinator: CoordinatorConfig::default(),
             participant: ParticipantConfig::default(),
             loss: 0.0,
@@ -206,6 +210,8 @@ pub struct Sim {
     cut: BTreeSet<(usize, usize)>,
     /// The replicated log (`DecisionLog::Replicated`): first decision wins.
     register: BTreeMap<TxnId, Decision>,
+    /// The log each txn was started with.
+    logs: BTreeMap<TxnId, DecisionLog>,
     // ---- the oracle
     decisions: BTreeMap<TxnId, Decision>,
     versions: BTreeMap<Version, (TxnId, String)>,
@@ -258,9 +264,7 @@ fn covered(mut intervals: Vec<(Duration, Duration)>, from: Duration, to: Duratio
 
 impl Sim {
     /// `config.nodes` nodes, all running, all at version 0.
-    pub fn new(mut config: SimConfig) -> Sim {
-        config.coordinator.log = config.log;
-        config.participant.log = config.log;
+    pub fn new(config: SimConfig) -> Sim {
         let now = Instant::now();
         let mut rng = SmallRng::seed_from_u64(mix(config.seed));
         let mut nodes = Vec::new();
@@ -298,6 +302,7 @@ impl Sim {
             chaos: true,
             cut: BTreeSet::new(),
             register: BTreeMap::new(),
+            logs: BTreeMap::new(),
             decisions: BTreeMap::new(),
             versions: BTreeMap::new(),
             installed_by: BTreeMap::new(),
@@ -346,6 +351,11 @@ impl Sim {
         let now = self.node_now(node);
         let members: Vec<NodeId> = self.nodes.iter().map(|n| n.id).collect();
         let participants: Vec<NodeId> = participants.iter().map(|&i| self.nodes[i].id).collect();
+        let log = match self.config.mixed_logs {
+            true if self.rng.random_bool(0.5) => DecisionLog::Replicated,
+            true => DecisionLog::Coordinator,
+            false => self.config.log,
+        };
         self.texts += 1;
         let Some(running) = self.nodes.get_mut(node).and_then(|n| n.running.as_mut()) else {
             return Err(format!("node {node} is down"));
@@ -362,11 +372,13 @@ impl Sim {
             text,
             participants,
             base_members: members,
+            log,
         };
         let txn = running
             .coordinator
             .start(now, start)
             .map_err(|e: StartError| e.to_string())?;
+        self.logs.insert(txn, log);
         self.stats.started += 1;
         self.after_input(node);
         Ok(txn)
@@ -939,7 +951,7 @@ impl Sim {
                 );
                 false
             }
-            Action::Propose { txn, decision } => {
+            Action::Propose { txn, decision, .. } => {
                 let trigger = txn.coordinator == self.nodes[node].id
                     && matches!(
                         self.nodes[node].crash_at,
@@ -1166,7 +1178,7 @@ impl Sim {
         // decide) the coordinator, was down: the documented blocking case.
         let mut downs = Vec::new();
         let mut who = vec![node];
-        if self.config.log == DecisionLog::Coordinator {
+        if self.logs.get(&hold.txn) != Some(&DecisionLog::Replicated) {
             if let Some(&c) = self.index.get(&hold.txn.coordinator) {
                 who.push(c);
             }

@@ -14,10 +14,11 @@ use crate::config::{Diagnostic, Diagnostics, Pos, Topology};
 use crate::rpc::RpcClient;
 use crate::storage::{describe, write_atomic};
 use crate::twophase::{
-    Action, Committed, Coordinator, Event, Message, NodeId, Participant, Proposal, Start, TxnId,
-    Version,
+    Action, Committed, Coordinator, Decision, DecisionLog, Event, Message, NodeId, Participant,
+    Proposal, Start, TxnId, Version,
 };
 
+use super::decision_log::ReplicatedLog;
 use super::directory::{by_name, Peer, PeerDirectory};
 use super::hooks::{Installed, RoleHooks};
 use super::rpc::{Envelope, METHOD};
@@ -62,6 +63,14 @@ pub(super) enum Input {
         committed: Box<Committed>,
         from: String,
     },
+    /// `ApplyHandle::use_replicated_log`.
+    UseLog(Arc<dyn ReplicatedLog>),
+    /// A proposal to the replicated log came back: the decision the log
+    /// holds for `txn`, or why it could not be had (asked again later).
+    Recorded {
+        txn: TxnId,
+        result: Result<Decision, String>,
+    },
     Stop,
 }
 
@@ -79,6 +88,7 @@ struct Waiter {
     names: BTreeMap<NodeId, String>,
     received: Instant,
     started: Instant,
+    log: DecisionLog,
 }
 
 struct Driver {
@@ -101,6 +111,8 @@ struct Driver {
     /// The committed version's topology, parsed (none at version 0, or if
     /// this build no longer accepts it).
     committed: Option<Arc<Topology>>,
+    /// The cluster's Raft group, once it runs.
+    replicated: Option<Arc<dyn ReplicatedLog>>,
 }
 
 /// Loads the node's 2PC state and starts its driver.
@@ -181,6 +193,7 @@ pub fn spawn(
         installer,
         file_error: None,
         committed,
+        replicated: None,
     };
     info!(node = %driver.config.me, %version, %hash, "apply driver started");
     let task = tokio::spawn(driver.run(rx));
@@ -282,6 +295,15 @@ impl Driver {
                 let _ = reply.send(store.state().participant.committed.clone());
             }
             Input::CatchUp { committed, from } => self.catch_up(*committed, &from),
+            Input::UseLog(log) => self.replicated = Some(log),
+            Input::Recorded { txn, result } => match result {
+                Ok(decision) => {
+                    self.coordinator.decision_recorded(now, txn, decision);
+                    self.participant.decision_recorded(txn, decision);
+                }
+                // The state machines propose again on their timers.
+                Err(why) => info!(%txn, "the raft log has not recorded a decision yet: {why}"),
+            },
             Input::Stop => {}
         }
     }
@@ -365,12 +387,31 @@ impl Driver {
             Action::Send { to, message } if to == self.config.me => self.local.push_back(message),
             Action::Send { to, message } => self.send(to, message),
             Action::Validate(proposal) => self.validate(proposal),
-            Action::Propose { txn, decision } => {
-                // Only with `DecisionLog::Replicated`, which needs Raft.
-                warn!(%txn, %decision, "a replicated decision log is not available; ignored");
-            }
+            Action::Propose {
+                txn,
+                decision,
+                installs,
+            } => self.propose(txn, decision, installs),
         }
         Ok(())
+    }
+
+    /// Off the loop: the log answers once a quorum has the entry.
+    fn propose(
+        &self,
+        txn: TxnId,
+        decision: Decision,
+        installs: Option<(Version, crate::twophase::ConfigHash)>,
+    ) {
+        let (Some(log), Some(tx)) = (self.replicated.clone(), self.tx.upgrade()) else {
+            // Raft is not running yet (the agent is starting): the state
+            // machine proposes again on its timer.
+            return debug!(%txn, "no raft log yet to propose {decision} to");
+        };
+        tokio::spawn(async move {
+            let result = log.record(txn, decision, installs).await;
+            let _ = tx.send(Input::Recorded { txn, result }).await;
+        });
     }
 
     fn send(&self, to: NodeId, message: Message) {
@@ -515,16 +556,27 @@ impl Driver {
             .collect();
         let (base, _) = self.participant.committed();
         let hash = config_hash(text.as_bytes());
+        let log = match &self.replicated {
+            Some(log) if log.available() => DecisionLog::Replicated,
+            _ => DecisionLog::Coordinator,
+        };
         let start = Start {
             base,
             text,
             hash,
             participants,
             base_members,
+            log,
         };
         match self.coordinator.start(now, start) {
             Ok(txn) => {
-                info!(%txn, version = %base.next(), %hash, "topology change started");
+                info!(
+                    %txn,
+                    version = %base.next(),
+                    %hash,
+                    decision_log = log_name(log),
+                    "topology change started"
+                );
                 self.waiting.insert(
                     txn,
                     Waiter {
@@ -533,6 +585,7 @@ impl Driver {
                         names,
                         received,
                         started: now,
+                        log,
                     },
                 );
             }
@@ -566,6 +619,7 @@ impl Driver {
                         .unwrap_or_default(),
                     prepare: waiter.as_ref().map(|w| now - w.started).unwrap_or_default(),
                     names: waiter.as_ref().map(|w| w.names.clone()).unwrap_or_default(),
+                    log: waiter.as_ref().map_or(DecisionLog::Coordinator, |w| w.log),
                 };
                 info!(%txn, "topology change decided: {report}");
                 self.last(Some(txn), committed, report.to_string());
@@ -670,6 +724,14 @@ impl Driver {
 
 /// Parses and validates a proposed text; a topology of another cluster is
 /// a problem too.
+/// How the API and the logs name a decision log.
+pub fn log_name(log: DecisionLog) -> &'static str {
+    match log {
+        DecisionLog::Replicated => "raft",
+        DecisionLog::Coordinator => "coordinator",
+    }
+}
+
 fn check_text(text: &str, name: &Path, cluster: &str) -> Result<Topology, Diagnostics> {
     let topology = Topology::parse(text, name)?;
     if topology.cluster.value != cluster {

@@ -25,6 +25,7 @@
 //! it.
 
 mod catch_up;
+pub mod decision_log;
 pub mod directory;
 mod driver;
 pub mod hooks;
@@ -42,10 +43,11 @@ use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::config::{Diagnostics, NodeConfig};
 use crate::twophase::{
-    ConfigHash, CoordinatorConfig, LockStatus, NodeId, ParticipantConfig, StartError, TxnId,
-    TxnResult, Version,
+    ConfigHash, CoordinatorConfig, DecisionLog, LockStatus, NodeId, ParticipantConfig, StartError,
+    TxnId, TxnResult, Version,
 };
 
+pub use decision_log::ReplicatedLog;
 pub use directory::{Peer, PeerDirectory, StaticDirectory};
 pub use hooks::{AcceptAll, Installed, RoleHooks, RoleSetHooks};
 pub use rpc::{ApplyEndpoint, Envelope, COMMITTED_METHOD, METHOD};
@@ -118,7 +120,7 @@ pub struct ApplyInbox {
     rx: mpsc::Receiver<Input>,
 }
 
-pub use driver::spawn;
+pub use driver::{log_name, spawn};
 
 /// What the caller of an apply hears.
 #[derive(Clone, Debug)]
@@ -134,6 +136,9 @@ pub struct ApplyReport {
     /// The names of the participants, as membership knew them at the
     /// start (messages name nodes, not ids).
     pub names: std::collections::BTreeMap<NodeId, String>,
+    /// Where the decision was recorded: the Raft log, or the coordinator's
+    /// data dir (no Raft leader known when the txn started).
+    pub log: DecisionLog,
 }
 
 impl ApplyReport {
@@ -311,6 +316,12 @@ impl ApplyHandle {
                 .is_ok_and(|s| s.stopped.is_none())
         };
         tokio::time::timeout(timeout, done).await.unwrap_or(false)
+    }
+
+    /// Decide txns started from now on through `log` while it is
+    /// available (see [`decision_log`]).
+    pub async fn use_replicated_log(&self, log: std::sync::Arc<dyn ReplicatedLog>) {
+        let _ = self.tx.send(Input::UseLog(log)).await;
     }
 
     /// Stops the driver and waits for it (what is on disk stays).

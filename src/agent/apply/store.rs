@@ -27,7 +27,7 @@ use crate::agent::topology_watch::config_hash;
 pub const DIR: &str = "twophase";
 const STATE: &str = "state.bin";
 /// Bumped when the layout of `state.bin` changes incompatibly.
-const FORMAT: u32 = 1;
+const FORMAT: u32 = 2;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -247,6 +247,7 @@ mod tests {
             },
             participants: vec![txn(seq).coordinator],
             lease: Duration::from_secs(5),
+            log: crate::twophase::DecisionLog::Replicated,
         })
     }
 
@@ -277,8 +278,12 @@ mod tests {
         let records = [
             Record::Started {
                 txn: txn(0),
-                version: Version(1),
-                participants: vec![txn(0).coordinator],
+                started: crate::twophase::Started {
+                    version: Version(1),
+                    hash: crate::twophase::ConfigHash([1; 32]),
+                    participants: vec![txn(0).coordinator],
+                    log: crate::twophase::DecisionLog::Replicated,
+                },
             },
             staged(0, 0, "cluster: a # one\n"),
         ];
