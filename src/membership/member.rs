@@ -129,3 +129,35 @@ impl MemberEvent {
         }
     }
 }
+
+/// A member record as a layer above membership keeps it (the name from its
+/// payload, its id, its status), for [`by_name`].
+pub trait NamedMember {
+    /// The node's name in the topology (empty until its payload arrived).
+    fn name(&self) -> &str;
+    fn id(&self) -> NodeId;
+    fn status(&self) -> MemberStatus;
+}
+
+/// The record each topology name stands for. Several records share a name
+/// when a node restarted with a wiped data dir (a new id; the old record
+/// stays dead until reclaimed): the best status wins (alive, suspect, dead,
+/// left). Two records of one status happen only briefly (the old life not
+/// yet declared dead) or when two agents are given one name; the smaller id
+/// wins then, a fixed choice so that successive rounds (and nodes) agree.
+/// Records with no name yet are left out.
+pub fn by_name<T: NamedMember>(members: &[T]) -> std::collections::BTreeMap<&str, &T> {
+    use std::cmp::Reverse;
+    // `MemberStatus` orders worse last: reversed, alive ranks highest.
+    let key = |m: &T| (Reverse(m.status()), Reverse(m.id()));
+    let mut index: std::collections::BTreeMap<&str, &T> = std::collections::BTreeMap::new();
+    for member in members.iter().filter(|m| !m.name().is_empty()) {
+        match index.get(member.name()) {
+            Some(&have) if key(have) >= key(member) => {}
+            _ => {
+                index.insert(member.name(), member);
+            }
+        }
+    }
+    index
+}

@@ -19,7 +19,9 @@ pub mod wire;
 
 pub use config::{ConfigError, SwimConfig};
 pub use keyring::{Keyring, KeyringError, PacketSecurity};
-pub use member::{Incarnation, Member, MemberEvent, MemberRecord, MemberStatus, NodeId};
+pub use member::{
+    by_name, Incarnation, Member, MemberEvent, MemberRecord, MemberStatus, NamedMember, NodeId,
+};
 pub use payload::{ConfigStamp, Payload, PayloadTooLarge, RaftRole};
 pub use stats::{DropStats, Stats};
 pub use swim::{LocalNode, Swim, Transmit, TransmitKind};

@@ -70,16 +70,19 @@ const FETCH_INTERVAL: Duration = Duration::from_secs(1);
 const CALL_DEADLINE: Duration = Duration::from_secs(2);
 
 /// openraft's settings for an election timeout `t`. openraft makes a
-/// follower wait out the leader's lease (`election_timeout_max`) and then
-/// its own random timeout before it stands, so with max `t` and min `t/2`
-/// a follower that stops hearing the leader stands after 1.5t to 2t —
-/// etcd's election timeout `t` means [t, 2t) too. Heartbeats every `t/10`.
+/// follower wait out the leader's lease (which it sets to
+/// `election_timeout_max`) and then its own random timeout from
+/// `[min, max)` before it stands. With max `3t/4` and min `t/4` a follower
+/// that stops hearing the leader stands after t to 1.5t: a follower stands
+/// once it heard nothing for `t`, as etcd's `t` means (etcd: [t, 2t)), and
+/// the timeouts keep a spread of `t/2` against split votes. Heartbeats
+/// every `t/10`, so a lease outlasts seven lost ones.
 pub fn raft_config(election_timeout: Duration) -> openraft::Config {
     let t = election_timeout.as_millis().max(10) as u64;
     openraft::Config {
         cluster_name: "cohort".into(),
-        election_timeout_min: (t / 2).max(5),
-        election_timeout_max: t,
+        election_timeout_min: (t / 4).max(3),
+        election_timeout_max: (t * 3 / 4).max(6),
         heartbeat_interval: (t / 10).max(1),
         install_snapshot_timeout: (2 * t).max(500),
         ..Default::default()
@@ -955,10 +958,11 @@ impl Driver {
     }
 
     /// openraft 0.9 has no leader transfer, and followers refuse votes
-    /// while the leader's lease (one election timeout) runs. So the leader
-    /// stops its heartbeats and elections, waits the lease out, asks the
-    /// target to stand (it does so before anyone else times out, and its
-    /// log is checked by the voters as usual), then resumes.
+    /// while the leader's lease (3/4 of the election timeout) runs. So the
+    /// leader stops its heartbeats and elections, waits the lease out, asks
+    /// the target to stand (it does so before anyone else times out, at a
+    /// whole election timeout at the earliest, and its log is checked by
+    /// the voters as usual), then resumes.
     async fn transfer_here(&self, topology: Option<&Topology>, node: &str) -> Result<(), String> {
         let topology = topology.ok_or("no committed topology yet")?;
         if !failover::may_lead(topology, node) {
@@ -978,10 +982,11 @@ impl Driver {
             .map(|(_, p)| p.addr)
             .ok_or_else(|| format!("{node} is not a voter of the raft group yet"))?;
         let t = topology.election_timeout();
+        let lease = Duration::from_millis(raft_config(t).election_timeout_max);
         let config = running.raft.runtime_config();
         config.heartbeat(false);
         config.elect(false);
-        tokio::time::sleep(t + t / 10).await;
+        tokio::time::sleep(lease + t / 10).await;
         let asked = self.ask_to_elect(target).await;
         let mut won = false;
         if asked.is_ok() {

@@ -24,7 +24,8 @@ use std::net::SocketAddr;
 
 use super::{ClusterState, Command, NodeId, Peer};
 use crate::config::{Election, ReplicaSet, Topology};
-use crate::membership::MemberStatus;
+pub use crate::membership::by_name;
+use crate::membership::{MemberStatus, NamedMember};
 
 /// One member as failover sees it, built by the caller from the gossip
 /// member table (the local node included).
@@ -43,35 +44,16 @@ impl MemberView {
     }
 }
 
-/// Better statuses rank higher.
-fn status_rank(status: MemberStatus) -> u8 {
-    match status {
-        MemberStatus::Alive => 3,
-        MemberStatus::Suspect => 2,
-        MemberStatus::Dead => 1,
-        MemberStatus::Left => 0,
+impl NamedMember for MemberView {
+    fn name(&self) -> &str {
+        &self.name
     }
-}
-
-/// The record each topology name stands for. Several records share a name
-/// when a node restarted with a wiped data dir (a new id; the old record
-/// stays dead until reclaimed): the best status wins (alive, suspect, dead,
-/// left). Two records of one status happen only briefly (the old life not
-/// yet declared dead) or when two agents are given one name; the smaller id
-/// wins then, a fixed choice so that successive rounds agree. Records with
-/// no name yet are left out.
-pub fn by_name(members: &[MemberView]) -> BTreeMap<&str, &MemberView> {
-    let mut index: BTreeMap<&str, &MemberView> = BTreeMap::new();
-    for member in members.iter().filter(|m| !m.name.is_empty()) {
-        let key = |m: &MemberView| (status_rank(m.status), Reverse(m.id));
-        match index.get(member.name.as_str()) {
-            Some(have) if key(have) >= key(member) => {}
-            _ => {
-                index.insert(&member.name, member);
-            }
-        }
+    fn id(&self) -> NodeId {
+        self.id
     }
-    index
+    fn status(&self) -> MemberStatus {
+        self.status
+    }
 }
 
 /// The set's nodes in the order failover tries them: `failover_priority`
@@ -403,7 +385,7 @@ impl<'a> Group<'a> {
             let key = |m: &MemberView| {
                 (
                     m.status.is_active() && voters.contains(&m.id),
-                    status_rank(m.status),
+                    Reverse(m.status),
                     in_group(&m.id),
                     Reverse(m.id),
                 )

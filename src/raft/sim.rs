@@ -102,8 +102,8 @@ pub struct SimConfig {
     /// off): they vote and replicate, and must never lead.
     pub voter_only: BTreeSet<usize>,
     /// `T` ([`raft_config`]): each node's election timeout is drawn from
-    /// `T/2..T`, heartbeats go out every `T/10`. (A follower that heard
-    /// from a leader also waits out the leader's lease, `T`, first.)
+    /// `T/4..3T/4`, heartbeats go out every `T/10`. (A follower that heard
+    /// from a leader also waits out the leader's lease, `3T/4`, first.)
     pub election_timeout: Duration,
     /// One-way delay of every message, drawn uniformly; under 1 ms it
     /// arrives at once. A round trip must stay well under the heartbeat

@@ -7,7 +7,7 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 
 use crate::membership::driver::Handle;
-use crate::membership::{Member, MemberStatus};
+use crate::membership::{Member, MemberStatus, NamedMember};
 use crate::twophase::{ConfigHash, NodeId, Version};
 
 use super::BoxFuture;
@@ -126,24 +126,14 @@ impl PeerDirectory for StaticDirectory {
     }
 }
 
-/// The member each topology name stands for: the live one when a name was
-/// taken by several ids over time (a node whose data dir was wiped comes
-/// back with a new id; the old record stays dead for a while).
-pub fn by_name(peers: &[Peer]) -> BTreeMap<&str, &Peer> {
-    let rank = |p: &Peer| match p.status {
-        MemberStatus::Alive => 3,
-        MemberStatus::Suspect => 2,
-        MemberStatus::Dead => 1,
-        MemberStatus::Left => 0,
-    };
-    let mut map: BTreeMap<&str, &Peer> = BTreeMap::new();
-    for peer in peers.iter().filter(|p| !p.name.is_empty()) {
-        match map.get(peer.name.as_str()) {
-            Some(have) if rank(have) >= rank(peer) => {}
-            _ => {
-                map.insert(peer.name.as_str(), peer);
-            }
-        }
+impl NamedMember for Peer {
+    fn name(&self) -> &str {
+        &self.name
     }
-    map
+    fn id(&self) -> NodeId {
+        self.id
+    }
+    fn status(&self) -> MemberStatus {
+        self.status
+    }
 }

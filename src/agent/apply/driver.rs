@@ -19,7 +19,7 @@ use crate::twophase::{
 };
 
 use super::decision_log::ReplicatedLog;
-use super::directory::{by_name, Peer, PeerDirectory};
+use super::directory::{Peer, PeerDirectory};
 use super::hooks::{Installed, RoleHooks};
 use super::rpc::{Envelope, METHOD};
 use super::store::{ApplyStore, StoreError};
@@ -28,6 +28,7 @@ use super::{
     LastApply,
 };
 use crate::agent::topology_watch::config_hash;
+use crate::membership::by_name;
 
 type Reply = oneshot::Sender<Result<ApplyReport, ApplyError>>;
 
