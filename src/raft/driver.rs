@@ -38,6 +38,10 @@ pub const PROMOTE_METHOD: &str = "raft.promote";
 /// The rpc method a node calls on the leader to hand leadership to a node
 /// (postcard name, answered with `Result<(), String>`).
 pub const TRANSFER_METHOD: &str = "raft.transfer";
+/// The rpc method a node outside the group long-polls a member with: the
+/// body is the [`ViewStamp`] the caller has; the member answers its
+/// [`GroupView`] once its own stamp differs, or after [`WATCH_HOLD`].
+pub const WATCH_METHOD: &str = "raft.watch";
 /// The rpc method that answers the replicated state after a linearizable
 /// check on the leader (`--consistent` reads).
 pub const READ_METHOD: &str = "raft.read";
@@ -54,8 +58,9 @@ const LEARNER_LAG: u64 = 16;
 const GOSSIP_SETTLE: Duration = Duration::from_secs(10);
 
 /// Every rpc method [`ControlEndpoint`] answers.
-pub const CONTROL_METHODS: [&str; 6] = [
+pub const CONTROL_METHODS: [&str; 7] = [
     VIEW_METHOD,
+    WATCH_METHOD,
     ELECT_METHOD,
     READ_METHOD,
     PROMOTE_METHOD,
@@ -63,8 +68,8 @@ pub const CONTROL_METHODS: [&str; 6] = [
     DECIDE_METHOD,
 ];
 
-/// How often a node outside the group fetches the group's view.
-const FETCH_INTERVAL: Duration = Duration::from_secs(1);
+/// How long a member holds a [`WATCH_METHOD`] call that brings no news.
+const WATCH_HOLD: Duration = Duration::from_secs(2);
 
 /// The longest any single rpc of the driver waits.
 const CALL_DEADLINE: Duration = Duration::from_secs(2);
@@ -291,6 +296,7 @@ pub fn spawn(
         ..GroupView::default()
     });
     let (commands_tx, commands) = mpsc::channel(16);
+    let (fetched_tx, fetched) = watch::channel(None);
     let driver = Driver {
         settings,
         endpoint: ports.endpoint,
@@ -300,8 +306,9 @@ pub fn spawn(
         masters,
         view: view_tx,
         running: None,
-        fetched: None,
-        fetched_at: None,
+        fetched,
+        fetched_tx: Arc::new(fetched_tx),
+        watcher: None,
         started: tokio::time::Instant::now(),
     };
     tokio::spawn(driver.run(commands, ports.control_inbox));
@@ -329,10 +336,11 @@ struct Driver {
     masters: watch::Sender<BTreeMap<String, String>>,
     view: watch::Sender<GroupView>,
     running: Option<Running>,
-    /// Outside the group: the view last fetched from a member of it, and
-    /// when it was asked for.
-    fetched: Option<GroupView>,
-    fetched_at: Option<tokio::time::Instant>,
+    /// Outside the group: the newest view a member gave [`watch_group`],
+    /// the task that asks (while this node is outside).
+    fetched: watch::Receiver<Option<GroupView>>,
+    fetched_tx: Arc<watch::Sender<Option<GroupView>>>,
+    watcher: Option<tokio::task::JoinHandle<()>>,
     started: tokio::time::Instant,
 }
 
@@ -366,6 +374,8 @@ impl Driver {
                     None => break,
                 },
                 Some(call) = control.recv() => self.control(call).await,
+                // News from the group, seen from outside: shown at once.
+                Ok(()) = self.fetched.changed() => {}
                 _ = tokio::time::sleep(tick) => {}
             }
         }
@@ -373,6 +383,9 @@ impl Driver {
     }
 
     async fn shutdown(&mut self) {
+        if let Some(watcher) = self.watcher.take() {
+            watcher.abort();
+        }
         if let Some(running) = self.running.take() {
             if let Err(e) = running.raft.shutdown().await {
                 warn!("raft did not shut down cleanly: {e}");
@@ -396,6 +409,9 @@ impl Driver {
             self.shutdown().await;
         }
         if self.running.is_none() && in_group {
+            if let Some(watcher) = self.watcher.take() {
+                watcher.abort();
+            }
             if let Err(e) = self.start(topology).await {
                 warn!("cannot start raft: {e}");
                 note = Some(format!("cannot start raft: {e}"));
@@ -434,7 +450,7 @@ impl Driver {
                 self.lead(&raft, topology, &members).await;
             }
         } else {
-            self.fetch_state(topology, &peers).await;
+            self.watch_from_outside();
         }
         self.publish(topology, &members, note);
     }
@@ -687,36 +703,19 @@ impl Driver {
         }
     }
 
-    /// Outside the group: the replicated state from a member of it (the
-    /// state at an index is the same on every member that applied it).
-    async fn fetch_state(&mut self, topology: &Topology, peers: &[crate::agent::apply::Peer]) {
-        // Rounds come every T/5; a whole view (the state, with its recent
-        // decisions) from every outside node that often would load the
-        // voters for nothing.
-        if self
-            .fetched_at
-            .is_some_and(|at| at.elapsed() < FETCH_INTERVAL)
-        {
+    /// Outside the group: [`watch_group`] runs (started once); inside, it
+    /// stops.
+    fn watch_from_outside(&mut self) {
+        if self.watcher.as_ref().is_some_and(|w| !w.is_finished()) {
             return;
         }
-        self.fetched_at = Some(tokio::time::Instant::now());
-        for peer in peers.iter().filter(|p| {
-            p.status == crate::membership::MemberStatus::Alive
-                && failover::in_group(topology, &p.name)
-        }) {
-            if let Ok(view) = self.view_of(peer.addr).await {
-                if view.initialized {
-                    let newer = self
-                        .fetched
-                        .as_ref()
-                        .is_none_or(|have| view.last_applied >= have.last_applied);
-                    if newer {
-                        self.fetched = Some(view);
-                    }
-                    return;
-                }
-            }
-        }
+        self.watcher = Some(tokio::spawn(watch_group(
+            self.settings.me,
+            self.topology.clone(),
+            self.directory.clone(),
+            self.rpc.clone(),
+            self.fetched_tx.clone(),
+        )));
     }
 
     async fn view_of(&self, addr: SocketAddr) -> Result<GroupView, String> {
@@ -809,7 +808,7 @@ impl Driver {
     fn local_view(&self) -> GroupView {
         let Some(running) = &self.running else {
             // What a member told us, as seen from outside the group.
-            let fetched = self.fetched.clone().unwrap_or_default();
+            let fetched = self.fetched.borrow().clone().unwrap_or_default();
             return GroupView {
                 running: false,
                 role: "off".into(),
@@ -1024,6 +1023,21 @@ impl Driver {
     async fn control(&mut self, call: ControlCall) {
         let answer = match call.method.as_str() {
             VIEW_METHOD => encode(&self.current_view()),
+            WATCH_METHOD => match postcard::from_bytes::<ViewStamp>(&call.body) {
+                Ok(have) => {
+                    // Held off the loop: answered when the published view
+                    // moves on (a round after the change) or at the hold.
+                    let mut views = self.view.subscribe();
+                    tokio::spawn(async move {
+                        let news = views.wait_for(|view| ViewStamp::of(view) != have);
+                        let _ = tokio::time::timeout(WATCH_HOLD, news).await;
+                        let view = views.borrow().clone();
+                        let _ = call.reply.send(encode(&view));
+                    });
+                    return;
+                }
+                Err(e) => Err(RpcError::bad_request(e)),
+            },
             ELECT_METHOD => self.elect_here().await.map(|()| Vec::new()),
             READ_METHOD => encode(&self.consistent_read_here().await),
             TRANSFER_METHOD => match postcard::from_bytes::<String>(&call.body) {
@@ -1129,6 +1143,98 @@ impl Driver {
             .await?
             .map_err(|e| format!("not a leader with a quorum: {e}"))?;
         Ok(self.current_view())
+    }
+}
+
+/// What a node outside the group has of the group's view; a member
+/// answers [`WATCH_METHOD`] once its own differs.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ViewStamp {
+    pub term: u64,
+    pub leader: Option<NodeId>,
+    pub last_applied: Option<u64>,
+}
+
+impl ViewStamp {
+    fn of(view: &GroupView) -> ViewStamp {
+        ViewStamp {
+            term: view.term,
+            leader: view.leader,
+            last_applied: view.last_applied,
+        }
+    }
+}
+
+/// Outside the group: long-polls one alive member after another
+/// ([`WATCH_METHOD`]) and keeps the newest view (by applied index: a
+/// member cut off from the others answers an older one). A member answers
+/// as soon as it sees a change, so a new leader reaches nodes outside the
+/// group within a round of a member's; each node costs a member one call
+/// per [`WATCH_HOLD`] when nothing happens.
+async fn watch_group(
+    me: NodeId,
+    topology: watch::Receiver<Option<Arc<Topology>>>,
+    directory: Arc<dyn PeerDirectory>,
+    rpc: RpcClient,
+    out: Arc<watch::Sender<Option<GroupView>>>,
+) {
+    let mut turn: usize = rand::random_range(0..1024);
+    loop {
+        let current = topology.borrow().clone();
+        let members: Vec<SocketAddr> = match current {
+            None => Vec::new(),
+            Some(topology) => directory
+                .peers()
+                .await
+                .iter()
+                .filter(|p| {
+                    p.id != me
+                        && p.status == crate::membership::MemberStatus::Alive
+                        && failover::in_group(&topology, &p.name)
+                })
+                .map(|p| p.addr)
+                .collect(),
+        };
+        let pause = topology
+            .borrow()
+            .as_ref()
+            .map_or(Duration::from_secs(1), |t| tick_of(t.election_timeout()));
+        if members.is_empty() {
+            tokio::time::sleep(pause).await;
+            continue;
+        }
+        turn = turn.wrapping_add(1);
+        let addr = members[turn % members.len()];
+        let have = out.borrow().as_ref().map(ViewStamp::of).unwrap_or_default();
+        let answer = match postcard::to_allocvec(&have) {
+            Ok(body) => rpc
+                .call(addr, WATCH_METHOD, &body, WATCH_HOLD + CALL_DEADLINE)
+                .await
+                .map_err(|e| e.to_string())
+                .and_then(|body| {
+                    postcard::from_bytes::<GroupView>(&body).map_err(|e| e.to_string())
+                }),
+            Err(e) => Err(e.to_string()),
+        };
+        match answer {
+            Ok(view) if view.initialized => {
+                out.send_if_modified(|kept| {
+                    let newer = kept
+                        .as_ref()
+                        .is_none_or(|k| view.last_applied >= k.last_applied);
+                    let changed = newer && kept.as_ref() != Some(&view);
+                    if changed {
+                        *kept = Some(view);
+                    }
+                    changed
+                });
+            }
+            Ok(_) => tokio::time::sleep(pause).await,
+            Err(e) => {
+                debug!(%addr, "no view of the group from this member: {e}");
+                tokio::time::sleep(pause).await;
+            }
+        }
     }
 }
 
