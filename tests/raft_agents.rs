@@ -306,10 +306,12 @@ fn consistent_reads_promote_and_transfer_go_through_the_leader() {
 /// Voters follow the topology: three candidates and two `off` nodes; the
 /// `off` nodes see the leader and the masters from outside the group. Then
 /// one apply turns n3 `off` and n4 into a `voter`: n3 leaves the group,
-/// n4 joins it (as a learner first), no operator step.
+/// n4 joins it (as a learner first), no operator step. Then a voter dies
+/// and an edit of the topology replaces it.
 #[test]
 fn the_voters_follow_the_topology_and_off_nodes_see_the_group() {
-    let cluster = Cluster::with_elections(&["candidate", "candidate", "candidate", "off", "off"]);
+    let mut cluster =
+        Cluster::with_elections(&["candidate", "candidate", "candidate", "off", "off"]);
     let first = cluster.agreed("three voters, seen by all five", 3, |s| {
         s.masters.len() == 2
     });
@@ -330,4 +332,28 @@ fn the_voters_follow_the_topology_and_off_nodes_see_the_group() {
     assert_ne!(changed.leader, "n4", "a `voter` never leads");
     assert_eq!(changed.masters, first.masters, "the masters did not move");
     assert_eq!(cluster.node("n3").leaders(false).unwrap()["role"], "off");
+
+    // A voter dies for good (n2, SIGKILL); an edit of the topology alone
+    // replaces it by n5: the change is decided and committed by the
+    // survivors (through the Raft log, n2 not reached), the leader removes
+    // n2 from the group and adds n5. No operator step on the group.
+    cluster.nodes[1].kill(WAIT);
+    // As an operator would, once n2 is known dead (a node still suspected
+    // is asked to vote, and its silence aborts the change).
+    wait_until(WAIT, "n1 to see n2 dead", || {
+        (cluster.node("n1").sees("n2").as_deref() == Some("dead")).then_some(())
+    });
+    let text = topology(
+        &cluster.nodes,
+        &["candidate", "off", "off", "voter", "candidate"],
+    );
+    fs::write(&file, &text).unwrap();
+    let (ok, out, err) = cluster
+        .node("n1")
+        .cli(&["apply", file.to_str().unwrap(), "--wait"]);
+    assert!(ok, "{out}{err}");
+    let replaced = cluster.agreed("dead n2 replaced by n5", 3, |s| {
+        s.voter_names == ["n1", "n4", "n5"]
+    });
+    assert_eq!(replaced.masters, first.masters, "the masters did not move");
 }
