@@ -407,3 +407,57 @@ fn user_events_reach_every_node_once_its_handlers_and_its_monitor() {
     let _ = monitor.kill();
     let _ = monitor.wait();
 }
+
+/// A gossip key rotation by reload, as an operator does it on every node:
+/// the keyring file becomes [A, B] (B accepted), then [B, A] (B seals),
+/// then [B] (A gone), each step a SIGHUP everywhere. Neither node restarts
+/// its membership (same generation, alive throughout the checks), and a
+/// node that holds only B is then admitted.
+#[test]
+fn a_gossip_key_rotated_by_reload_keeps_membership() {
+    let root = tempfile::tempdir().unwrap();
+    let mut a = node(root.path(), "a", 0, KEY);
+    let mut b = node(root.path(), "b", a.port, KEY);
+    a.start(CONVERGE);
+    b.start(CONVERGE);
+    wait_everywhere(&[&a, &b], "a", "alive");
+    wait_everywhere(&[&a, &b], "b", "alive");
+    let before = (a.view().unwrap(), b.view().unwrap());
+
+    for (step, keys) in [
+        format!("{KEY}\n{KEY_B}\n"),
+        format!("{KEY_B}\n{KEY}\n"),
+        format!("# rotated\n{KEY_B}\n"),
+    ]
+    .iter()
+    .enumerate()
+    {
+        for n in [&a, &b] {
+            fs::write(n.dir.join("gossip.key"), keys).unwrap();
+            n.proc.as_ref().unwrap().signal(SIGHUP);
+        }
+        for n in [&a, &b] {
+            wait_until(CONVERGE, &format!("{}'s reload {step}", n.name), || {
+                (read(&n.log()).matches("gossip keyring reloaded").count() > step).then_some(())
+            });
+        }
+        wait_everywhere(&[&a, &b], "a", "alive");
+        wait_everywhere(&[&a, &b], "b", "alive");
+    }
+    assert_eq!(
+        (a.view().unwrap(), b.view().unwrap()),
+        before,
+        "the same members, generations and statuses"
+    );
+
+    let mut c = node(root.path(), "c", a.port, KEY_B);
+    c.start(CONVERGE);
+    wait_everywhere(&[&a, &b, &c], "c", "alive");
+    for n in [&a, &b] {
+        let log = read(&n.log());
+        assert!(
+            !log.contains("reload: the running gossip keyring stays"),
+            "{log}"
+        );
+    }
+}

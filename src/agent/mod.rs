@@ -88,6 +88,8 @@ impl AgentError {
 pub fn run(options: AgentOptions) -> Result<(), AgentError> {
     let config = options.load_config()?;
     let log = logging::init(&config.log.level, config.log.format).map_err(AgentError::Logging)?;
+    // Journal entries carry the node and cluster from the first line on.
+    log.identify(&config.node, &config.cluster, None);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -252,9 +254,13 @@ async fn serve(
         raft.clone(),
         config.node.clone(),
     ));
-    if let Some(mut multicast) =
-        discovery::spawn(&config, identity, advertise, security, gossip.clone())?
-    {
+    if let Some(mut multicast) = discovery::spawn(
+        &config,
+        identity,
+        advertise,
+        security.clone(),
+        gossip.clone(),
+    )? {
         let state = Arc::clone(&state);
         tokio::spawn(async move {
             while multicast.changed().await.is_ok() {
@@ -291,7 +297,7 @@ async fn serve(
         "agent started"
     );
     topology_file::report(&topology_file);
-    systemd::ready(&format!("{}: node {} up", config.cluster, config.node));
+    let mut heartbeat = systemd::ready(&state, &log);
 
     let reason = loop {
         tokio::select! {
@@ -299,9 +305,12 @@ async fn serve(
             _ = signals.interrupt.recv() => break "SIGINT",
             _ = signals.hangup.recv() => {
                 systemd::reloading();
-                config = reload::reload(&options, config, &log, &state);
+                config = reload::reload(&options, config, &log, &state, &security);
                 systemd::reloaded();
             }
+            // Watchdog ping and status line, from this loop: if it stops
+            // turning, systemd restarts the process.
+            _ = heartbeat.tick() => heartbeat.beat(),
         }
     };
 

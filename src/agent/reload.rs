@@ -1,11 +1,13 @@
 //! SIGHUP: the node config is read again. What can change at run time
-//! (the log level, the topology file's path and state) changes; every other
-//! changed setting is named in the log as waiting for a restart.
+//! (the log level, the topology file's path and state, the gossip keyring)
+//! changes; every other changed setting is named in the log as waiting for
+//! a restart. Membership is never dropped.
 
 use tracing::{debug, info, warn};
 
 use crate::api::NodeState;
 use crate::config::NodeConfig;
+use crate::membership::PacketSecurity;
 
 use super::logging::LogControl;
 use super::options::AgentOptions;
@@ -17,6 +19,7 @@ pub fn reload(
     running: NodeConfig,
     log: &LogControl,
     state: &NodeState,
+    security: &PacketSecurity,
 ) -> NodeConfig {
     let fresh = match options.load_config() {
         Ok(fresh) => fresh,
@@ -43,6 +46,9 @@ pub fn reload(
         file = %options.config_file().map_or("none (--dev)".into(), |p| p.display().to_string()),
         "node config read again"
     );
+    if reload_keyring(security, &running, &fresh) {
+        now.gossip.key_file = fresh.gossip.key_file.clone();
+    }
     now.topology = fresh.topology.clone();
     let (topology, _) = topology_file::check(&fresh.topology);
     topology_file::report(&topology);
@@ -59,6 +65,35 @@ pub fn reload(
     now
 }
 
+/// The keyring file is read again (a key rotation is one edit of it and a
+/// reload per step on every node: add the new key, make it first, remove
+/// the old one). Gossip, rpc and discovery take the keys at once; a file
+/// that does not parse leaves the running keys. Returns whether the keys
+/// were taken.
+fn reload_keyring(security: &PacketSecurity, running: &NodeConfig, fresh: &NodeConfig) -> bool {
+    let PacketSecurity::Encrypted(keyring) = security else {
+        if fresh.gossip.key_file != running.gossip.key_file {
+            warn!("gossip runs without encryption: turning it on takes a restart");
+        }
+        return false;
+    };
+    match super::membership::packet_security(fresh) {
+        Ok(PacketSecurity::Encrypted(keys)) => {
+            keyring.replace(&keys);
+            info!(keys = keyring.len(), "gossip keyring reloaded");
+            true
+        }
+        Ok(PacketSecurity::Plaintext) => {
+            warn!("the reloaded config has no gossip key: the running keyring stays (turning encryption off takes a restart)");
+            false
+        }
+        Err(e) => {
+            warn!("reload: the running gossip keyring stays: {e}");
+            false
+        }
+    }
+}
+
 /// The settings that differ and are bound at start. The running config
 /// keeps its values for them, so `status` tells what really runs.
 fn needs_restart(running: &NodeConfig, fresh: &NodeConfig) -> Vec<&'static str> {
@@ -69,8 +104,13 @@ fn needs_restart(running: &NodeConfig, fresh: &NodeConfig) -> Vec<&'static str> 
         ("advertise", running.advertise != fresh.advertise),
         ("data_dir", running.data_dir != fresh.data_dir),
         ("join", running.join != fresh.join),
-        // The keyring and SWIM timings are handed to membership at start.
-        ("gossip", running.gossip != fresh.gossip),
+        // SWIM timings are handed to membership at start (the keyring is
+        // reloaded, see `reload_keyring`).
+        ("gossip", {
+            let mut timings = fresh.gossip.clone();
+            timings.key_file = running.gossip.key_file.clone();
+            timings != running.gossip
+        }),
         ("api", running.api != fresh.api),
         ("log.format", running.log.format != fresh.log.format),
         ("events", running.event_handlers != fresh.event_handlers),

@@ -5,6 +5,7 @@
 use aes_gcm::aead::{Aead, KeyInit, Payload as AeadPayload};
 use aes_gcm::{Aes256Gcm, Nonce};
 use base64::Engine;
+use std::sync::{Arc, RwLock};
 
 pub const KEY_LEN: usize = 32;
 pub const NONCE_LEN: usize = 12;
@@ -18,15 +19,17 @@ pub enum PacketSecurity {
     Plaintext,
 }
 
-/// Several AES-256-GCM keys; never printed.
+/// Several AES-256-GCM keys; never printed. Clones share the keys:
+/// [`Keyring::replace`] (a reload) changes them for gossip, rpc and
+/// discovery at once.
 #[derive(Clone)]
 pub struct Keyring {
-    ciphers: Vec<Aes256Gcm>,
+    ciphers: Arc<RwLock<Arc<[Aes256Gcm]>>>,
 }
 
 impl std::fmt::Debug for Keyring {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "Keyring({} keys)", self.ciphers.len())
+        write!(f, "Keyring({} keys)", self.len())
     }
 }
 
@@ -48,11 +51,26 @@ impl Keyring {
         if keys.is_empty() {
             return Err(KeyringError::Empty);
         }
-        let ciphers = keys
+        let ciphers: Arc<[Aes256Gcm]> = keys
             .iter()
             .map(|key| Aes256Gcm::new(&(*key).into()))
             .collect();
-        Ok(Keyring { ciphers })
+        Ok(Keyring {
+            ciphers: Arc::new(RwLock::new(ciphers)),
+        })
+    }
+
+    /// Takes `fresh`'s keys, here and in every clone of this keyring.
+    pub fn replace(&self, fresh: &Keyring) {
+        let keys = fresh.current();
+        *self.ciphers.write().unwrap_or_else(|p| p.into_inner()) = keys;
+    }
+
+    fn current(&self) -> Arc<[Aes256Gcm]> {
+        self.ciphers
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     /// Parses a keyring file: one base64 key a line, `#` starts a comment,
@@ -97,18 +115,19 @@ impl Keyring {
     }
 
     pub fn len(&self) -> usize {
-        self.ciphers.len()
+        self.current().len()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.ciphers.is_empty()
+        self.current().is_empty()
     }
 
     /// Ciphertext with its tag, under the first key. The nonce must never
     /// repeat under one key: callers draw it from a CSPRNG.
     pub fn seal(&self, nonce: &[u8; NONCE_LEN], aad: &[u8], plaintext: &[u8]) -> Option<Vec<u8>> {
-        let cipher = self.ciphers.first()?;
-        cipher
+        let ciphers = self.current();
+        ciphers
+            .first()?
             .encrypt(
                 &Nonce::from(*nonce),
                 AeadPayload {
@@ -122,7 +141,7 @@ impl Keyring {
     /// The plaintext if any key authenticates the ciphertext.
     pub fn open(&self, nonce: &[u8; NONCE_LEN], aad: &[u8], ciphertext: &[u8]) -> Option<Vec<u8>> {
         let nonce = Nonce::from(*nonce);
-        self.ciphers.iter().find_map(|cipher| {
+        self.current().iter().find_map(|cipher| {
             cipher
                 .decrypt(
                     &nonce,
@@ -188,6 +207,30 @@ mod tests {
         assert_eq!(
             format!("{:?}", Keyring::parse(&a).unwrap()),
             "Keyring(1 keys)"
+        );
+    }
+
+    #[test]
+    fn a_replaced_keyring_changes_every_clone() {
+        let old = Keyring::new(&[[1; KEY_LEN]]).unwrap();
+        let in_membership = old.clone();
+        let nonce = [7; NONCE_LEN];
+        let sealed_old = old.seal(&nonce, b"", b"hello").unwrap();
+        // Rotation step: the new key first, the old one still accepted.
+        old.replace(&Keyring::new(&[[2; KEY_LEN], [1; KEY_LEN]]).unwrap());
+        assert_eq!(in_membership.len(), 2);
+        let sealed_new = in_membership.seal(&nonce, b"", b"hello").unwrap();
+        assert_ne!(sealed_new, sealed_old, "sealed under the new key");
+        assert_eq!(
+            in_membership.open(&nonce, b"", &sealed_old).unwrap(),
+            b"hello"
+        );
+        // The old key removed: what it sealed no longer opens.
+        old.replace(&Keyring::new(&[[2; KEY_LEN]]).unwrap());
+        assert_eq!(in_membership.open(&nonce, b"", &sealed_old), None);
+        assert_eq!(
+            in_membership.open(&nonce, b"", &sealed_new).unwrap(),
+            b"hello"
         );
     }
 }

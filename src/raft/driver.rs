@@ -629,7 +629,7 @@ impl Driver {
         match failover::membership_step(topology, members, &voters, &learners) {
             MembershipStep::Nothing => {}
             MembershipStep::AddLearner { id, peer } => {
-                info!(node = %peer.name, %id, "adding to the raft group as a learner");
+                info!(peer = %peer.name, %id, "adding to the raft group as a learner");
                 if let Err(e) = raft.add_learner(id, peer, false).await {
                     warn!("cannot add a learner: {e}");
                 }

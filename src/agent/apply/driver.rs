@@ -196,7 +196,7 @@ pub fn spawn(
         committed,
         replicated: None,
     };
-    info!(node = %driver.config.me, %version, %hash, "apply driver started");
+    info!(uuid = %driver.config.me, %version, %hash, "apply driver started");
     let task = tokio::spawn(driver.run(rx));
     Ok(ApplyHandle {
         tx,
@@ -251,9 +251,9 @@ impl Driver {
             }
         };
         if why != "stopped" {
-            error!(node = %self.config.me, "{why}");
+            error!(uuid = %self.config.me, "{why}");
         } else {
-            info!(node = %self.config.me, "apply driver stopped");
+            info!(uuid = %self.config.me, "apply driver stopped");
         }
         self.status.send_modify(|s| s.stopped = Some(why.clone()));
         for (_, waiter) in std::mem::take(&mut self.waiting) {
