@@ -223,7 +223,6 @@ fn the_package_runs_under_a_real_systemd() {
         machine.run(&format!(
             "install -d -g cohort -m 2775 /etc/cohort/{name} && printf '%s\\n' \
              'node: {name}' 'cluster: boot' 'bind: 127.0.0.1:{port}' \
-             'topology: /etc/cohort/{name}/topology.yaml' \
              'api: {{ http: \"127.0.0.1:{api}\" }}' '{join}' > /etc/cohort/{name}/cohort.yaml"
         ));
     }
@@ -236,6 +235,9 @@ fn the_package_runs_under_a_real_systemd() {
             (alive(&members) == ["a", "b"]).then_some(())
         });
     }
+    // The unit gives each instance its own topology file.
+    let a_status = machine.json("cohort --api 127.0.0.1:8311 --format json status");
+    assert_eq!(a_status["topology"]["path"], "/etc/cohort/a/topology.yaml");
     let a_generation = machine.json("cohort --api 127.0.0.1:8311 --format json status")
         ["generation"]
         .as_u64()

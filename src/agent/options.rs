@@ -17,6 +17,7 @@ pub struct AgentOptions {
     pub node: Option<String>,
     pub bind: Option<SocketAddr>,
     pub data_dir: Option<PathBuf>,
+    pub topology: Option<PathBuf>,
     pub api_http: Option<SocketAddr>,
     pub log_level: Option<String>,
     pub log_format: Option<LogFormat>,
@@ -57,6 +58,9 @@ impl AgentOptions {
                 config.topology = dir.join("topology.yaml");
             }
             config.data_dir = dir.clone();
+        }
+        if let Some(topology) = &self.topology {
+            config.topology = topology.clone();
         }
         if let Some(api) = self.api_http {
             config.api.http = Some(api);
@@ -101,6 +105,16 @@ mod tests {
         let config = options.load_config().unwrap();
         assert_eq!(config.data_dir, dir.path());
         assert_eq!(config.topology, dir.path().join("topology.yaml"));
+        let elsewhere = AgentOptions {
+            topology: Some("/etc/cohort/a/topology.yaml".into()),
+            ..options.clone()
+        };
+        let config = elsewhere.load_config().unwrap();
+        assert_eq!(
+            config.topology,
+            Path::new("/etc/cohort/a/topology.yaml"),
+            "--topology wins"
+        );
         assert_eq!(config.bind.port(), 4000);
         assert_eq!(config.log.level, "debug");
         assert_eq!(config.node, "dev");

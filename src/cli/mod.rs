@@ -166,6 +166,10 @@ pub struct AgentArgs {
     /// Data dir (overrides the config).
     #[arg(long, value_name = "DIR")]
     pub data_dir: Option<PathBuf>,
+    /// The topology file this node watches and rewrites (overrides the
+    /// config's `topology`).
+    #[arg(long, value_name = "FILE")]
+    pub topology: Option<PathBuf>,
     /// HTTP API address (overrides the config).
     #[arg(long, value_name = "ADDR")]
     pub api_http: Option<SocketAddr>,
@@ -266,6 +270,7 @@ fn run_agent(args: AgentArgs) -> ExitCode {
         node: args.node,
         bind: args.bind,
         data_dir: args.data_dir,
+        topology: args.topology,
         api_http: args.api_http,
         log_level: args.log_level,
         log_format: args.log_format.map(Into::into),
