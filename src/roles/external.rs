@@ -162,6 +162,14 @@ impl Role for ExternalRole {
 async fn run(call: &Call, action: &str, ctx: &RoleContext) -> RoleResult {
     let exec = call.exec.display();
     let mut command = tokio::process::Command::new(&call.exec);
+    // The role's `COHORT_*` are the agent's word alone: none inherited
+    // from the agent's own environment (an operator's `COHORT_API`, a
+    // test harness's settings) can pass for one.
+    for (name, _) in std::env::vars_os() {
+        if name.to_string_lossy().starts_with("COHORT_") {
+            command.env_remove(name);
+        }
+    }
     command
         .arg(action)
         .env("COHORT_NODE", &ctx.node)
@@ -173,7 +181,6 @@ async fn run(call: &Call, action: &str, ctx: &RoleContext) -> RoleResult {
             if ctx.is_master() { "true" } else { "false" },
         )
         .env("COHORT_ACTION", action)
-        .env_remove("COHORT_CONFIG_VERSION")
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
