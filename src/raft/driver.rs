@@ -114,8 +114,11 @@ pub struct GroupView {
     pub last_log_index: Option<u64>,
     pub last_applied: Option<u64>,
     /// The replicated state this node has applied (fetched from the group
-    /// on nodes outside it).
+    /// on nodes outside it), without its 2PC decisions
+    /// ([`ClusterState::summary`]).
     pub state: ClusterState,
+    /// How many 2PC decisions the state keeps.
+    pub decisions: usize,
     /// The committed topology's failover mode.
     pub mode: Option<FailoverMode>,
     /// Each replica set's master as this node runs it: from the replicated
@@ -843,7 +846,8 @@ impl Driver {
             learners: nodes(membership.learner_ids().collect()),
             last_log_index: m.last_log_index,
             last_applied: m.last_applied.map(|l| l.index),
-            state: (*applied.state).clone(),
+            state: applied.state.summary(),
+            decisions: applied.state.decisions.len(),
             mode: None,
             masters: BTreeMap::new(),
             note: None,

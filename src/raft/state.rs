@@ -102,6 +102,19 @@ pub struct ClusterState {
 }
 
 impl ClusterState {
+    /// What a view of the group shows: everything but the 2PC decisions,
+    /// which only the leader's write path reads (a view is built every
+    /// round and sent to every node outside the group at each change).
+    pub fn summary(&self) -> ClusterState {
+        ClusterState {
+            leader: self.leader,
+            masters: self.masters.clone(),
+            topology: self.topology,
+            retired: self.retired.clone(),
+            ..ClusterState::default()
+        }
+    }
+
     /// Applies one committed command.
     pub fn apply(&mut self, command: &Command) -> Response {
         match command {
