@@ -11,6 +11,7 @@ pub mod discovery;
 pub mod membership;
 pub mod raft;
 pub mod roles;
+pub mod routing;
 pub mod rpc;
 mod sim_queue;
 pub mod storage;

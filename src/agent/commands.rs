@@ -94,6 +94,14 @@ pub async fn answer(
                     let _ = reply.send(answer);
                 });
             }
+            // Answered from the driver's own task: a scrape never waits
+            // for the other commands' work.
+            AgentCommand::GossipStats { reply } => {
+                let gossip = gossip.clone();
+                tokio::spawn(async move {
+                    let _ = reply.send(gossip.inspect(|swim| *swim.stats()).await);
+                });
+            }
             AgentCommand::TransferLeader { request, reply } => {
                 let raft = raft.clone();
                 tokio::spawn(async move {

@@ -32,14 +32,23 @@ pub fn start(
     let name = settings.name.clone();
     let (topology_tx, topology) = watch::channel(applies.status().topology.clone());
     let mut statuses = applies.watch();
+    let routes = Arc::clone(&state);
     tokio::spawn(async move {
-        while statuses.changed().await.is_ok() {
-            let committed = statuses.borrow_and_update().topology.clone();
+        loop {
+            let (version, committed) = {
+                let status = statuses.borrow_and_update();
+                (status.version.0, status.topology.clone())
+            };
+            // `/v1/route` maps keys over the committed topology.
+            routes.set_committed(version, committed.clone());
             topology_tx.send_if_modified(|have| {
                 let changed = !same(have, &committed);
                 *have = committed;
                 changed
             });
+            if statuses.changed().await.is_err() {
+                break;
+            }
         }
     });
     let (masters_tx, masters) = watch::channel(BTreeMap::new());

@@ -429,6 +429,7 @@ fn api_state(s: &ApplyStatus) -> ApplyState {
             at_ms: ms(l.at),
             txn: l.txn.map(|t| t.to_string()),
             committed: l.committed.map(|v| v.0),
+            took_ms: l.took.map(|d| d.as_secs_f64() * 1000.0),
             summary: l.summary.clone(),
         }),
         install: s.install.as_ref().map(|i| InstallInfo {

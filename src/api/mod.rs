@@ -3,10 +3,12 @@
 //! writes to the agent as `AgentCommand`s; they never touch a protocol.
 
 mod clock;
+pub mod metrics;
+mod route;
 mod types;
 
 use std::convert::Infallible;
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use axum::extract::State;
@@ -63,6 +65,18 @@ pub enum AgentCommand {
         request: TransferRequest,
         reply: oneshot::Sender<Result<String, String>>,
     },
+    /// `GET /metrics`: the gossip layer's counters now (None when it has
+    /// stopped).
+    GossipStats {
+        reply: oneshot::Sender<Option<crate::membership::Stats>>,
+    },
+}
+
+/// The committed topology, parsed, as the agent installed it.
+#[derive(Clone, Debug)]
+pub struct Committed {
+    pub version: u64,
+    pub topology: Arc<crate::config::Topology>,
 }
 
 /// What the agent shares with its API handlers.
@@ -78,6 +92,10 @@ pub struct NodeState {
     /// Set once at shutdown: open event streams end, so the API drains at
     /// once instead of holding the stop.
     stopping: watch::Sender<bool>,
+    /// The committed topology (none before the first apply): `/v1/route`.
+    committed: RwLock<Option<Committed>>,
+    /// What `/metrics` counts from the changes published here.
+    counters: Mutex<metrics::Counters>,
 }
 
 /// How many events a slow `/v1/events` reader may fall behind before it
@@ -97,6 +115,8 @@ impl NodeState {
             started: Instant::now(),
             stopping: watch::Sender::new(false),
             multicast: RwLock::new(None),
+            committed: RwLock::new(None),
+            counters: Mutex::new(metrics::Counters::default()),
         });
         (state, receiver)
     }
@@ -109,7 +129,15 @@ impl NodeState {
     }
 
     pub fn update(&self, change: impl FnOnce(&mut Status)) {
-        change(&mut write(&self.status));
+        let mut status = write(&self.status);
+        let before = status.apply.clone();
+        change(&mut status);
+        lock(&self.counters).observe_apply(before.as_ref(), status.apply.as_ref());
+    }
+
+    /// The committed topology changed (a commit, a catch-up, the start).
+    pub fn set_committed(&self, version: u64, topology: Option<Arc<crate::config::Topology>>) {
+        *write(&self.committed) = topology.map(|topology| Committed { version, topology });
     }
 
     pub fn set_members(&self, members: Members) {
@@ -122,6 +150,7 @@ impl NodeState {
 
     /// Publishes an event to every `/v1/events` reader (none is fine).
     pub fn publish(&self, event: ApiEvent) {
+        lock(&self.counters).observe_event(&event);
         let _ = self.events.send(event);
     }
 
@@ -152,6 +181,10 @@ fn write<T>(lock: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
     lock.write().unwrap_or_else(|p| p.into_inner())
 }
 
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|p| p.into_inner())
+}
+
 pub fn router(state: Arc<NodeState>) -> Router {
     Router::new()
         .route("/v1/status", get(status))
@@ -164,6 +197,8 @@ pub fn router(state: Arc<NodeState>) -> Router {
         .route("/v1/leaders", get(get_leaders))
         .route("/v1/failover/promote", post(promote))
         .route("/v1/raft/transfer-leader", post(transfer_leader))
+        .route("/v1/route", get(route::get_route))
+        .route("/metrics", get(get_metrics))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .with_state(state)
@@ -409,6 +444,52 @@ async fn transfer_leader(
         reply,
     })
     .await
+}
+
+/// How long a scrape waits for the gossip layer's counters before it
+/// answers without them.
+const GOSSIP_STATS_WAIT: Duration = Duration::from_secs(2);
+
+/// `GET /metrics`: OpenMetrics when asked for, else the Prometheus text
+/// format (see `metrics`).
+async fn get_metrics(
+    State(state): State<Arc<NodeState>>,
+    headers: axum::http::HeaderMap,
+) -> Response {
+    let accept = headers
+        .get(axum::http::header::ACCEPT)
+        .and_then(|v| v.to_str().ok());
+    let format = metrics::Format::negotiate(accept);
+    let (reply, answer) = oneshot::channel();
+    let gossip = match state
+        .commands
+        .send(AgentCommand::GossipStats { reply })
+        .await
+    {
+        Ok(()) => tokio::time::timeout(GOSSIP_STATS_WAIT, answer)
+            .await
+            .ok()
+            .and_then(Result::ok)
+            .flatten(),
+        Err(_) => None,
+    };
+    let status = state.snapshot();
+    let members = read(&state.members).clone();
+    let counters = lock(&state.counters).clone();
+    let text = metrics::render(
+        &metrics::Scrape {
+            status: &status,
+            members: &members,
+            counters: &counters,
+            gossip: gossip.as_ref(),
+        },
+        format,
+    );
+    (
+        [(axum::http::header::CONTENT_TYPE, format.content_type())],
+        text,
+    )
+        .into_response()
 }
 
 fn shutting_down() -> Response {

@@ -95,6 +95,9 @@ pub struct LastApplyInfo {
     pub txn: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub committed: Option<u64>,
+    /// From the request to the decision (a started txn), in ms.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub took_ms: Option<f64>,
     /// What the caller was told, one line.
     pub summary: String,
 }
@@ -413,4 +416,34 @@ pub struct PromoteRequest {
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct TransferRequest {
     pub node: String,
+}
+
+/// `GET /v1/route?key=K`: the replica set a key belongs to (weighted
+/// rendezvous hashing over the committed topology's replica sets) and its
+/// master now, as this node sees it.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct Route {
+    pub key: String,
+    pub replicaset: String,
+    /// The set's routing weight in the topology.
+    pub weight: f64,
+    /// None while the set has no master (see `note`).
+    pub master: Option<RouteMaster>,
+    /// The committed topology version the answer comes from.
+    pub config_version: u64,
+    /// Why there is no master, in plain words.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub note: Option<String>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct RouteMaster {
+    pub name: String,
+    /// Its address in the topology (gossip and rpc, `ip:port`).
+    pub address: String,
+    /// Its status in this node's gossip: alive, suspect, dead, left, or
+    /// unknown.
+    pub status: String,
+    /// The set's fencing generation (0 outside failover mode `raft`).
+    pub generation: u64,
 }

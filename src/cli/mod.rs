@@ -6,6 +6,7 @@ mod client;
 mod dev;
 mod members;
 mod raft;
+mod route;
 mod topology;
 
 use std::net::SocketAddr;
@@ -78,6 +79,13 @@ pub enum Command {
     Failover {
         #[command(subcommand)]
         action: raft::FailoverAction,
+    },
+    /// Show which replica set a key belongs to (weighted rendezvous
+    /// hashing) and the address of that set's master now.
+    #[command(after_help = route::ROUTE_HELP)]
+    Route {
+        /// The key, any text.
+        key: String,
     },
     /// List the members this node knows, with their status and incarnation.
     Members(MembersArgs),
@@ -229,6 +237,7 @@ pub fn run(cli: Cli) -> ExitCode {
         Command::Leaders(args) => raft::leaders(cli.api, cli.format, &args),
         Command::Raft { action } => raft::raft(cli.api, cli.format, action),
         Command::Failover { action } => raft::failover(cli.api, action),
+        Command::Route { key } => return report(route::route(cli.api, cli.format, &key)),
         Command::Members(args) => members::list(cli.api, cli.format, &args),
         Command::Monitor => members::monitor(cli.api, cli.format),
         Command::Join { address } => {
@@ -507,6 +516,7 @@ mod tests {
                 at_ms: 1_795_420_666_175,
                 txn: Some("n1-3".into()),
                 committed: Some(7),
+                took_ms: None,
                 summary: "committed version 7 (txn n1-3)".into(),
             }),
             install: Some(api::InstallInfo {
@@ -739,6 +749,17 @@ mod tests {
 
         assert!(parse(&["apply", "--timeout", "soon"]).is_err());
         assert!(parse(&["apply", "a.yaml", "b.yaml"]).is_err());
+    }
+
+    #[test]
+    fn route_takes_one_key() {
+        let Command::Route { key } = parse(&["route", "user:42"]).unwrap().command else {
+            panic!();
+        };
+        assert_eq!(key, "user:42");
+        assert!(parse(&["--format", "json", "route", ""]).is_ok());
+        assert!(parse(&["route"]).is_err());
+        assert!(parse(&["route", "a", "b"]).is_err());
     }
 
     #[test]

@@ -91,6 +91,37 @@ pub struct ReplicaSet {
     #[serde(default)]
     pub failover_priority: Vec<Spanned<String>>,
     pub nodes: Spanned<OrderedMap<NodeSpec>>,
+    /// The set's share of the keys `cohort route` maps to replica sets
+    /// (weighted rendezvous hashing); 1 when absent, 0 takes the set out of
+    /// routing.
+    #[serde(default)]
+    pub weight: Option<Spanned<Weight>>,
+}
+
+impl ReplicaSet {
+    /// The routing weight: 1 unless the topology says otherwise.
+    pub fn weight(&self) -> f64 {
+        self.weight.as_ref().map_or(1.0, |w| w.value.0)
+    }
+}
+
+/// A replica set's routing weight: a finite number, 0 or more.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Weight(pub f64);
+
+impl<'de> Deserialize<'de> for Weight {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        const RULE: &str = "a number from 0 up (1 when absent; 0 takes the set out of routing)";
+        let n = f64::deserialize(d)
+            .map_err(|_| serde::de::Error::custom(format!("weight must be {RULE}")))?;
+        if n.is_finite() && n >= 0.0 {
+            Ok(Weight(n))
+        } else {
+            Err(serde::de::Error::custom(format!(
+                "weight {n} is invalid: use {RULE}"
+            )))
+        }
+    }
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -309,6 +340,23 @@ impl Topology {
                 }
                 priority_seen.push(name);
             }
+        }
+        let weights: Vec<&Spanned<Weight>> = self
+            .replicasets
+            .value
+            .iter()
+            .filter_map(|(_, set)| set.weight.as_ref())
+            .collect();
+        let all_zero = self
+            .replicasets
+            .value
+            .iter()
+            .all(|(_, set)| set.weight() == 0.0);
+        if let (true, Some(first)) = (all_zero, weights.first()) {
+            report.error(
+                pos(first),
+                "every replica set has weight 0: routing would have no set for any key; give at least one a weight above 0",
+            );
         }
     }
 

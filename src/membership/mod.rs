@@ -23,6 +23,6 @@ pub use member::{
     by_name, Incarnation, Member, MemberEvent, MemberRecord, MemberStatus, NamedMember, NodeId,
 };
 pub use payload::{ConfigStamp, Payload, PayloadTooLarge, RaftRole};
-pub use stats::{DropStats, Stats};
+pub use stats::{DropStats, RttHistogram, Stats, RTT_BUCKETS_US};
 pub use swim::{LocalNode, Swim, Transmit, TransmitKind};
 pub use user_event::{UserEvent, UserEventError};

@@ -30,6 +30,36 @@ impl DropStats {
     }
 }
 
+/// Upper bounds of the probe round-trip buckets, in µs (250 µs to 1 s).
+pub const RTT_BUCKETS_US: [u64; 12] = [
+    250, 500, 1_000, 2_500, 5_000, 10_000, 25_000, 50_000, 100_000, 250_000, 500_000, 1_000_000,
+];
+
+/// Round-trip times in fixed buckets, for `/metrics`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RttHistogram {
+    /// `counts[i]`: round trips in (`RTT_BUCKETS_US[i-1]`,
+    /// `RTT_BUCKETS_US[i]`] (not cumulative); the last: above every bound.
+    pub counts: [u64; RTT_BUCKETS_US.len() + 1],
+    pub sum_us: u64,
+}
+
+impl RttHistogram {
+    pub fn observe(&mut self, rtt: std::time::Duration) {
+        let us = u64::try_from(rtt.as_micros()).unwrap_or(u64::MAX);
+        let bucket = RTT_BUCKETS_US
+            .iter()
+            .position(|bound| us <= *bound)
+            .unwrap_or(RTT_BUCKETS_US.len());
+        self.counts[bucket] += 1;
+        self.sum_us = self.sum_us.saturating_add(us);
+    }
+
+    pub fn count(&self) -> u64 {
+        self.counts.iter().sum()
+    }
+}
+
 /// Traffic of one node since it started.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Stats {
@@ -39,6 +69,11 @@ pub struct Stats {
     pub stream_bytes_sent: u64,
     pub datagrams_received: u64,
     pub streams_received: u64,
+    /// Bytes of what was received, before decryption and checks.
+    pub datagram_bytes_received: u64,
+    pub stream_bytes_received: u64,
+    /// Direct probes (UDP ping, ack before any ping-req): round trips.
+    pub probe_rtt: RttHistogram,
     /// Received and accepted (decrypted, of our cluster, current life):
     /// these tell whether UDP and TCP each work with the peers.
     pub datagrams_accepted: u64,

@@ -89,6 +89,8 @@ struct Probe {
     /// Ping-reqs sent, and nacks received for them.
     indirect: usize,
     nacks: usize,
+    /// When the ping went out: a direct ack's round trip is measured.
+    sent: Instant,
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -310,6 +312,7 @@ impl Swim {
     /// A UDP datagram arrived from `from`.
     pub fn handle_datagram(&mut self, now: Instant, from: SocketAddr, bytes: &[u8]) {
         self.stats.datagrams_received += 1;
+        self.stats.datagram_bytes_received += bytes.len() as u64;
         if bytes.len() > wire::MAX_DATAGRAM {
             self.stats.dropped.too_large += 1;
             return;
@@ -321,6 +324,7 @@ impl Swim {
     /// One framed stream message (push-pull) arrived from `from`.
     pub fn handle_stream(&mut self, now: Instant, from: SocketAddr, bytes: &[u8]) {
         self.stats.streams_received += 1;
+        self.stats.stream_bytes_received += bytes.len() as u64;
         if bytes.len() > wire::MAX_STREAM {
             self.stats.dropped.too_large += 1;
             return;
@@ -508,6 +512,14 @@ impl Swim {
             }
             Message::Ack { seq } => {
                 if let Some(probe) = self.probe.as_mut().filter(|p| p.seq == seq) {
+                    // Only a direct UDP answer is a round trip to the
+                    // target (after a ping-req it may be a helper's relay).
+                    if !via_stream && !probe.acked && !probe.acked_by_stream && probe.indirect == 0
+                    {
+                        self.stats
+                            .probe_rtt
+                            .observe(now.saturating_duration_since(probe.sent));
+                    }
                     if via_stream {
                         probe.acked_by_stream = true;
                     } else {
@@ -930,6 +942,7 @@ impl Swim {
             acked_by_stream: false,
             indirect: 0,
             nacks: 0,
+            sent: now,
         });
         let buddy = self.buddy_view(target);
         self.send_datagram(now, addr, Message::Ping { seq, target, buddy });

@@ -623,7 +623,12 @@ impl Driver {
                     log: waiter.as_ref().map_or(DecisionLog::Coordinator, |w| w.log),
                 };
                 info!(%txn, "topology change decided: {report}");
-                self.last(Some(txn), committed, report.to_string());
+                self.last_took(
+                    Some(txn),
+                    committed,
+                    report.to_string(),
+                    Some(report.resolve + report.prepare),
+                );
                 if let Some(waiter) = waiter {
                     let _ = waiter.reply.send(Ok(report));
                 }
@@ -695,11 +700,22 @@ impl Driver {
     }
 
     fn last(&self, txn: Option<TxnId>, committed: Option<Version>, summary: String) {
+        self.last_took(txn, committed, summary, None);
+    }
+
+    fn last_took(
+        &self,
+        txn: Option<TxnId>,
+        committed: Option<Version>,
+        summary: String,
+        took: Option<std::time::Duration>,
+    ) {
         self.status.send_modify(|s| {
             s.last = Some(LastApply {
                 at: SystemTime::now(),
                 txn,
                 committed,
+                took,
                 summary,
             })
         });

@@ -218,6 +218,9 @@ pub struct LastApply {
     pub at: SystemTime,
     pub txn: Option<TxnId>,
     pub committed: Option<Version>,
+    /// From the request to the decision on disk (resolve + prepare), for
+    /// a txn that was started.
+    pub took: Option<Duration>,
     /// What the caller was told.
     pub summary: String,
 }
