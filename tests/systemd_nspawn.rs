@@ -16,25 +16,22 @@
 use std::fs;
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Command;
+use std::time::Duration;
 
 use serde_json::Value;
 
-/// Bump when the image recipe changes: a new name builds a new cache.
-const IMAGE: &str = "debian-bookworm-systemd-v1.tar";
-const SUITE: &str = "bookworm";
-const PACKAGES: &str = "systemd,systemd-sysv,dbus,procps";
-const DEFAULT_MIRROR: &str = "http://deb.debian.org/debian";
+#[path = "support/nspawn.rs"]
+mod nspawn;
+
+use nspawn::{check, file_name, Machine, Network, Phases, SHORT, SYSTEMD_IMAGE};
 
 /// The unit's WatchdogSec= is 15 s; SIGABRT, then RestartSec=2s.
 const WATCHDOG_RESTART: Duration = Duration::from_secs(60);
-const BOOT: Duration = Duration::from_secs(90);
-const SHORT: Duration = Duration::from_secs(30);
 
 #[test]
 fn the_package_runs_under_a_real_systemd() {
-    if let Err(reason) = preconditions() {
+    if let Err(reason) = nspawn::preconditions(&SYSTEMD_IMAGE, &[]) {
         if std::env::var("COHORT_REQUIRE_NSPAWN").as_deref() == Ok("1") {
             panic!("COHORT_REQUIRE_NSPAWN=1 but the boot test cannot run: {reason}");
         }
@@ -46,19 +43,25 @@ fn the_package_runs_under_a_real_systemd() {
         );
         return;
     }
-    let mut clock = Phases::new();
+    let mut clock = Phases::new("boot test");
     let work = tempfile::Builder::new()
         .prefix("nspawn-")
         .tempdir_in(env!("CARGO_TARGET_TMPDIR"))
         .expect("temp dir");
 
-    let deb = package();
+    let deb = nspawn::package();
     let upgrade = higher_version(&deb, work.path());
     clock.done("package");
-    let image = image();
+    let image = nspawn::image(&SYSTEMD_IMAGE);
     clock.done("image");
 
-    let machine = Machine::boot(&image, work.path(), &[&deb, &upgrade.path]);
+    let machine = Machine::boot(
+        &image,
+        work.path(),
+        "boot",
+        Network::Private,
+        &[&deb, &upgrade.path],
+    );
     clock.done("boot");
 
     // Install: the user, the directories and a key; nothing started.
@@ -345,69 +348,6 @@ fn the_package_runs_under_a_real_systemd() {
     eprintln!("{}", clock.report());
 }
 
-/// Why the test cannot run here, if it cannot.
-fn preconditions() -> Result<(), String> {
-    if !nix::unistd::geteuid().is_root() {
-        return Err("not root".into());
-    }
-    if !Path::new("/proc/self/ns/pid").exists() {
-        return Err("no namespaces".into());
-    }
-    let mut missing = Vec::new();
-    for tool in ["systemd-nspawn", "nsenter", "tar", "dpkg-deb"] {
-        if !on_path(tool) {
-            missing.push(tool);
-        }
-    }
-    if !image_path().exists() && !on_path("debootstrap") {
-        missing.push("debootstrap (the image is not cached yet)");
-    }
-    if std::env::var_os("COHORT_NSPAWN_DEB").is_none() && !on_path("cargo") {
-        missing.push("cargo (to build the package; or set COHORT_NSPAWN_DEB)");
-    }
-    if missing.is_empty() {
-        Ok(())
-    } else {
-        Err(format!(
-            "missing {} (apt-get install systemd-container debootstrap util-linux)",
-            missing.join(", ")
-        ))
-    }
-}
-
-fn on_path(tool: &str) -> bool {
-    std::env::var_os("PATH")
-        .is_some_and(|path| std::env::split_paths(&path).any(|dir| dir.join(tool).is_file()))
-}
-
-/// The .deb under test: COHORT_NSPAWN_DEB, or built by packaging/build.
-fn package() -> PathBuf {
-    if let Some(path) = std::env::var_os("COHORT_NSPAWN_DEB") {
-        let path = PathBuf::from(path);
-        assert!(
-            path.is_file(),
-            "COHORT_NSPAWN_DEB={} is not a file",
-            path.display()
-        );
-        return path;
-    }
-    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let output = Command::new("bash")
-        .arg(root.join("packaging/build"))
-        .args(["--no-checks", "--deb-only"])
-        .current_dir(root)
-        .stderr(Stdio::inherit())
-        .output()
-        .expect("run packaging/build");
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    assert!(output.status.success(), "packaging/build failed:\n{stdout}");
-    let deb = stdout
-        .lines()
-        .find_map(|l| l.strip_prefix("deb: "))
-        .unwrap_or_else(|| panic!("packaging/build did not name the .deb:\n{stdout}"));
-    PathBuf::from(deb)
-}
-
 struct Upgrade {
     path: PathBuf,
     version: String,
@@ -446,256 +386,6 @@ fn higher_version(deb: &Path, work: &Path) -> Upgrade {
     Upgrade { path, version }
 }
 
-fn image_path() -> PathBuf {
-    Path::new(env!("CARGO_TARGET_TMPDIR"))
-        .join("nspawn-cache")
-        .join(IMAGE)
-}
-
-/// The cached rootfs tarball, made with debootstrap the first time.
-fn image() -> PathBuf {
-    let image = image_path();
-    if image.exists() {
-        return image;
-    }
-    let cache = image.parent().unwrap();
-    fs::create_dir_all(cache).expect("cache dir");
-    let build = cache.join(format!("build-{}", std::process::id()));
-    let _ = fs::remove_dir_all(&build);
-    let mirror = std::env::var("COHORT_DEBIAN_MIRROR").unwrap_or(DEFAULT_MIRROR.into());
-    eprintln!("building the {SUITE} image with debootstrap from {mirror} (cached afterwards)");
-    let built = Command::new("debootstrap")
-        .args(["--variant=minbase", &format!("--include={PACKAGES}"), SUITE])
-        .arg(&build)
-        .arg(&mirror)
-        .stdout(Stdio::null())
-        .status()
-        .expect("run debootstrap");
-    if !built.success() {
-        let _ = fs::remove_dir_all(&build);
-        panic!("debootstrap failed ({built})");
-    }
-    // Downloaded .debs are not needed in the image.
-    let _ = Command::new("sh")
-        .arg("-c")
-        .arg(format!(
-            "rm -f {}/var/cache/apt/archives/*.deb",
-            build.display()
-        ))
-        .status();
-    let partial = cache.join(format!("{IMAGE}.partial"));
-    check(
-        Command::new("tar")
-            .args(["--numeric-owner", "-cf"])
-            .arg(&partial)
-            .arg("-C")
-            .arg(&build)
-            .arg("."),
-    );
-    fs::rename(&partial, &image).expect("keep the image");
-    fs::remove_dir_all(&build).expect("remove the debootstrap dir");
-    image
-}
-
-/// A booted container; halted and removed when dropped.
-struct Machine {
-    name: String,
-    root: PathBuf,
-    nspawn: Child,
-    log: PathBuf,
-    /// The container's PID 1 (systemd), as the host sees it.
-    leader: u32,
-}
-
-impl Machine {
-    fn boot(image: &Path, work: &Path, debs: &[&Path]) -> Machine {
-        let root = work.join("root");
-        fs::create_dir_all(&root).expect("root dir");
-        check(
-            Command::new("tar")
-                .args(["--numeric-owner", "-xpf"])
-                .arg(image)
-                .arg("-C")
-                .arg(&root),
-        );
-        for deb in debs {
-            // /var/tmp: the container's /tmp is a fresh tmpfs.
-            fs::copy(deb, root.join("var/tmp").join(file_name(deb))).expect("copy the .deb");
-        }
-        let name = format!("cohort-boot-{}", std::process::id());
-        let log = work.join("nspawn.log");
-        let nspawn = Command::new("systemd-nspawn")
-            .args([
-                "--keep-unit",
-                "--register=no",
-                "--console=passive",
-                "--private-network",
-            ])
-            .arg(format!("--machine={name}"))
-            .arg("-D")
-            .arg(&root)
-            .arg("-b")
-            .stdin(Stdio::null())
-            .stdout(fs::File::create(&log).expect("log"))
-            .stderr(fs::File::create(work.join("nspawn.err")).expect("log"))
-            .spawn()
-            .expect("start systemd-nspawn");
-        let mut machine = Machine {
-            name,
-            root,
-            nspawn,
-            log,
-            leader: 0,
-        };
-        let nspawn_pid = machine.nspawn.id();
-        machine.leader = machine.wait("the container's systemd", SHORT, || {
-            child_named(nspawn_pid, "systemd")
-        });
-        let state = machine.wait("the container's boot", BOOT, || {
-            let out = machine.sh("systemctl is-system-running");
-            let state = String::from_utf8_lossy(&out.stdout).trim().to_string();
-            matches!(state.as_str(), "running" | "degraded").then_some(state)
-        });
-        if state == "degraded" {
-            eprintln!(
-                "container degraded:\n{}",
-                machine.out("systemctl --failed --no-pager")
-            );
-        }
-        machine
-    }
-
-    /// Runs a shell script inside the container with a clean environment.
-    fn sh(&self, script: &str) -> Output {
-        Command::new("nsenter")
-            .arg("-t")
-            .arg(self.leader.to_string())
-            .arg("-a")
-            .args([
-                "env",
-                "-i",
-                "PATH=/usr/sbin:/usr/bin:/sbin:/bin",
-                "LANG=C.UTF-8",
-                "DEBIAN_FRONTEND=noninteractive",
-                "SYSTEMD_PAGER=",
-                "sh",
-                "-c",
-                script,
-            ])
-            .stdin(Stdio::null())
-            .output()
-            .expect("run nsenter")
-    }
-
-    /// Runs a script that must succeed; its stdout, trimmed.
-    fn out(&self, script: &str) -> String {
-        let output = self.sh(script);
-        assert!(
-            output.status.success(),
-            "in the container: `{script}` failed ({}):\n{}{}",
-            output.status,
-            String::from_utf8_lossy(&output.stdout),
-            String::from_utf8_lossy(&output.stderr)
-        );
-        String::from_utf8_lossy(&output.stdout).trim().to_string()
-    }
-
-    fn run(&self, script: &str) {
-        self.out(script);
-    }
-
-    fn json(&self, script: &str) -> Value {
-        let text = self.out(script);
-        serde_json::from_str(&text).unwrap_or_else(|e| panic!("`{script}`: {e}:\n{text}"))
-    }
-
-    fn try_json(&self, script: &str) -> Option<Value> {
-        let output = self.sh(script);
-        output.status.success().then_some(())?;
-        serde_json::from_slice(&output.stdout).ok()
-    }
-
-    /// `systemctl is-active`, which exits non-zero for anything but active.
-    fn state(&self, unit: &str) -> String {
-        let output = self.sh(&format!("systemctl is-active {unit}"));
-        String::from_utf8_lossy(&output.stdout).trim().to_string()
-    }
-
-    fn show(&self, unit: &str) -> std::collections::HashMap<String, String> {
-        self.out(&format!("systemctl show {unit}"))
-            .lines()
-            .filter_map(|l| l.split_once('='))
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect()
-    }
-
-    /// The unit's journal entries, each as journalctl's JSON.
-    fn journal(&self, unit: &str) -> Vec<Value> {
-        self.out(&format!("journalctl -u {unit} -o json --no-pager"))
-            .lines()
-            .filter_map(|l| serde_json::from_str(l).ok())
-            .collect()
-    }
-
-    /// Polls `probe` until it gives a value, failing at the deadline with
-    /// the container's log.
-    fn wait<T>(&self, what: &str, within: Duration, mut probe: impl FnMut() -> Option<T>) -> T {
-        let deadline = Instant::now() + within;
-        loop {
-            if let Some(value) = probe() {
-                return value;
-            }
-            if Instant::now() >= deadline {
-                let journal = if self.leader != 0 {
-                    String::from_utf8_lossy(&self.sh("journalctl --no-pager -n 60").stdout)
-                        .into_owned()
-                } else {
-                    fs::read_to_string(&self.log).unwrap_or_default()
-                };
-                panic!("waited {within:?} for {what}, in vain. Last of the journal:\n{journal}");
-            }
-            std::thread::sleep(Duration::from_millis(200));
-        }
-    }
-}
-
-impl Drop for Machine {
-    fn drop(&mut self) {
-        // SIGTERM to systemd-nspawn halts the container; SIGKILL if that
-        // takes too long.
-        let pid = nix::unistd::Pid::from_raw(self.nspawn.id() as i32);
-        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            match self.nspawn.try_wait() {
-                Ok(Some(_)) | Err(_) => break,
-                Ok(None) if Instant::now() >= deadline => {
-                    let _ = self.nspawn.kill();
-                    let _ = self.nspawn.wait();
-                    break;
-                }
-                Ok(None) => std::thread::sleep(Duration::from_millis(100)),
-            }
-        }
-        // nspawn leaves its propagation dir when /run is not a tmpfs.
-        let _ = fs::remove_dir(Path::new("/run/systemd/nspawn/propagate").join(&self.name));
-        let _ = fs::remove_dir_all(&self.root);
-    }
-}
-
-/// The child of `parent` whose command name is `name`.
-fn child_named(parent: u32, name: &str) -> Option<u32> {
-    fs::read_dir("/proc").ok()?.flatten().find_map(|entry| {
-        let pid: u32 = entry.file_name().to_str()?.parse().ok()?;
-        let stat = fs::read_to_string(entry.path().join("stat")).ok()?;
-        // pid (comm) state ppid ...: comm may hold spaces and parentheses.
-        let (head, tail) = stat.rsplit_once(") ")?;
-        let comm = head.split_once(" (")?.1;
-        let ppid: u32 = tail.split_whitespace().nth(1)?.parse().ok()?;
-        (ppid == parent && comm == name).then_some(pid)
-    })
-}
-
 /// `cohort --format json members` prints the list of members.
 fn all_members(members: &Value) -> &[Value] {
     members
@@ -727,55 +417,4 @@ fn exposure_of(line: &str) -> f64 {
         .and_then(|(_, rest)| rest.split_whitespace().next())
         .and_then(|n| n.parse().ok())
         .unwrap_or_else(|| panic!("no exposure figure in `{line}`"))
-}
-
-fn file_name(path: &Path) -> String {
-    path.file_name().unwrap().to_string_lossy().into_owned()
-}
-
-fn check(command: &mut Command) {
-    let output = command.output().expect("run a command");
-    assert!(
-        output.status.success(),
-        "{command:?} failed ({}):\n{}",
-        output.status,
-        String::from_utf8_lossy(&output.stderr)
-    );
-}
-
-/// Time spent in each phase, printed at the end.
-struct Phases {
-    started: Instant,
-    last: Instant,
-    done: Vec<(&'static str, Duration)>,
-}
-
-impl Phases {
-    fn new() -> Phases {
-        let now = Instant::now();
-        Phases {
-            started: now,
-            last: now,
-            done: Vec::new(),
-        }
-    }
-
-    fn done(&mut self, phase: &'static str) {
-        let now = Instant::now();
-        self.done.push((phase, now - self.last));
-        self.last = now;
-    }
-
-    fn report(&self) -> String {
-        let phases: Vec<String> = self
-            .done
-            .iter()
-            .map(|(p, d)| format!("{p} {:.1}s", d.as_secs_f64()))
-            .collect();
-        format!(
-            "boot test: {:.1}s in all: {}",
-            self.started.elapsed().as_secs_f64(),
-            phases.join(", ")
-        )
-    }
 }
