@@ -317,10 +317,20 @@ fn sighup_reloads_the_log_level_and_survives_a_broken_file() {
     let dir = tempfile::tempdir().unwrap();
     let (port, api_port) = (free_port(), free_port());
     let config = dir.path().join("cohort.yaml");
+    let topology = dir.path().join("topology.yaml");
+    fs::write(
+        &topology,
+        format!(
+            "cluster: test\nreplicasets:\n  s1:\n    nodes:\n      hup: {{ address: {} }}\n",
+            addr(port)
+        ),
+    )
+    .unwrap();
     let body = format!(
-        "node: hup\ncluster: test\nbind: {}\ndata_dir: {}\napi: {{ http: {} }}\ngossip: {{ allow_plaintext: true }}\nlog: {{ level: info, format: text }}\n",
+        "node: hup\ncluster: test\nbind: {}\ndata_dir: {}\ntopology: {}\napi: {{ http: {} }}\ngossip: {{ allow_plaintext: true }}\nlog: {{ level: info, format: text }}\n",
         addr(port),
         dir.path().join("data").display(),
+        topology.display(),
         addr(api_port)
     );
     fs::write(&config, &body).unwrap();
@@ -333,7 +343,11 @@ fn sighup_reloads_the_log_level_and_survives_a_broken_file() {
             .stdout(Stdio::null())
             .stderr(fs::File::create(&log).unwrap()),
     );
-    wait_until(START, "the agent", || status(addr(api_port)));
+    // A one-node cluster commits its file as version 1.
+    let committed = wait_until(START, "the topology to be committed", || {
+        status(addr(api_port)).filter(|s| s["topology"]["matches_committed"] == true)
+    });
+    assert_eq!(committed["config_version"], 1);
     assert!(
         !read(&log).contains("DEBUG"),
         "no debug lines at level info"
@@ -361,10 +375,11 @@ fn sighup_reloads_the_log_level_and_survives_a_broken_file() {
         text.contains("WARN changed settings take effect at the next restart; until then the running values stay settings=cluster"),
         "{text}"
     );
+    let after = status(addr(api_port)).expect("status");
+    assert_eq!(after["cluster"], "test", "status shows what runs");
     assert_eq!(
-        status(addr(api_port)).expect("status")["cluster"],
-        "test",
-        "status shows what runs"
+        after["topology"], committed["topology"],
+        "the topology file's state outlives a reload"
     );
 
     fs::write(&config, "log: [this is not a mapping\n").unwrap();

@@ -624,9 +624,7 @@ impl Cluster<'_> {
 
     /// Waits until the first `count` nodes have `version` committed, the
     /// same text on all, and that text in their topology file; returns it.
-    /// (The file is compared here, not through the status's
-    /// `topology.matches_committed`: a SIGHUP leaves that null until the
-    /// file changes again.)
+    /// (The file itself is compared here: the strongest check.)
     fn settled(&self, count: usize, version: u64) -> String {
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {

@@ -69,7 +69,7 @@ const CASES: &[Case] = &[
     topology(
         "unknown field far from any",
         "cluster: orders\nweather: sunny\nreplicasets: {}\n",
-        &["topology.yaml:2:1: unknown field `weather`, expected one of: cluster, failover, replicasets, expelled, roles"],
+        &["topology.yaml:2:1: unknown field `weather`, expected one of: cluster, failover, replicasets, expelled, roles, cluster_up_at"],
     ),
     topology(
         "unknown role",
@@ -196,6 +196,16 @@ const CASES: &[Case] = &[
         "node: ack timeout not shorter than the period",
         "gossip:\n  protocol_period: 1s\n  ack_timeout: 2s\n",
         &["cohort.yaml:3:16: gossip.ack_timeout (2s) must be shorter than gossip.protocol_period (1s)"],
+    ),
+    node(
+        "node: a period not longer than the default ack timeout",
+        "gossip:\n  protocol_period: 500ms\n",
+        &["cohort.yaml:2:20: gossip.protocol_period (500ms) must be longer than gossip.ack_timeout (500ms, its default): set gossip.ack_timeout shorter, e.g. 250ms"],
+    ),
+    node(
+        "node: a zero ack timeout",
+        "gossip:\n  ack_timeout: 0s\n",
+        &["cohort.yaml:2:16: gossip.ack_timeout must be greater than 0s"],
     ),
     node(
         "node: unspecified advertise address",

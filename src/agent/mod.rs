@@ -305,7 +305,7 @@ async fn serve(
             _ = signals.interrupt.recv() => break "SIGINT",
             _ = signals.hangup.recv() => {
                 systemd::reloading();
-                config = reload::reload(&options, config, &log, &state, &security);
+                config = reload::reload(&options, config, &log, &security);
                 systemd::reloaded();
             }
             // Watchdog ping and status line, from this loop: if it stops

@@ -1,24 +1,23 @@
 //! SIGHUP: the node config is read again. What can change at run time
-//! (the log level, the topology file's path and state, the gossip keyring)
-//! changes; every other changed setting is named in the log as waiting for
-//! a restart. Membership is never dropped.
+//! (the log level, the gossip keyring) changes; every other changed setting
+//! is named in the log as waiting for a restart. Membership is never
+//! dropped. The topology file needs no reload: its watcher follows every
+//! change and keeps the status (state, problems, whether it matches the
+//! committed version) up to date.
 
 use tracing::{debug, info, warn};
 
-use crate::api::NodeState;
 use crate::config::NodeConfig;
 use crate::membership::PacketSecurity;
 
 use super::logging::LogControl;
 use super::options::AgentOptions;
-use super::topology_file;
 
 /// Returns the config that now runs: `running` when the file is bad.
 pub fn reload(
     options: &AgentOptions,
     running: NodeConfig,
     log: &LogControl,
-    state: &NodeState,
     security: &PacketSecurity,
 ) -> NodeConfig {
     let fresh = match options.load_config() {
@@ -49,10 +48,6 @@ pub fn reload(
     if reload_keyring(security, &running, &fresh) {
         now.gossip.key_file = fresh.gossip.key_file.clone();
     }
-    now.topology = fresh.topology.clone();
-    let (topology, _) = topology_file::check(&fresh.topology);
-    topology_file::report(&topology);
-    state.update(|s| s.topology = topology);
 
     let waiting = needs_restart(&running, &fresh);
     if !waiting.is_empty() {
@@ -103,6 +98,8 @@ fn needs_restart(running: &NodeConfig, fresh: &NodeConfig) -> Vec<&'static str> 
         ("bind", running.bind != fresh.bind),
         ("advertise", running.advertise != fresh.advertise),
         ("data_dir", running.data_dir != fresh.data_dir),
+        // The watcher and the apply follower hold the path from the start.
+        ("topology", running.topology != fresh.topology),
         ("join", running.join != fresh.join),
         // SWIM timings are handed to membership at start (the keyring is
         // reloaded, see `reload_keyring`).
@@ -131,11 +128,14 @@ mod tests {
         let mut fresh = running.clone();
         assert!(needs_restart(&running, &fresh).is_empty());
         fresh.log.level = "debug".into();
-        fresh.topology = "/elsewhere.yaml".into();
         assert!(needs_restart(&running, &fresh).is_empty(), "taken live");
         fresh.bind = "127.0.0.1:1".parse().unwrap();
+        fresh.topology = "/elsewhere.yaml".into();
         fresh.gossip.protocol_period = std::time::Duration::from_secs(2);
         fresh.api.http = None;
-        assert_eq!(needs_restart(&running, &fresh), ["bind", "gossip", "api"]);
+        assert_eq!(
+            needs_restart(&running, &fresh),
+            ["bind", "topology", "gossip", "api"]
+        );
     }
 }

@@ -470,26 +470,45 @@ impl NodeFile {
                 check_absolute(&mut report, "gossip.key_file", &key_file);
                 config.gossip.key_file = Some(key_file.value);
             }
-            if let Some(period) = gossip.protocol_period {
+            if let Some(period) = &gossip.protocol_period {
                 if period.value.0.is_zero() {
                     report.error(
-                        pos(&period),
+                        pos(period),
                         "gossip.protocol_period must be greater than 0s",
                     );
                 }
                 config.gossip.protocol_period = period.value.0;
             }
-            if let Some(ack) = gossip.ack_timeout {
+            if let Some(ack) = &gossip.ack_timeout {
+                if ack.value.0.is_zero() {
+                    report.error(pos(ack), "gossip.ack_timeout must be greater than 0s");
+                }
                 config.gossip.ack_timeout = ack.value.0;
-                if ack.value.0 >= config.gossip.protocol_period {
-                    report.error(
-                        pos(&ack),
+            }
+            // The agent refuses an ack timeout that is not shorter than the
+            // period, whether both were written or one is the default: say
+            // so here, where `cohort validate node` sees it too.
+            let (ack, period) = (config.gossip.ack_timeout, config.gossip.protocol_period);
+            if ack >= period && !period.is_zero() {
+                match (&gossip.ack_timeout, &gossip.protocol_period) {
+                    (Some(written), _) => report.error(
+                        pos(written),
                         format!(
                             "gossip.ack_timeout ({}) must be shorter than gossip.protocol_period ({})",
-                            ack.value,
-                            HumanDuration(config.gossip.protocol_period)
+                            HumanDuration(ack),
+                            HumanDuration(period)
                         ),
-                    );
+                    ),
+                    (None, Some(written)) => report.error(
+                        pos(written),
+                        format!(
+                            "gossip.protocol_period ({}) must be longer than gossip.ack_timeout ({}, its default): set gossip.ack_timeout shorter, e.g. {}",
+                            HumanDuration(period),
+                            HumanDuration(ack),
+                            HumanDuration(period / 2)
+                        ),
+                    ),
+                    (None, None) => {}
                 }
             }
             if let Some(allow) = gossip.allow_plaintext {
