@@ -14,6 +14,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures_util::future::Either;
 use openraft::{ChangeMembers, ServerState};
 use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, oneshot, watch};
@@ -875,14 +876,13 @@ impl Driver {
             RaftCommand::RecordDecision { command, reply } => {
                 // Off the loop: a write waits for a quorum, an rpc for the
                 // leader, and 2PC retries on its own timers anyway.
-                let write = self.leader_write(command.clone());
-                let forward = self.forward(DECIDE_METHOD, &command, CALL_DEADLINE);
+                // The leader writes; anyone else encodes and forwards.
+                let answer = match self.leader_write(command.clone()) {
+                    Some(write) => Either::Left(async move { write.await.and_then(decided) }),
+                    None => Either::Right(self.forward(DECIDE_METHOD, &command, CALL_DEADLINE)),
+                };
                 tokio::spawn(async move {
-                    let answer = match (write, forward) {
-                        (Some(write), _) => write.await.and_then(decided),
-                        (None, forward) => forward.await,
-                    };
-                    let _ = reply.send(answer);
+                    let _ = reply.send(answer.await);
                 });
             }
             RaftCommand::ConsistentRead { reply } => {
