@@ -113,6 +113,16 @@ fn start_dev(logs: &Path, dir: Option<&Path>, tmpdir: &Path) -> Dev {
     }
 }
 
+/// The API address of the banner's `--api ADDR status` hint.
+fn status_api(banner: &str) -> String {
+    banner
+        .split("--api ")
+        .nth(1)
+        .and_then(|rest| rest.split_whitespace().next())
+        .expect("an --api hint in the banner")
+        .to_string()
+}
+
 fn leftover_temp_dirs(tmpdir: &Path) -> Vec<String> {
     fs::read_dir(tmpdir)
         .unwrap()
@@ -136,6 +146,44 @@ fn sigterm_stops_every_agent_and_removes_the_temp_dir() {
         0o600,
         "the keyring is private"
     );
+    // Writes as the banner says: over TCP with the cluster's token file,
+    // or through a node's unix socket without one.
+    let root = keyring.parent().unwrap();
+    let token = root.join("api.token");
+    assert_eq!(
+        fs::metadata(&token).unwrap().permissions().mode() & 0o777,
+        0o600,
+        "the API token is private"
+    );
+    let banner = read(&dev.stdout);
+    assert!(
+        banner.contains(&format!("export COHORT_TOKEN_FILE={}\n", token.display())),
+        "{banner}"
+    );
+    let api = status_api(&banner);
+    for args in [
+        vec![
+            "--api",
+            &api,
+            "--token-file",
+            token.to_str().unwrap(),
+            "event",
+            "tcp",
+        ],
+        vec![
+            "--socket",
+            root.join("n2/api.sock").to_str().unwrap(),
+            "event",
+            "socket",
+        ],
+    ] {
+        let out = cohort().args(&args).output().unwrap();
+        assert!(
+            out.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
 
     dev.proc.signal(SIGTERM);
     assert_eq!(

@@ -53,11 +53,13 @@ impl Agent {
             format!(
                 "node: {name}\ncluster: test\nbind: 127.0.0.1:{port}\ndata_dir: {data}\ntopology: {topo}\n\
                  gossip: {{ key_file: {key}, protocol_period: 300ms, ack_timeout: 150ms }}\n\
-                 api: {{ http: {api} }}\nlog: {{ level: \"info,cohort::agent::discovery=debug\", format: text }}\n{discovery}",
+                 api: {{ http: {api}, socket: {socket}, token_file: {token} }}\nlog: {{ level: \"info,cohort::agent::discovery=debug\", format: text }}\n{discovery}",
                 port = 3401 + i,
                 data = dir.join("data").display(),
                 topo = dir.join("topology.yaml").display(),
                 key = dir.join("gossip.key").display(),
+                socket = dir.join("api.sock").display(),
+                token = support::token_file().display(),
             ),
         )
         .unwrap();

@@ -36,8 +36,9 @@ fn start(ns: &Netns, root: &Path, name: &str, port: u16, seed: u16) -> Agent {
         format!(
             "node: {name}\ncluster: test\nbind: 127.0.0.1:{port}\ndata_dir: {data}\ntopology: {dir}/topology.yaml\n\
              join: [127.0.0.1:{seed}]\ngossip: {{ key_file: {key}, protocol_period: 300ms, ack_timeout: 150ms, push_pull_interval: 1s }}\n\
-             api: {{ http: 127.0.0.1:{api} }}\nlog: {{ level: info, format: text }}\n",
+             api: {{ http: 127.0.0.1:{api}, socket: {dir}/api.sock, token_file: {token} }}\nlog: {{ level: info, format: text }}\n",
             data = dir.join("data").display(),
+            token = token_file().display(),
             dir = dir.display(),
             key = key.display(),
         ),

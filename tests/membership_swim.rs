@@ -152,7 +152,13 @@ fn a_suspicion_of_the_current_incarnation_is_refuted() {
     let ack = drain(&mut b).pop().expect("an ack");
     let body = wire::open(&PacketSecurity::Plaintext, &ack.bytes).expect("opens");
     let decoded = wire::decode_packet(&body).expect("decodes");
-    assert_eq!(decoded.message, Message::Ack { seq: 5 });
+    assert_eq!(
+        decoded.message,
+        Message::Ack {
+            seq: 5,
+            wall_ms: None
+        }
+    );
     assert!(records_in(&decoded)
         .any(|r| r.id == id(2) && r.incarnation == inc(GEN, 2) && r.status == MemberStatus::Alive));
 }

@@ -12,8 +12,8 @@ use std::time::{Duration, Instant};
 
 use cohort::config::Topology;
 use cohort::roles::{
-    BoxFuture, HttpRole, NodeIdentity, Registry, Role, RoleAction, RoleContext, RoleResult,
-    RoleSet, DEFAULT_TIMEOUT,
+    BoxFuture, ClusterState, HttpRole, NodeIdentity, Registry, Role, RoleAction, RoleContext,
+    RoleResult, RoleSet, DEFAULT_TIMEOUT,
 };
 use cohort::twophase::Version;
 use uuid::Uuid;
@@ -125,6 +125,11 @@ impl Role for Recorder {
 
     fn master_changed<'a>(&'a self, ctx: &'a RoleContext) -> BoxFuture<'a, RoleResult> {
         self.note(format!("master {} {}", ctx.role, ctx.is_master()));
+        Box::pin(async { Ok(()) })
+    }
+
+    fn cluster_state_changed<'a>(&'a self, ctx: &'a RoleContext) -> BoxFuture<'a, RoleResult> {
+        self.note(format!("cluster {} {}", ctx.role, ctx.cluster_state()));
         Box::pin(async { Ok(()) })
     }
 
@@ -454,6 +459,7 @@ async fn an_external_role_vetoes_with_its_stderr_and_gets_yaml_and_env() {
     let expected_env = |action: &str, master: &str| {
         vec![
             format!("COHORT_ACTION={action}"),
+            "COHORT_CLUSTER_STATE=assembling".to_string(),
             "COHORT_CONFIG_VERSION=7".to_string(),
             format!("COHORT_IS_MASTER={master}"),
             "COHORT_NODE=a".to_string(),
@@ -488,6 +494,96 @@ async fn an_external_role_vetoes_with_its_stderr_and_gets_yaml_and_env() {
         support::read(&dir.path().join("apply.stdin"))
     );
     assert_eq!(env_of(dir.path(), "stop"), expected_env("stop", "false"));
+}
+
+/// Records each call's arguments and the cluster state in its
+/// environment, one line a call.
+const HEARING_ROLE: &str = r#"cat > /dev/null
+echo "$* (COHORT_CLUSTER_STATE=$COHORT_CLUSTER_STATE)" >> "$(dirname "$0")/heard"
+"#;
+
+/// One node running the external role `listener` and the built-in
+/// `storage`.
+fn listening_topology(exec: &Path) -> Arc<Topology> {
+    topology(&format!(
+        "
+cluster: c
+replicasets:
+  s1:
+    roles: [storage, listener]
+    nodes: {{ a: {{ address: 127.0.0.1:3301 }} }}
+roles:
+  listener: {{ exec: {} }}
+",
+        exec.display()
+    ))
+}
+
+#[tokio::test]
+async fn roles_hear_when_the_cluster_is_up_and_an_external_role_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let exec = script(dir.path(), "listener", HEARING_ROLE);
+    let heard = || support::read(&dir.path().join("heard"));
+    let a = RoleSet::new(identity("a"), Registry::builtin(), false);
+    assert_eq!(a.cluster_state(), ClusterState::Assembling);
+
+    // Told before any role runs: nothing to call, but a role started
+    // afterwards finds the state in its environment, and is not called
+    // again for it.
+    let report = a.set_cluster_state(ClusterState::Up).await;
+    assert!(report.steps.is_empty(), "{report:?}");
+    let report = a.apply(listening_topology(&exec), None).await;
+    assert!(report.is_ok(), "{:?}", report.result());
+    assert_eq!(heard(), "apply (COHORT_CLUSTER_STATE=up)\n");
+    let report = a.set_cluster_state(ClusterState::Up).await;
+    assert!(report.steps.is_empty(), "the same state again: {report:?}");
+
+    // A change reaches every running role, in start order; the external
+    // one as `EXEC cluster-state STATE`.
+    let report = a.set_cluster_state(ClusterState::Assembling).await;
+    assert!(report.is_ok(), "{:?}", report.result());
+    let steps: Vec<(&str, RoleAction)> = report
+        .steps
+        .iter()
+        .map(|s| (s.role.as_str(), s.action))
+        .collect();
+    assert_eq!(
+        steps,
+        [
+            ("storage", RoleAction::ClusterStateChange),
+            ("listener", RoleAction::ClusterStateChange)
+        ]
+    );
+    a.set_cluster_state(ClusterState::Up).await;
+    assert_eq!(
+        heard(),
+        "apply (COHORT_CLUSTER_STATE=up)\n\
+         cluster-state assembling (COHORT_CLUSTER_STATE=assembling)\n\
+         cluster-state up (COHORT_CLUSTER_STATE=up)\n"
+    );
+
+    let report = a.stop_all().await;
+    assert!(report.is_ok(), "{:?}", report.result());
+    assert!(
+        heard().ends_with("stop (COHORT_CLUSTER_STATE=up)\n"),
+        "{}",
+        heard()
+    );
+}
+
+/// A compiled-in role hears the change and reads the state from its
+/// context.
+#[tokio::test]
+async fn a_role_context_follows_the_cluster_state() {
+    let calls: Calls = Arc::default();
+    let a = RoleSet::new(identity("a"), recording(&calls, &[]), false);
+    let t = topology(
+        "cluster: c\nreplicasets:\n  s1:\n    roles: [storage]\n    nodes: { a: { address: 127.0.0.1:3301 } }\n",
+    );
+    a.apply(t, None).await;
+    take(&calls);
+    a.set_cluster_state(ClusterState::Up).await;
+    assert_eq!(take(&calls), ["cluster storage up"]);
 }
 
 #[tokio::test]

@@ -131,6 +131,21 @@ fn the_package_runs_under_a_real_systemd() {
     assert_eq!(status["node"], "solo");
     assert_eq!(status["cluster"], "boot");
     assert_eq!(status["pid"].to_string(), pid);
+    // The API's socket: root and the group cohort write there without a
+    // token (the CLI above went through it: it is the default when it
+    // exists); over TCP a write needs the token, which this node lacks.
+    assert_eq!(
+        machine.out("stat -c '%a %U %G' /run/cohort /run/cohort/api.sock"),
+        "750 cohort cohort\n660 cohort cohort"
+    );
+    machine.run("cohort event boot-socket");
+    let tcp = machine.sh("cohort --api 127.0.0.1:8300 event boot-tcp");
+    assert_eq!(tcp.status.code(), Some(4), "{tcp:?}");
+    assert!(
+        String::from_utf8_lossy(&tcp.stderr)
+            .contains("use its unix socket (cohort --socket /run/cohort/api.sock)"),
+        "{tcp:?}"
+    );
     let uuid = status["uuid"].as_str().unwrap().to_string();
     let generation = status["generation"].as_u64().unwrap();
     // STATUS= comes from the agent's own state, kept current.
@@ -238,9 +253,19 @@ fn the_package_runs_under_a_real_systemd() {
             (alive(&members) == ["a", "b"]).then_some(())
         });
     }
-    // The unit gives each instance its own topology file.
+    // The unit gives each instance its own topology file and API socket.
     let a_status = machine.json("cohort --api 127.0.0.1:8311 --format json status");
     assert_eq!(a_status["topology"]["path"], "/etc/cohort/a/topology.yaml");
+    for name in ["a", "b"] {
+        let status = machine.json(&format!(
+            "cohort --socket /run/cohort/{name}/api.sock --format json status"
+        ));
+        assert_eq!(status["node"], name);
+    }
+    assert_eq!(
+        machine.out("stat -c '%a %U %G' /run/cohort/a/api.sock"),
+        "660 cohort cohort"
+    );
     let a_generation = machine.json("cohort --api 127.0.0.1:8311 --format json status")
         ["generation"]
         .as_u64()
@@ -312,6 +337,9 @@ fn the_package_runs_under_a_real_systemd() {
         "inactive",
         "the upgrade started a stopped agent"
     );
+    // Restarting cohort.service left the instance's socket where it was.
+    let a_socket = machine.json("cohort --socket /run/cohort/a/api.sock --format json status");
+    assert_eq!(a_socket["node"], "a");
     assert_eq!(machine.state("cohort.service"), "active");
     clock.done("upgrade");
 

@@ -193,7 +193,17 @@ pub fn sample_packets() -> Vec<(&'static str, Packet)> {
                 vec![],
             ),
         ),
-        ("ack", packet(2, Message::Ack { seq: 7 }, vec![])),
+        (
+            "ack",
+            packet(
+                2,
+                Message::Ack {
+                    seq: 7,
+                    wall_ms: Some(1_800_000_000_000),
+                },
+                vec![],
+            ),
+        ),
         ("nack", packet(3, Message::Nack { seq: 7 }, vec![])),
         (
             "ping_req",

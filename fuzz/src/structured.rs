@@ -110,6 +110,7 @@ pub enum MessageSpec {
     },
     Ack {
         seq: u32,
+        wall_ms: Option<u64>,
     },
     PingReq {
         seq: u32,
@@ -197,7 +198,10 @@ impl PacketSpec {
                 target: node(*target),
                 buddy: buddy.map(|(inc, s)| (inc.value(), status(s))),
             },
-            MessageSpec::Ack { seq } => Message::Ack { seq: *seq },
+            MessageSpec::Ack { seq, wall_ms } => Message::Ack {
+                seq: *seq,
+                wall_ms: *wall_ms,
+            },
             MessageSpec::PingReq {
                 seq,
                 target,

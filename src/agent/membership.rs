@@ -135,6 +135,9 @@ pub fn start(
         .map_err(|e| MembershipError::Settings(e.to_string()))?;
     swim.set_payload(now, payload(config, advertise, topology))
         .map_err(|e| MembershipError::Settings(e.to_string()))?;
+    if let Some(offset) = super::issues::test_clock_offset() {
+        swim.set_wall_clock_offset(offset);
+    }
     let handlers = Handlers::spawn(config.event_handlers.clone());
     let observer = ApiObserver::new(state, encrypted, handlers);
     let (streams_tx, streams) = tokio::sync::mpsc::channel(64);
@@ -317,7 +320,17 @@ impl Observer for ApiObserver {
 
     fn on_events(&mut self, swim: &Swim, events: &[MemberEvent]) {
         for event in events {
-            let published = self.describe(swim, event);
+            let mut published = self.describe(swim, event);
+            // The row as it is now: the web page updates it from the event alone.
+            if !matches!(event, MemberEvent::Forgotten { .. }) {
+                let id = event.id();
+                let member = if id == swim.id() {
+                    Some(swim.local())
+                } else {
+                    swim.member(id)
+                };
+                published.member = member.map(|m| self.info(m));
+            }
             match event {
                 MemberEvent::StatusChanged {
                     to: MemberStatus::Dead | MemberStatus::Suspect,

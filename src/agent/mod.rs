@@ -3,12 +3,14 @@
 //! or SIGINT; SIGHUP reloads the node config and the log level.
 
 pub mod apply;
+pub mod cluster_state;
 mod commands;
 mod data_dir;
 mod discovery;
 pub mod event_handlers;
 mod gossip_health;
 pub mod identity;
+pub mod issues;
 pub mod logging;
 mod membership;
 mod options;
@@ -65,6 +67,12 @@ pub enum AgentError {
         what: &'static str,
         source: io::Error,
     },
+    #[error("the HTTP API on {addr} is reachable from other hosts, so it needs a token: set api.token_file in the node config, or listen on 127.0.0.1")]
+    ApiExposed { addr: SocketAddr },
+    #[error(transparent)]
+    ApiToken(crate::api::access::TokenError),
+    #[error("API socket: {0}")]
+    ApiSocket(sockets::SocketError),
     #[error(transparent)]
     Membership(#[from] membership::MembershipError),
     #[error(transparent)]
@@ -142,10 +150,7 @@ async fn serve(
     let security = membership::packet_security(&config)?;
     let node_sockets = sockets::bind_node(config.bind).await?;
     let advertise = sockets::advertise_addr(&config);
-    let api_listener = match config.api.http {
-        Some(addr) => Some(sockets::bind_tcp(addr, "http api").await?),
-        None => None,
-    };
+    let api_listeners = sockets::bind_api(&config.api).await?;
 
     let (topology_file, topology) = topology_file::check(&config.topology);
     let started_at = SystemTime::now();
@@ -162,6 +167,7 @@ async fn serve(
         topology: topology_file.clone(),
         apply: None,
         raft: None,
+        cluster_state: None,
         started_at: api::rfc3339(started_at),
         started_at_ms: api::unix_ms(started_at),
         uptime_seconds: 0,
@@ -176,7 +182,8 @@ async fn serve(
     let mut router = crate::rpc::Router::new()
         .route(apply::METHOD, apply_endpoint.clone())
         .route(apply::COMMITTED_METHOD, apply_endpoint)
-        .route(crate::raft::network::METHOD, raft_ports.endpoint.clone());
+        .route(crate::raft::network::METHOD, raft_ports.endpoint.clone())
+        .route(issues::METHOD, issues::endpoint(Arc::clone(&state)));
     for method in crate::raft::driver::CONTROL_METHODS {
         router = router.route(method, raft_ports.control.clone());
     }
@@ -198,6 +205,13 @@ async fn serve(
             security: security.clone(),
         },
         crate::rpc::ClientConfig::default(),
+    );
+    // What is wrong, as this node sees it (`/v1/issues`).
+    issues::spawn(
+        Arc::clone(&state),
+        gossip.clone(),
+        rpc_client.clone(),
+        config.data_dir.clone(),
     );
     // The roles this node runs, validated and applied by each apply.
     // (Not yet started from the committed version at boot, nor told who is
@@ -228,6 +242,12 @@ async fn serve(
         Arc::clone(&state),
     );
     applies.use_replicated_log(Arc::new(raft.clone())).await;
+    // `assembling` until `cluster_up_at` nodes are alive, then `up`.
+    tokio::spawn(cluster_state::follow(
+        Arc::clone(&state),
+        Arc::clone(&roles),
+        config.node.clone(),
+    ));
     tokio::spawn(topology_apply::publish(
         applies.clone(),
         Arc::clone(&state),
@@ -269,21 +289,10 @@ async fn serve(
         });
     }
 
-    let (stop_api, api_stopped) = tokio::sync::oneshot::channel::<()>();
-    let api_task = api_listener.map(|listener| {
-        let app = api::router(Arc::clone(&state));
-        tokio::spawn(async move {
-            let shutdown = async {
-                let _ = api_stopped.await;
-            };
-            if let Err(e) = axum::serve(listener, app)
-                .with_graceful_shutdown(shutdown)
-                .await
-            {
-                warn!(error = %e, "the HTTP API stopped");
-            }
-        })
-    });
+    let api_socket = api_listeners
+        .socket()
+        .map_or("off".to_string(), |p| p.display().to_string());
+    let api_server = sockets::serve_api(api_listeners, Arc::clone(&state), &config.api);
 
     info!(
         node = %config.node,
@@ -293,6 +302,7 @@ async fn serve(
         bind = %config.bind,
         advertise = %advertise,
         api = %config.api.http.map_or("off".to_string(), |a| a.to_string()),
+        api_socket = %api_socket,
         data_dir = %config.data_dir.display(),
         "agent started"
     );
@@ -306,6 +316,7 @@ async fn serve(
             _ = signals.hangup.recv() => {
                 systemd::reloading();
                 config = reload::reload(&options, config, &log, &security);
+                api_server.reload_token();
                 systemd::reloaded();
             }
             // Watchdog ping and status line, from this loop: if it stops
@@ -321,13 +332,9 @@ async fn serve(
     // once instead of suspected for seconds); open API requests get what
     // is left of the budget, never more.
     state.end_streams(&format!("stopping on {reason}"));
-    let _ = stop_api.send(());
+    api_server.stop();
     let leave = gossip.leave(STOP_BUDGET);
-    let drain = async {
-        if let Some(task) = api_task {
-            let _ = task.await;
-        }
-    };
+    let drain = api_server.drained();
     if tokio::time::timeout_at(deadline, async { tokio::join!(leave, drain) })
         .await
         .is_err()

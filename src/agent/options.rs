@@ -19,6 +19,8 @@ pub struct AgentOptions {
     pub data_dir: Option<PathBuf>,
     pub topology: Option<PathBuf>,
     pub api_http: Option<SocketAddr>,
+    /// The API's unix socket (cohort@NAME gives each instance its own).
+    pub api_socket: Option<PathBuf>,
     pub log_level: Option<String>,
     pub log_format: Option<LogFormat>,
 }
@@ -64,6 +66,18 @@ impl AgentOptions {
         }
         if let Some(api) = self.api_http {
             config.api.http = Some(api);
+        }
+        if let Some(path) = &self.api_socket {
+            config.api.socket = Some(crate::config::ApiSocket {
+                path: path.clone(),
+                explicit: true,
+            });
+        }
+        // A dev node's default socket lives with its state, wherever that is.
+        if self.dev {
+            if let Some(socket) = config.api.socket.as_mut().filter(|s| !s.explicit) {
+                socket.path = config.data_dir.join("api.sock");
+            }
         }
         if let Some(level) = &self.log_level {
             config.log.level = level.clone();

@@ -63,9 +63,14 @@ pub fn start(
     tokio::spawn(tell_roles(name.clone(), masters, topology, roles));
     let mut views = handle.watch();
     tokio::spawn(async move {
+        let mut changes = crate::api::RaftChanges::default();
         loop {
             let view = views.borrow_and_update().clone();
-            state.update(|s| s.raft = Some(leaders(&name, &view, false)));
+            let shown = leaders(&name, &view, false);
+            let events = changes.next(&shown);
+            state.update(|s| s.raft = Some(shown));
+            // `leader-changed`, `master-changed`: the web page lives on them.
+            events.into_iter().for_each(|e| state.publish(e));
             if views.changed().await.is_err() {
                 break;
             }

@@ -225,6 +225,7 @@ mod tests {
             },
             apply: None,
             raft: None,
+            cluster_state: None,
             started_at: String::new(),
             started_at_ms: 0,
             uptime_seconds: 0,

@@ -390,12 +390,18 @@ pub async fn publish(
 ) {
     let mut status = applies.watch();
     let mut gossiped = None;
+    let mut changes = api::ApplyChanges::default();
     loop {
         let now = status.borrow_and_update().clone();
+        let shown = api_state(&now);
+        let lock_txn = now.lock.txn().map(|t| t.to_string());
+        let events = changes.next(&shown, lock_txn, now.txn.map(|t| t.to_string()));
         state.update(|s| {
             s.config_version = (now.version > Version(0)).then_some(now.version.0);
-            s.apply = Some(api_state(&now));
+            s.apply = Some(shown);
         });
+        // `apply-committed`, `apply-aborted`: the web page lives on them.
+        events.into_iter().for_each(|e| state.publish(e));
         if gossiped != Some((now.version, now.hash)) {
             let mut payload =
                 super::membership::payload(&config, advertise, now.topology.as_deref());

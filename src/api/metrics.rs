@@ -675,6 +675,7 @@ mod tests {
                 .into(),
                 ..Leaders::default()
             }),
+            cluster_state: None,
             started_at: String::new(),
             started_at_ms: 1_795_420_666_175,
             uptime_seconds: 3,

@@ -2,10 +2,16 @@
 //! `NodeState` (status, the members snapshot, the event feed) and hand
 //! writes to the agent as `AgentCommand`s; they never touch a protocol.
 
+pub mod access;
 mod clock;
+mod diff;
+mod health;
+mod issues;
 pub mod metrics;
+mod rejection;
 mod route;
 mod types;
+mod ui;
 
 use std::convert::Infallible;
 use std::sync::{Arc, Mutex, RwLock};
@@ -21,7 +27,12 @@ use futures_util::Stream;
 use tokio::sync::{broadcast, mpsc, oneshot, watch};
 
 pub use clock::{rfc3339, unix_ms};
+pub use issues::{
+    merge as merge_issues, sort as sort_issues, Issue, IssueKind, IssueLevel, Issues, PeerAnswers,
+    PeerIssues, PEER_DEADLINE as ISSUES_PEER_DEADLINE,
+};
 pub use types::*;
+pub use ui::{ApplyChanges, RaftChanges};
 
 /// A write the API asks of the agent; the answer comes back on `reply`.
 #[derive(Debug)]
@@ -96,6 +107,11 @@ pub struct NodeState {
     committed: RwLock<Option<Committed>>,
     /// What `/metrics` counts from the changes published here.
     counters: Mutex<metrics::Counters>,
+    /// Marked at every `set_members` and `set_committed`: what the
+    /// cluster state (`agent::cluster_state`) is computed from changed.
+    membership_seen: watch::Sender<()>,
+    /// This node's issues list, and how `/v1/issues` asks the others.
+    issues: issues::IssueBoard,
 }
 
 /// How many events a slow `/v1/events` reader may fall behind before it
@@ -117,6 +133,8 @@ impl NodeState {
             multicast: RwLock::new(None),
             committed: RwLock::new(None),
             counters: Mutex::new(metrics::Counters::default()),
+            membership_seen: watch::Sender::new(()),
+            issues: issues::IssueBoard::default(),
         });
         (state, receiver)
     }
@@ -138,10 +156,22 @@ impl NodeState {
     /// The committed topology changed (a commit, a catch-up, the start).
     pub fn set_committed(&self, version: u64, topology: Option<Arc<crate::config::Topology>>) {
         *write(&self.committed) = topology.map(|topology| Committed { version, topology });
+        self.membership_seen.send_replace(());
     }
 
     pub fn set_members(&self, members: Members) {
         *write(&self.members) = members;
+        self.membership_seen.send_replace(());
+    }
+
+    /// The committed topology now (none before the first apply).
+    pub fn committed(&self) -> Option<Committed> {
+        read(&self.committed).clone()
+    }
+
+    /// Changes at every new members view or committed topology.
+    pub fn watch_membership(&self) -> watch::Receiver<()> {
+        self.membership_seen.subscribe()
     }
 
     pub fn set_multicast(&self, stats: crate::discovery::multicast::MulticastStats) {
@@ -188,28 +218,28 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 pub fn router(state: Arc<NodeState>) -> Router {
     Router::new()
         .route("/v1/status", get(status))
-        .route("/v1/health", get(health))
+        .route("/v1/health", get(health::get_health))
         .route("/v1/members", get(members))
         .route("/v1/events", get(event_stream).post(send_user_event))
         .route("/v1/join", post(join))
         .route("/v1/leave", post(leave))
         .route("/v1/topology", get(get_topology).put(put_topology))
+        .route("/v1/topology/diff", get(diff::get_diff))
         .route("/v1/leaders", get(get_leaders))
         .route("/v1/failover/promote", post(promote))
         .route("/v1/raft/transfer-leader", post(transfer_leader))
         .route("/v1/route", get(route::get_route))
+        .route("/v1/issues", get(issues::get_issues))
         .route("/metrics", get(get_metrics))
+        .merge(ui::routes())
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
+        .layer(axum::middleware::map_response(rejection::as_json))
         .with_state(state)
 }
 
 async fn status(State(state): State<Arc<NodeState>>) -> Json<Status> {
     Json(state.snapshot())
-}
-
-async fn health() -> Json<serde_json::Value> {
-    Json(serde_json::json!({ "status": "ok" }))
 }
 
 async fn members(State(state): State<Arc<NodeState>>) -> Json<Members> {

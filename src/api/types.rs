@@ -25,6 +25,10 @@ pub struct Status {
     /// The Raft group as this node sees it. None until its driver runs.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub raft: Option<Leaders>,
+    /// Whether the cluster is assembled (`cluster_up_at`), as this node
+    /// sees it. None until the agent has computed it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cluster_state: Option<ClusterStateInfo>,
     /// When this run started, RFC 3339 in UTC.
     pub started_at: String,
     /// The same instant in Unix ms, for scripts.
@@ -36,6 +40,22 @@ pub struct Status {
     /// packets, UDP or TCP blocked, ...).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub warnings: Vec<String>,
+}
+
+/// `Status::cluster_state`: `assembling` until `up_at` nodes of the
+/// committed topology are alive at once, then `up` for the rest of the
+/// agent's run.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct ClusterStateInfo {
+    pub state: crate::roles::ClusterState,
+    /// Alive members that are nodes of the committed topology, this node
+    /// included.
+    pub alive: usize,
+    /// The topology's `cluster_up_at`; none when it sets none (the cluster
+    /// is up once a topology is committed).
+    pub up_at: Option<usize>,
+    /// The nodes of the committed topology (0 before the first commit).
+    pub nodes: usize,
 }
 
 /// What the agent found in its topology file.
@@ -289,8 +309,15 @@ pub struct ApiEvent {
     /// Unix ms on the node that reports it.
     pub at_ms: u64,
     /// `member-joined`, `member-status`, `member-address`, `member-payload`,
-    /// `member-incarnation`, `member-forgotten`, `user`, and last on a
-    /// stream `agent-stopping` (detail: the signal), then the stream ends.
+    /// `member-incarnation`, `member-forgotten`, `user`, `leader-changed`
+    /// (subject: the leader, or empty; detail: the term), `master-changed`
+    /// (subject: the replica set; detail: node and generation),
+    /// `apply-committed` (subject: the version; detail: hash and txn),
+    /// `apply-aborted` (subject: the txn), `cluster-state` (subject: `up`
+    /// or `assembling`; detail: how many nodes are alive), `issue-raised`
+    /// and `issue-cleared` (subject: `KIND SUBJECT`; see `issue`), and last
+    /// on a stream `agent-stopping` (detail: the signal), then the stream
+    /// ends.
     pub kind: String,
     /// The member's name, or for a user event its name.
     pub subject: String,
@@ -306,6 +333,23 @@ pub struct ApiEvent {
     /// ...and in base64 when it is not.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub payload_base64: Option<String>,
+    /// `member-*` events but `member-forgotten`: the member's row as `GET
+    /// /v1/members` lists it now, so a reader updates it without a refetch.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub member: Option<MemberInfo>,
+    /// `leader-changed`, `master-changed`: this node's Raft view after the
+    /// change (`GET /v1/leaders`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub raft: Option<Box<Leaders>>,
+    /// `apply-committed`, `apply-aborted`: this node's apply state after it
+    /// (`Status::apply`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub apply: Option<Box<ApplyState>>,
+    /// `issue-raised`, `issue-cleared` (subject: `KIND SUBJECT`; detail:
+    /// level and message): the issue as this node lists it in `GET
+    /// /v1/issues?local` (when raised, with its level now).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub issue: Option<Box<super::Issue>>,
 }
 
 impl ApiEvent {
@@ -320,6 +364,10 @@ impl ApiEvent {
             id: None,
             payload: None,
             payload_base64: None,
+            member: None,
+            raft: None,
+            apply: None,
+            issue: None,
         }
     }
 }
@@ -446,4 +494,62 @@ pub struct RouteMaster {
     pub status: String,
     /// The set's fencing generation (0 outside failover mode `raft`).
     pub generation: u64,
+}
+
+/// `GET /v1/health`: whether this agent works, for load balancers and
+/// systemd checks. HTTP 200 with `status: ok` when every check passes;
+/// 503 with `status: unhealthy` and the first failing check's `code` and
+/// `message` otherwise. Every check runs each time and is listed.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct Health {
+    pub status: HealthStatus,
+    /// The node that answered.
+    pub node: String,
+    /// Unhealthy only: the first failing check's code (`stopping`,
+    /// `agent_unresponsive`, `gossip_stopped`, `left`, `data_dir_unusable`,
+    /// `apply_stopped`)...
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub code: Option<String>,
+    /// ...and what is wrong, in plain words.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+    pub checks: Vec<HealthCheck>,
+}
+
+#[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum HealthStatus {
+    Ok,
+    Unhealthy,
+}
+
+/// One check of `GET /v1/health`.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct HealthCheck {
+    /// `stopping`, `commands`, `gossip`, `membership`, `data_dir`, `apply`.
+    pub name: String,
+    pub ok: bool,
+    /// Why it failed (failed checks only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub detail: Option<String>,
+}
+
+/// `GET /v1/topology/diff`: what applying the node's topology file as it
+/// is now would change against the committed topology. (Serialize only:
+/// `config::diff::TopologyDiff` is built here, never read back.)
+#[derive(Clone, Debug, Serialize, PartialEq)]
+pub struct TopologyFileDiff {
+    /// The node's topology file, read for this answer.
+    pub file: String,
+    /// SHA-256 of the file's text, hex.
+    pub hash: String,
+    /// The committed version compared with (0 before the first commit:
+    /// then everything in the file is added).
+    pub committed_version: u64,
+    /// True when applying the file would change nothing (comments, key
+    /// order and YAML style are not changes).
+    pub unchanged: bool,
+    /// One change per line, as `cohort topology diff` prints them.
+    pub changes: Vec<String>,
+    pub diff: crate::config::diff::TopologyDiff,
 }

@@ -1,7 +1,8 @@
 //! `cohort dev`: a real local cluster of N agent processes on loopback,
-//! each with its own dir, port and API, sharing a generated topology and
-//! keyring. Ctrl-C or SIGTERM stops them all; a child never outlives it,
-//! even if `cohort dev` is SIGKILLed (PR_SET_PDEATHSIG).
+//! each with its own dir, port, API and API socket, sharing a generated
+//! topology, keyring and API token. Ctrl-C or SIGTERM stops them all; a
+//! child never outlives it, even if `cohort dev` is SIGKILLed
+//! (PR_SET_PDEATHSIG).
 
 use std::fmt::Write as _;
 use std::fs;
@@ -19,7 +20,7 @@ use tokio::process::{Child, Command};
 use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::mpsc;
 
-use crate::config::{NodeConfig, Topology};
+use crate::config::{NodeConfig, Topology, MAX_SOCKET_PATH};
 use crate::storage::{describe, write_atomic};
 
 #[derive(Debug, clap::Args)]
@@ -51,6 +52,18 @@ struct DevNode {
     bind: SocketAddr,
     api: SocketAddr,
     dir: PathBuf,
+}
+
+impl DevNode {
+    /// Its API's unix socket: writes there need no token.
+    fn socket(&self) -> PathBuf {
+        self.dir.join("api.sock")
+    }
+}
+
+/// The API token every dev agent takes over TCP (`COHORT_TOKEN_FILE`).
+fn token_file(root: &Path) -> PathBuf {
+    root.join("api.token")
 }
 
 pub fn run(args: DevArgs) -> anyhow::Result<()> {
@@ -135,6 +148,22 @@ fn prepare(root: &Path, args: &DevArgs) -> anyhow::Result<Vec<DevNode>> {
     );
     write_atomic(&key_file, keyring.as_bytes(), 0o600).map_err(io_error("write", &key_file))?;
 
+    if let Some(node) = nodes.last() {
+        let socket = node.socket();
+        let length = socket.as_os_str().len();
+        if length > MAX_SOCKET_PATH {
+            bail!(
+                "{} is {length} bytes long, more than a unix socket path holds ({MAX_SOCKET_PATH}): use a shorter --dir",
+                socket.display()
+            );
+        }
+    }
+    let token_file = token_file(root);
+    let token: [u8; 32] = rand::random();
+    let token: String = token.iter().map(|b| format!("{b:02x}")).collect();
+    write_atomic(&token_file, format!("{token}\n").as_bytes(), 0o600)
+        .map_err(io_error("write", &token_file))?;
+
     let topology = topology_text(&nodes, args.api_port_base);
     Topology::parse(&topology, Path::new("generated topology"))
         .map_err(|d| anyhow::anyhow!("the generated topology is invalid (a bug):\n{d}"))?;
@@ -145,7 +174,7 @@ fn prepare(root: &Path, args: &DevArgs) -> anyhow::Result<Vec<DevNode>> {
         write_atomic(&topology_path, topology.as_bytes(), 0o644)
             .map_err(io_error("write", &topology_path))?;
         let config = format!(
-            "node: {name}\ncluster: dev\nbind: {bind}\ndata_dir: {data}\ntopology: {topology}\njoin: [{seed}]\ngossip:\n  key_file: {key}\napi:\n  http: {api}\nlog:\n  format: text\n",
+            "node: {name}\ncluster: dev\nbind: {bind}\ndata_dir: {data}\ntopology: {topology}\njoin: [{seed}]\ngossip:\n  key_file: {key}\napi:\n  http: {api}\n  socket: {socket}\n  token_file: {token}\nlog:\n  format: text\n",
             name = node.name,
             bind = node.bind,
             data = yaml_string(&node.dir.join("data")),
@@ -153,6 +182,8 @@ fn prepare(root: &Path, args: &DevArgs) -> anyhow::Result<Vec<DevNode>> {
             seed = nodes[0].bind,
             key = yaml_string(&key_file),
             api = node.api,
+            socket = yaml_string(&node.socket()),
+            token = yaml_string(&token_file),
         );
         let config_path = node.dir.join("cohort.yaml");
         NodeConfig::parse(&config, &config_path, NodeConfig::defaults())
@@ -382,6 +413,19 @@ async fn wait_ready(nodes: &[DevNode], agents: &mut Agents) -> anyhow::Result<()
     Ok(())
 }
 
+/// A path as one shell word, quoted when it needs to be.
+fn shell_word(path: &Path) -> String {
+    let text = path.display().to_string();
+    if text
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || "/._-+,:@%".contains(c))
+    {
+        text
+    } else {
+        format!("'{}'", text.replace('\'', r"'\''"))
+    }
+}
+
 fn agents_word(n: usize) -> String {
     if n == 1 {
         "1 agent".into()
@@ -415,6 +459,19 @@ fn banner(nodes: &[DevNode], root: &Path) -> String {
     let exe =
         std::env::current_exe().map_or_else(|_| "cohort".to_string(), |p| p.display().to_string());
     let _ = writeln!(out, "\nTry:  {exe} --api {} status", nodes[0].api);
+    let _ = writeln!(
+        out,
+        "Writes over TCP take the cluster's API token:\n      export COHORT_TOKEN_FILE={}\n      {exe} --api {} apply {}",
+        shell_word(&token_file(root)),
+        nodes[0].api,
+        shell_word(&nodes[0].dir.join("topology.yaml")),
+    );
+    let _ = writeln!(
+        out,
+        "or go through a node's unix socket, which needs none:\n      {exe} --socket {} apply {}",
+        shell_word(&nodes[0].socket()),
+        shell_word(&nodes[0].dir.join("topology.yaml")),
+    );
     out.push_str("Stop: Ctrl-C (or SIGTERM) stops every agent.\n");
     out
 }
@@ -467,6 +524,34 @@ mod tests {
                 );
             }
         }
+    }
+
+    #[test]
+    fn the_banner_says_how_to_write_with_the_token_or_the_socket() {
+        let root = Path::new("/tmp/cohort-dev-x");
+        let mut nodes = nodes(2);
+        for node in &mut nodes {
+            node.dir = root.join(&node.name);
+        }
+        let text = banner(&nodes, root);
+        assert!(
+            text.contains("export COHORT_TOKEN_FILE=/tmp/cohort-dev-x/api.token\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains(" --api 127.0.0.1:8311 apply /tmp/cohort-dev-x/n1/topology.yaml\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains(
+                " --socket /tmp/cohort-dev-x/n1/api.sock apply /tmp/cohort-dev-x/n1/topology.yaml\n"
+            ),
+            "{text}"
+        );
+        assert_eq!(
+            shell_word(Path::new("/tmp/a b/it's")),
+            r"'/tmp/a b/it'\''s'"
+        );
     }
 
     #[test]

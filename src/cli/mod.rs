@@ -4,7 +4,10 @@
 
 mod client;
 mod dev;
+mod exit;
+mod issues;
 mod members;
+mod output;
 mod raft;
 mod route;
 mod topology;
@@ -18,26 +21,86 @@ use clap::{CommandFactory, Parser, Subcommand, ValueEnum};
 
 use crate::agent::{self, AgentOptions};
 use crate::api::{self, Status};
-use crate::config::{self, ConfigError, FileKind, LogFormat, DEFAULT_API};
+use crate::config::{self, ConfigError, FileKind, LogFormat};
 
-const EXIT_CODES: &str = "\
+use exit::{exit_status, Exit};
+use output::{key_values, ColorChoice, Style};
+
+const AGENT_HELP: &str = "\
 Exit status:
-  0  success
-  1  failure: the check found problems, the agent could not start, or the API could not be reached
-  2  usage error";
+  0  stopped cleanly (SIGTERM, SIGINT)
+  1  could not start: a bad node config, a taken port, a locked or unusable data dir
+  2  usage error: an unknown option, a missing or malformed argument";
+
+const VALIDATE_HELP: &str = "\
+--format json prints {file, kind, ok, problems} on stdout instead.
+
+Exit status:
+  0  the file is good
+  1  the file has problems, or cannot be read
+  2  usage error: an unknown option, a missing or malformed argument";
+
+const STATUS_HELP: &str = concat!(
+    "--format json prints the agent's answer (GET /v1/status).\n\n",
+    exit_status!("0  success", "1  the answer could not be read")
+);
+
+const MEMBERS_HELP: &str = concat!(
+    "--format json prints the members shown, one object each.\n\n",
+    exit_status!(
+        "0  success",
+        "1  fewer than N members alive within --timeout (--wait-alive)"
+    )
+);
+
+const WRITE_HELP: &str = concat!(
+    "Prints the agent's answer in one line; --format json prints it as {message}.\n\n",
+    exit_status!("0  done", "1  refused by the agent")
+);
+
+const EVENT_HELP: &str = concat!(
+    "The whole event must fit in one gossip packet (about 1 KiB of payload with the \
+default max_packet_size of 1400): send a reference (a URL, a version) rather than \
+the data. Prints the agent's answer in one line; --format json prints it as \
+{message}.\n\n",
+    exit_status!(
+        "0  sent",
+        "1  refused: a bad name, too large, too many in flight"
+    )
+);
 
 /// cohort: a cluster agent with SWIM membership, Raft leadership and
 /// two-phase topology apply.
 #[derive(Debug, Parser)]
-#[command(name = "cohort", version, about, after_help = EXIT_CODES)]
+#[command(name = "cohort", version, about, after_help = exit::HELP)]
 pub struct Cli {
-    /// The agent API to talk to (host:port).
-    #[arg(long, global = true, env = "COHORT_API", default_value_t = DEFAULT_API, value_name = "ADDR")]
-    pub api: SocketAddr,
+    /// The agent API to talk to over TCP (host:port; or COHORT_API)
+    /// [default: the unix socket /run/cohort/api.sock when it exists, else
+    /// 127.0.0.1:8300].
+    #[arg(long, global = true, value_name = "ADDR", conflicts_with = "socket")]
+    pub api: Option<SocketAddr>,
 
-    /// Output of read commands.
+    /// The agent's unix socket (or COHORT_SOCKET): no token needed, the
+    /// file's permissions decide (root and the group cohort). cohort@NAME
+    /// serves /run/cohort/NAME/api.sock.
+    #[arg(long, global = true, value_name = "PATH")]
+    pub socket: Option<PathBuf>,
+
+    /// A file holding the agent's API token, sent as `Authorization:
+    /// Bearer`: needed over TCP for writes, and for every read but
+    /// /v1/health of an agent listening beyond loopback.
+    #[arg(long, global = true, env = "COHORT_TOKEN_FILE", value_name = "FILE")]
+    pub token_file: Option<PathBuf>,
+
+    /// Output of every command that answers: text for people, or JSON on
+    /// stdout (`monitor`: one object a line); errors stay on stderr.
     #[arg(long, global = true, value_enum, default_value_t = OutputFormat::Text)]
     pub format: OutputFormat,
+
+    /// Colour status words: `auto` when stdout is a terminal and NO_COLOR
+    /// is unset.
+    #[arg(long, global = true, value_enum, default_value_t = ColorChoice::Auto, value_name = "WHEN")]
+    pub color: ColorChoice,
 
     #[command(subcommand)]
     pub command: Command,
@@ -52,9 +115,10 @@ pub enum OutputFormat {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run the agent: one node of the cluster.
-    #[command(after_help = EXIT_CODES)]
+    #[command(after_help = AGENT_HELP)]
     Agent(AgentArgs),
     /// Show this node's identity and state.
+    #[command(after_help = STATUS_HELP)]
     Status,
     /// Apply a topology to the whole cluster through two-phase commit: it
     /// is committed on every node or on none.
@@ -87,22 +151,30 @@ pub enum Command {
         /// The key, any text.
         key: String,
     },
+    /// Show what is wrong in the cluster now: every node's issues (dead or
+    /// suspect members, no leader or quorum, a set without a master,
+    /// config mismatch, clock skew, disk trouble, ...), merged.
+    #[command(after_help = issues::ISSUES_HELP)]
+    Issues(issues::IssuesArgs),
     /// List the members this node knows, with their status and incarnation.
+    #[command(after_help = MEMBERS_HELP)]
     Members(MembersArgs),
-    /// Stream membership and user events as they happen (Ctrl-C to stop).
-    Monitor,
+    /// Stream the node's events as they happen: members, user events, the
+    /// cluster state, applies, leaders and masters (Ctrl-C to stop).
+    #[command(after_help = members::MONITOR_HELP)]
+    Monitor(members::MonitorArgs),
     /// Probe a new address and join the cluster through it.
+    #[command(after_help = WRITE_HELP)]
     Join {
         /// host:port of a member.
         address: String,
     },
     /// Leave the cluster gracefully: peers mark this node `left` at once.
+    #[command(after_help = WRITE_HELP)]
     Leave,
     /// Send a user event to every node: each delivers it once, to `monitor`
     /// streams and to the handlers of its node config (`events.handlers`).
-    #[command(
-        after_help = "The whole event must fit in one gossip packet (about 1 KiB of payload with the default max_packet_size of 1400): send a reference (a URL, a version) rather than the data."
-    )]
+    #[command(after_help = EVENT_HELP)]
     Event {
         /// Event name: letters, digits, '-', '_' and '.'.
         name: String,
@@ -110,7 +182,7 @@ pub enum Command {
         payload: Option<String>,
     },
     /// Check a node config or topology file: `FILE: ok` on stdout when good, else every problem on stderr as FILE:LINE:COLUMN: message.
-    #[command(after_help = EXIT_CODES)]
+    #[command(after_help = VALIDATE_HELP)]
     Validate {
         #[arg(value_enum)]
         kind: ValidateKind,
@@ -181,6 +253,10 @@ pub struct AgentArgs {
     /// HTTP API address (overrides the config).
     #[arg(long, value_name = "ADDR")]
     pub api_http: Option<SocketAddr>,
+    /// The API's unix socket (overrides the config's api.socket; cohort@NAME
+    /// passes /run/cohort/NAME/api.sock).
+    #[arg(long, value_name = "PATH")]
+    pub api_socket: Option<PathBuf>,
     /// Log filter: error, warn, info, debug, trace, or e.g. cohort=debug,info.
     #[arg(long, value_name = "LEVEL")]
     pub log_level: Option<String>,
@@ -221,30 +297,40 @@ pub fn run(cli: Cli) -> ExitCode {
             )
         };
     }
+    Style::install(cli.color);
+    let target = client::Target {
+        api: cli.api,
+        socket: cli.socket.clone(),
+        token_file: cli.token_file.clone(),
+    };
     let result = match cli.command {
         Command::Agent(args) => return run_agent(args),
-        Command::Validate { kind, file } => return validate(kind, &file),
-        Command::Status => status(cli.api, cli.format),
-        Command::Apply(args) => return report(topology::apply(cli.api, cli.format, &args)),
+        Command::Validate { kind, file } => return validate(kind, &file, cli.format),
+        Command::Status => status(&target, cli.format),
+        Command::Apply(args) => return report(topology::apply(&target, cli.format, &args)),
         Command::Topology(args) => {
             return report(match args.action {
-                None | Some(topology::TopologyAction::Show) => topology::show(cli.api, cli.format),
+                None | Some(topology::TopologyAction::Show) => topology::show(&target, cli.format),
                 Some(topology::TopologyAction::Diff { file }) => {
-                    topology::diff(cli.api, cli.format, file.as_deref())
+                    topology::diff(&target, cli.format, file.as_deref())
                 }
             })
         }
-        Command::Leaders(args) => raft::leaders(cli.api, cli.format, &args),
-        Command::Raft { action } => raft::raft(cli.api, cli.format, action),
-        Command::Failover { action } => raft::failover(cli.api, action),
-        Command::Route { key } => return report(route::route(cli.api, cli.format, &key)),
-        Command::Members(args) => members::list(cli.api, cli.format, &args),
-        Command::Monitor => members::monitor(cli.api, cli.format),
-        Command::Join { address } => {
-            members::write(cli.api, "/v1/join", &api::JoinRequest { address })
-        }
-        Command::Leave => members::write(cli.api, "/v1/leave", &serde_json::json!({})),
-        Command::Event { name, payload } => members::send_event(cli.api, name, payload),
+        Command::Leaders(args) => raft::leaders(&target, cli.format, &args),
+        Command::Raft { action } => raft::raft(&target, cli.format, action),
+        Command::Failover { action } => raft::failover(&target, cli.format, action),
+        Command::Route { key } => return report(route::route(&target, cli.format, &key)),
+        Command::Issues(args) => return report(issues::issues(&target, cli.format, &args)),
+        Command::Members(args) => members::list(&target, cli.format, &args),
+        Command::Monitor(args) => return report(members::monitor(&target, cli.format, &args)),
+        Command::Join { address } => members::write(
+            &target,
+            cli.format,
+            "/v1/join",
+            &api::JoinRequest { address },
+        ),
+        Command::Leave => members::write(&target, cli.format, "/v1/leave", &serde_json::json!({})),
+        Command::Event { name, payload } => members::send_event(&target, cli.format, name, payload),
         Command::Dev(args) => dev::run(args),
         Command::Completions { shell } => {
             clap_complete::generate(shell, &mut Cli::command(), "cohort", &mut std::io::stdout());
@@ -257,8 +343,9 @@ pub fn run(cli: Cli) -> ExitCode {
     report(result.map(|()| ExitCode::SUCCESS))
 }
 
-/// The exit status of a command; its error as one line on stderr, or as
-/// `FILE:LINE:COLUMN: message` lines when a file has problems.
+/// The exit status of a command (see `exit::Exit`); its error as one line
+/// on stderr, or as `FILE:LINE:COLUMN: message` lines when a file has
+/// problems.
 fn report(result: anyhow::Result<ExitCode>) -> ExitCode {
     match result {
         Ok(code) => code,
@@ -267,7 +354,7 @@ fn report(result: anyhow::Result<ExitCode>) -> ExitCode {
                 Some(ConfigError::Invalid(diagnostics)) => eprintln!("{diagnostics}"),
                 _ => eprintln!("cohort: {e:#}"),
             }
-            ExitCode::FAILURE
+            Exit::of_error(&e).into()
         }
     }
 }
@@ -281,6 +368,7 @@ fn run_agent(args: AgentArgs) -> ExitCode {
         data_dir: args.data_dir,
         topology: args.topology,
         api_http: args.api_http,
+        api_socket: args.api_socket,
         log_level: args.log_level,
         log_format: args.log_format.map(Into::into),
     };
@@ -298,42 +386,60 @@ fn run_agent(args: AgentArgs) -> ExitCode {
 }
 
 /// Problems go to stderr one a line, so `validate:` in Ansible and editors
-/// can show them; a good file prints `FILE: ok` on stdout.
-fn validate(kind: ValidateKind, file: &std::path::Path) -> ExitCode {
-    let kind = match kind {
-        ValidateKind::Node => FileKind::Node,
-        ValidateKind::Topology => FileKind::Topology,
+/// can show them; a good file prints `FILE: ok` on stdout. With `--format
+/// json`, `{file, kind, ok, problems}` on stdout either way.
+fn validate(kind: ValidateKind, file: &std::path::Path, format: OutputFormat) -> ExitCode {
+    let (file_kind, name) = match kind {
+        ValidateKind::Node => (FileKind::Node, "node"),
+        ValidateKind::Topology => (FileKind::Topology, "topology"),
     };
-    match config::validate_file(kind, file) {
-        Ok(()) => {
-            println!("{}: ok", file.display());
-            ExitCode::SUCCESS
+    let problems: Vec<String> = match config::validate_file(file_kind, file) {
+        Ok(()) => Vec::new(),
+        Err(ConfigError::Invalid(diagnostics)) => diagnostics
+            .to_string()
+            .lines()
+            .map(str::to_string)
+            .collect(),
+        Err(e) => vec![format!("cohort: {e}")],
+    };
+    let exit = if problems.is_empty() {
+        Exit::Ok
+    } else {
+        Exit::No
+    };
+    match format {
+        OutputFormat::Json => {
+            let answer = serde_json::json!({
+                "file": file.display().to_string(),
+                "kind": name,
+                "ok": problems.is_empty(),
+                "problems": problems,
+            });
+            if let Err(e) = output::print_json(&answer) {
+                eprintln!("cohort: {e}");
+                return Exit::No.into();
+            }
         }
-        Err(ConfigError::Invalid(diagnostics)) => {
-            eprintln!("{diagnostics}");
-            ExitCode::FAILURE
-        }
-        Err(e) => {
-            eprintln!("cohort: {e}");
-            ExitCode::FAILURE
-        }
+        OutputFormat::Text if problems.is_empty() => println!("{}: ok", file.display()),
+        OutputFormat::Text => eprintln!("{}", problems.join("\n")),
     }
+    exit.into()
 }
 
-fn status(api: SocketAddr, format: OutputFormat) -> anyhow::Result<()> {
+fn status(api: &client::Target, format: OutputFormat) -> anyhow::Result<()> {
     let client = client::Client::new(api)?;
     match format {
         // As the agent sent it: fields a newer agent adds are not lost.
-        OutputFormat::Json => {
-            let status: serde_json::Value = client.get("/v1/status")?;
-            println!("{}", serde_json::to_string_pretty(&status)?);
-        }
-        OutputFormat::Text => print!("{}", render_status(&client.get::<Status>("/v1/status")?)),
+        OutputFormat::Json => output::print_json(&client.get::<serde_json::Value>("/v1/status")?)?,
+        OutputFormat::Text => print!(
+            "{}",
+            render_status(&client.get::<Status>("/v1/status")?, Style::current())
+        ),
     }
     Ok(())
 }
 
-fn render_status(s: &Status) -> String {
+fn render_status(s: &Status, style: Style) -> String {
     let state = serde_json::to_value(s.topology.state)
         .ok()
         .and_then(|v| v.as_str().map(str::to_string))
@@ -363,9 +469,18 @@ fn render_status(s: &Status) -> String {
         ("uuid", s.uuid.to_string()),
         ("generation", s.generation.to_string()),
         ("cluster", s.cluster.clone()),
-        ("bind", s.bind.clone()),
-        ("advertise", s.advertise.clone()),
     ];
+    if let Some(cluster) = &s.cluster_state {
+        rows.push((
+            "cluster state",
+            format!(
+                "{} ({})",
+                style.status(cluster.state.as_str()),
+                agent::cluster_state::describe(cluster)
+            ),
+        ));
+    }
+    rows.extend([("bind", s.bind.clone()), ("advertise", s.advertise.clone())]);
     match &s.apply {
         Some(apply) => rows.extend(apply_rows(apply)),
         None => rows.push((
@@ -387,10 +502,7 @@ fn render_status(s: &Status) -> String {
         ("version", s.version.clone()),
     ]);
     rows.extend(s.warnings.iter().map(|w| ("warning", w.clone())));
-    let width = rows.iter().map(|(k, _)| k.len()).max().unwrap_or(0);
-    rows.iter()
-        .map(|(k, v)| format!("{k:<width$}  {v}\n"))
-        .collect()
+    key_values(&rows)
 }
 
 /// The two-phase commit side of `cohort status`.
@@ -472,6 +584,7 @@ mod tests {
             },
             apply: None,
             raft: None,
+            cluster_state: None,
             started_at: "2026-11-23T07:57:46.175Z".into(),
             started_at_ms: 0,
             uptime_seconds: 61,
@@ -496,7 +609,7 @@ mod tests {
     #[test]
     fn status_text_is_aligned_key_value_lines() {
         let status = sample_status();
-        let text = render_status(&status);
+        let text = render_status(&status, Style::PLAIN);
         assert_aligned(&text);
         assert!(text.contains(
             "topology file   /tmp/t.yaml (invalid)\n  /tmp/t.yaml:1:1: the file is empty\n"
@@ -537,7 +650,7 @@ mod tests {
         let mut status = sample_status();
         status.config_version = Some(7);
         status.apply = Some(apply_state());
-        let text = render_status(&status);
+        let text = render_status(&status, Style::PLAIN);
         assert_aligned(&text);
         assert!(
             text.contains("config version  7 (0123456789ab)\n"),
@@ -606,7 +719,7 @@ mod tests {
             note: Some("n3 has not answered for 12s".into()),
             ..Default::default()
         });
-        let text = render_status(&status);
+        let text = render_status(&status, Style::PLAIN);
         assert_aligned(&text);
         assert!(
             text.contains(
@@ -623,7 +736,7 @@ mod tests {
 
         status.raft.as_mut().unwrap().leader = None;
         status.raft.as_mut().unwrap().note = None;
-        let text = render_status(&status);
+        let text = render_status(&status, Style::PLAIN);
         assert!(
             text.contains("raft            follower, term 4, no leader\n"),
             "{text}"
@@ -631,7 +744,7 @@ mod tests {
         assert!(!text.contains("raft note"), "{text}");
 
         status.raft = None;
-        let text = render_status(&status);
+        let text = render_status(&status, Style::PLAIN);
         for absent in ["raft", "voters", "master "] {
             assert!(!text.contains(absent), "{absent:?} in\n{text}");
         }
@@ -650,7 +763,7 @@ mod tests {
             }),
             ..Default::default()
         });
-        let text = render_status(&status);
+        let text = render_status(&status, Style::PLAIN);
         assert_aligned(&text);
         assert!(
             text.contains("config version  none (no apply yet)\n"),
@@ -681,7 +794,7 @@ mod tests {
     fn status_text_without_apply_state_shows_the_config_version() {
         let mut status = sample_status();
         status.config_version = Some(3);
-        let text = render_status(&status);
+        let text = render_status(&status, Style::PLAIN);
         assert!(text.contains("config version  3\n"), "{text}");
         assert!(!text.contains("apply lock"), "{text}");
     }
@@ -692,24 +805,27 @@ mod tests {
         status.topology.state = api::TopologyFileState::Valid;
         status.topology.problems.clear();
         status.topology.matches_committed = Some(true);
-        assert!(render_status(&status)
+        assert!(render_status(&status, Style::PLAIN)
             .contains("topology file   /tmp/t.yaml (valid, matches committed)\n"));
         status.topology.matches_committed = Some(false);
         status.topology.pending = Some("aborted: n2 refused".into());
-        assert!(render_status(&status).contains(
+        assert!(render_status(&status, Style::PLAIN).contains(
             "topology file   /tmp/t.yaml (valid, differs from committed: aborted: n2 refused)\n"
         ));
         status.topology.pending = None;
-        assert!(render_status(&status)
+        assert!(render_status(&status, Style::PLAIN)
             .contains("topology file   /tmp/t.yaml (valid, differs from committed)\n"));
         status.topology.matches_committed = None;
-        assert!(render_status(&status).contains("topology file   /tmp/t.yaml (valid)\n"));
+        assert!(
+            render_status(&status, Style::PLAIN).contains("topology file   /tmp/t.yaml (valid)\n")
+        );
         status.topology.state = api::TopologyFileState::Missing;
         status.topology.matches_committed = Some(false);
-        assert!(render_status(&status).contains("topology file   /tmp/t.yaml (missing)\n"));
+        assert!(render_status(&status, Style::PLAIN)
+            .contains("topology file   /tmp/t.yaml (missing)\n"));
         status.topology.state = api::TopologyFileState::Invalid;
         status.topology.pending = Some("rejected: 1 problem".into());
-        assert!(render_status(&status).contains(
+        assert!(render_status(&status, Style::PLAIN).contains(
             "topology file   /tmp/t.yaml (invalid, differs from committed: rejected: 1 problem)\n"
         ));
     }

@@ -2,62 +2,69 @@
 //! failover promote`: the Raft group and the replica-set masters, through
 //! the node's API.
 
-use std::net::SocketAddr;
 use std::time::Duration;
 
 use anyhow::{anyhow, Context};
 use hyper::StatusCode;
 use serde::{Deserialize, Serialize};
 
-use super::client::{Body, CallError, Client};
+use super::client::{Body, CallError, Client, Target};
+use super::exit::exit_status;
+use super::output::{self, key_values, Cell, Style, Table};
 use super::OutputFormat;
 use crate::api::{Done, Leaders, PromoteRequest, RaftPeer, TransferRequest};
 
-pub const LEADERS_HELP: &str = "\
+pub const LEADERS_HELP: &str = concat!(
+    "\
 Without --consistent this is the answering node's own view: it may be behind \
 the leader's (a partitioned node still names the leader it last heard of). \
 With --consistent the node asks the leader, which answers only after a quorum \
 confirmed that it still leads; without a quorum the command fails. --format \
 json prints the agent's answer.
 
-Exit status:
-  0  success
-  1  no quorum or no answer in time (--consistent), or the API could not be reached
-  2  usage error";
+",
+    exit_status!(
+        "0  success",
+        "1  no quorum or no consistent answer in time (--consistent)"
+    )
+);
 
-pub const PEERS_HELP: &str = "\
+pub const PEERS_HELP: &str = concat!(
+    "\
 Without --consistent this is the answering node's own view: it may be behind \
 the leader's. With --consistent the node asks the leader, which answers only \
 after a quorum confirmed that it still leads; without a quorum the command \
 fails. --format json prints one {node, id, address, state, voter} object per \
 peer.
 
-Exit status:
-  0  success
-  1  no quorum or no answer in time (--consistent), or the API could not be reached
-  2  usage error";
+",
+    exit_status!(
+        "0  success",
+        "1  no quorum or no consistent answer in time (--consistent)"
+    )
+);
 
-pub const TRANSFER_HELP: &str = "\
-Prints the agent's answer in one line. A refusal (NODE may not lead, is not a \
-voter yet, is not known to gossip, did not win its elections) is printed on \
-stderr as `cohort: REASON (CODE)`.
+pub const TRANSFER_HELP: &str = concat!(
+    "\
+Prints the agent's answer in one line (--format json: {message}). A refusal \
+(NODE may not lead, is not a voter yet, is not known to gossip, did not win its \
+elections) is printed on stderr as `cohort: REASON (CODE)`. With no answer in \
+time the transfer may still happen: `cohort leaders` shows.
 
-Exit status:
-  0  NODE leads
-  1  refused, no answer in time (the transfer may still happen: `cohort leaders`
-     shows), or the API could not be reached
-  2  usage error";
+",
+    exit_status!("0  NODE leads", "1  refused")
+);
 
-pub const PROMOTE_HELP: &str = "\
-Prints the agent's answer in one line. A refusal (the failover mode is not \
-`raft`, NODE is not in REPLICASET, no leader, the master changed meanwhile) is \
-printed on stderr as `cohort: REASON (CODE)`.
+pub const PROMOTE_HELP: &str = concat!(
+    "\
+Prints the agent's answer in one line (--format json: {message}). A refusal \
+(the failover mode is not `raft`, NODE is not in REPLICASET, no leader, the \
+master changed meanwhile) is printed on stderr as `cohort: REASON (CODE)`. With \
+no answer in time the appointment may still happen: `cohort leaders` shows.
 
-Exit status:
-  0  NODE is the master
-  1  refused, no answer in time (the appointment may still happen: `cohort
-     leaders` shows), or the API could not be reached
-  2  usage error";
+",
+    exit_status!("0  NODE is the master", "1  refused")
+);
 
 /// How long a write through Raft may take: an election, a commit.
 const WRITE_DEADLINE: Duration = Duration::from_secs(60);
@@ -102,31 +109,35 @@ pub enum FailoverAction {
 }
 
 /// `cohort leaders [--consistent]`.
-pub fn leaders(api: SocketAddr, format: OutputFormat, args: &ReadArgs) -> anyhow::Result<()> {
+pub fn leaders(api: &Target, format: OutputFormat, args: &ReadArgs) -> anyhow::Result<()> {
     let (value, leaders) = fetch(api, args.consistent)?;
     match format {
         // As the agent sent it: fields a newer agent adds are not lost.
-        OutputFormat::Json => println!("{}", serde_json::to_string_pretty(&value)?),
-        OutputFormat::Text => print!("{}", render_leaders(&leaders)),
+        OutputFormat::Json => output::print_json(&value)?,
+        OutputFormat::Text => print!("{}", render_leaders(&leaders, Style::current())),
     }
     Ok(())
 }
 
 /// `cohort raft ...`.
-pub fn raft(api: SocketAddr, format: OutputFormat, action: RaftAction) -> anyhow::Result<()> {
+pub fn raft(api: &Target, format: OutputFormat, action: RaftAction) -> anyhow::Result<()> {
     match action {
         RaftAction::Peers(args) => peers(api, format, &args),
-        RaftAction::TransferLeader { node } => {
-            write(api, "/v1/raft/transfer-leader", &TransferRequest { node })
-        }
+        RaftAction::TransferLeader { node } => write(
+            api,
+            format,
+            "/v1/raft/transfer-leader",
+            &TransferRequest { node },
+        ),
     }
 }
 
 /// `cohort failover ...`.
-pub fn failover(api: SocketAddr, action: FailoverAction) -> anyhow::Result<()> {
+pub fn failover(api: &Target, format: OutputFormat, action: FailoverAction) -> anyhow::Result<()> {
     match action {
         FailoverAction::Promote { replicaset, node } => write(
             api,
+            format,
             "/v1/failover/promote",
             &PromoteRequest { replicaset, node },
         ),
@@ -134,12 +145,12 @@ pub fn failover(api: SocketAddr, action: FailoverAction) -> anyhow::Result<()> {
 }
 
 /// `cohort raft peers [--consistent]`.
-fn peers(api: SocketAddr, format: OutputFormat, args: &ReadArgs) -> anyhow::Result<()> {
+fn peers(api: &Target, format: OutputFormat, args: &ReadArgs) -> anyhow::Result<()> {
     let (_, leaders) = fetch(api, args.consistent)?;
     match format {
-        OutputFormat::Json => println!("{}", serde_json::to_string_pretty(&peer_rows(&leaders))?),
+        OutputFormat::Json => output::print_json(&peer_rows(&leaders))?,
         OutputFormat::Text => {
-            print!("{}", render_peers(&leaders));
+            print!("{}", render_peers(&leaders, Style::current()));
             if let Some(note) = &leaders.note {
                 eprintln!("note: {note}");
             }
@@ -150,7 +161,7 @@ fn peers(api: SocketAddr, format: OutputFormat, args: &ReadArgs) -> anyhow::Resu
 
 /// `GET /v1/leaders[?consistent]`: the answer as sent, and as this cohort
 /// reads it.
-fn fetch(api: SocketAddr, consistent: bool) -> anyhow::Result<(serde_json::Value, Leaders)> {
+fn fetch(api: &Target, consistent: bool) -> anyhow::Result<(serde_json::Value, Leaders)> {
     let path = if consistent {
         "/v1/leaders?consistent"
     } else {
@@ -182,8 +193,14 @@ fn explain_read_failure(e: anyhow::Error, consistent: bool) -> anyhow::Error {
     }
 }
 
-/// A POST through Raft; prints the agent's message.
-fn write(api: SocketAddr, path: &str, body: &impl Serialize) -> anyhow::Result<()> {
+/// A POST through Raft; prints the agent's message (its answer with
+/// `--format json`).
+fn write(
+    api: &Target,
+    format: OutputFormat,
+    path: &str,
+    body: &impl Serialize,
+) -> anyhow::Result<()> {
     let reply = Client::new(api)?
         .request::<Done>(
             hyper::Method::POST,
@@ -198,7 +215,10 @@ fn write(api: SocketAddr, path: &str, body: &impl Serialize) -> anyhow::Result<(
             }
             _ => e,
         })?;
-    println!("{}", reply.body.message);
+    match format {
+        OutputFormat::Json => output::print_json(&reply.body)?,
+        OutputFormat::Text => println!("{}", reply.body.message),
+    }
     Ok(())
 }
 
@@ -244,25 +264,23 @@ fn peer_rows(l: &Leaders) -> Vec<PeerRow> {
 }
 
 /// Like `consul operator raft list-peers`: voters, then learners.
-fn render_peers(l: &Leaders) -> String {
-    let rows: Vec<Vec<String>> = peer_rows(l)
-        .into_iter()
-        .map(|r| {
-            vec![
-                r.node,
-                r.id.to_string(),
-                r.address,
-                r.state.to_string(),
-                r.voter.to_string(),
-            ]
-        })
-        .collect();
-    table(&["NODE", "ID", "ADDRESS", "STATE", "VOTER"], &rows)
+fn render_peers(l: &Leaders, style: Style) -> String {
+    let mut table = Table::new(&["NODE", "ID", "ADDRESS", "STATE", "VOTER"]);
+    for r in peer_rows(l) {
+        table.row([
+            Cell::plain(r.node),
+            Cell::plain(r.id.to_string()),
+            Cell::plain(r.address),
+            Cell::status(r.state),
+            Cell::plain(r.voter.to_string()),
+        ]);
+    }
+    table.render(style)
 }
 
 /// `cohort leaders`: the group in aligned rows, then a table of voters,
 /// of learners (when there are) and of the replica sets' masters.
-fn render_leaders(l: &Leaders) -> String {
+fn render_leaders(l: &Leaders, style: Style) -> String {
     let mut rows: Vec<(&str, String)> = vec![
         ("leader", l.leader.as_ref().map_or("none".into(), peer_name)),
         ("term", l.term.to_string()),
@@ -309,50 +327,44 @@ fn render_leaders(l: &Leaders) -> String {
     if let Some(note) = &l.note {
         rows.push(("note", note.clone()));
     }
-    let mut out = aligned(&rows);
+    let mut out = key_values(&rows);
     if !l.voters.is_empty() {
-        let voters: Vec<Vec<String>> = l
-            .voters
-            .iter()
-            .map(|p| {
-                let marker = if is_leader(l, p) { "leader" } else { "" };
-                vec![p.name.clone(), p.addr.clone(), marker.into()]
-            })
-            .collect();
+        let mut voters = Table::new(&["VOTER", "ADDRESS", ""]);
+        for p in &l.voters {
+            let marker = if is_leader(l, p) { "leader" } else { "" };
+            voters.row([
+                Cell::plain(p.name.as_str()),
+                Cell::plain(p.addr.as_str()),
+                Cell::status(marker),
+            ]);
+        }
         out.push('\n');
-        out.push_str(&table(&["VOTER", "ADDRESS", ""], &voters));
+        out.push_str(&voters.render(style));
     }
     if !l.learners.is_empty() {
-        let learners: Vec<Vec<String>> = l
-            .learners
-            .iter()
-            .map(|p| vec![p.name.clone(), p.addr.clone()])
-            .collect();
+        let mut learners = Table::new(&["LEARNER", "ADDRESS"]);
+        for p in &l.learners {
+            learners.row([p.name.as_str(), p.addr.as_str()]);
+        }
         out.push('\n');
-        out.push_str(&table(&["LEARNER", "ADDRESS"], &learners));
+        out.push_str(&learners.render(style));
     }
     if !l.masters.is_empty() {
-        let masters: Vec<Vec<String>> = l
-            .masters
-            .iter()
-            .map(|(set, m)| {
-                vec![
-                    set.clone(),
-                    m.node.clone(),
-                    m.generation.to_string(),
-                    if m.reason.is_empty() {
-                        "-".into()
-                    } else {
-                        m.reason.clone()
-                    },
-                ]
-            })
-            .collect();
+        let mut masters = Table::new(&["REPLICASET", "MASTER", "GENERATION", "REASON"]);
+        for (set, m) in &l.masters {
+            masters.row([
+                set.clone(),
+                m.node.clone(),
+                m.generation.to_string(),
+                if m.reason.is_empty() {
+                    "-".into()
+                } else {
+                    m.reason.clone()
+                },
+            ]);
+        }
         out.push('\n');
-        out.push_str(&table(
-            &["REPLICASET", "MASTER", "GENERATION", "REASON"],
-            &masters,
-        ));
+        out.push_str(&masters.render(style));
     }
     out
 }
@@ -396,39 +408,6 @@ pub fn status_rows(l: &Leaders) -> Vec<(String, String)> {
 
 fn peer_name(p: &RaftPeer) -> String {
     format!("{} ({})", p.name, p.addr)
-}
-
-/// `key  value` lines, the values in one column.
-fn aligned(rows: &[(&str, String)]) -> String {
-    let width = rows.iter().map(|(k, _)| k.len()).max().unwrap_or(0);
-    rows.iter()
-        .map(|(k, v)| format!("{k:<width$}  {v}\n"))
-        .collect()
-}
-
-/// An aligned table with a header, like `cohort members`; no trailing
-/// blanks.
-fn table(header: &[&str], rows: &[Vec<String>]) -> String {
-    let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
-    for row in rows {
-        for (w, cell) in widths.iter_mut().zip(row) {
-            *w = (*w).max(cell.len());
-        }
-    }
-    let line = |cells: &mut dyn Iterator<Item = &str>| -> String {
-        let mut out: String = cells
-            .zip(&widths)
-            .map(|(c, w)| format!("{c:<w$}  "))
-            .collect();
-        out.truncate(out.trim_end().len());
-        out.push('\n');
-        out
-    };
-    let mut out = line(&mut header.iter().copied());
-    for row in rows {
-        out.push_str(&line(&mut row.iter().map(String::as_str)));
-    }
-    out
 }
 
 #[cfg(test)]
@@ -481,7 +460,7 @@ mod tests {
     #[test]
     fn leaders_text_shows_the_group_and_the_masters() {
         assert_eq!(
-            render_leaders(&sample()),
+            render_leaders(&sample(), Style::PLAIN),
             "\
 leader         n1 (127.0.0.1:3311)
 term           4
@@ -517,7 +496,7 @@ s1          n3      2           n2 is dead
             ..Default::default()
         };
         assert_eq!(
-            render_leaders(&leaders),
+            render_leaders(&leaders, Style::PLAIN),
             "\
 leader         none
 term           0
@@ -536,7 +515,7 @@ note           no voters alive yet: 1 of 3
     #[test]
     fn raft_peers_text_lists_voters_then_learners() {
         assert_eq!(
-            render_peers(&sample()),
+            render_peers(&sample(), Style::PLAIN),
             "\
 NODE  ID                                    ADDRESS         STATE     VOTER
 n1    00000000-0000-0000-0000-000000000001  127.0.0.1:3311  leader    true
@@ -554,7 +533,7 @@ n4    00000000-0000-0000-0000-000000000004  127.0.0.1:3314  learner   false
         leaders.role = "candidate".into();
         leaders.learners.clear();
         assert_eq!(
-            render_peers(&leaders),
+            render_peers(&leaders, Style::PLAIN),
             "\
 NODE  ID                                    ADDRESS         STATE      VOTER
 n1    00000000-0000-0000-0000-000000000001  127.0.0.1:3311  follower   true
@@ -563,7 +542,7 @@ n3    00000000-0000-0000-0000-000000000003  127.0.0.1:3313  follower   true
 "
         );
         assert_eq!(
-            render_peers(&Leaders::default()),
+            render_peers(&Leaders::default(), Style::PLAIN),
             "NODE  ID  ADDRESS  STATE  VOTER\n"
         );
     }

@@ -1,53 +1,60 @@
 //! `cohort route KEY`: the replica set a key belongs to and its master's
 //! address, through the node's API (`GET /v1/route`).
 
-use std::net::SocketAddr;
 use std::process::ExitCode;
 
-use super::client::Client;
+use super::client::{Client, Target};
+use super::exit::{exit_status, Exit};
+use super::output::{self, key_values, Style};
 use super::OutputFormat;
 use crate::api::Route;
 
-pub const ROUTE_HELP: &str = "\
+pub const ROUTE_HELP: &str = concat!(
+    "\
 The set is chosen by weighted rendezvous hashing over the committed topology's \
 replica sets (`weight:` per set, 1 by default): every node maps a key to the \
 same set, and adding a set moves only the keys it takes. The master is the \
 one the answering node runs now (Raft's appointment in failover mode `raft`). \
 --format json prints the agent's answer.
 
-Exit status:
-  0  the key's set has a master
-  1  it has none now (the set is still printed), no topology is committed, or
-     the API could not be reached
-  2  usage error";
+",
+    exit_status!(
+        "0  the key's set has a master",
+        "1  it has none now (the set is still printed), or no topology is committed"
+    )
+);
 
-pub fn route(api: SocketAddr, format: OutputFormat, key: &str) -> anyhow::Result<ExitCode> {
+pub fn route(api: &Target, format: OutputFormat, key: &str) -> anyhow::Result<ExitCode> {
     let client = Client::new(api)?;
     let path = format!("/v1/route?key={}", percent_encode(key));
     let route: Route = match format {
         OutputFormat::Json => {
             let value: serde_json::Value = client.get(&path)?;
-            println!("{}", serde_json::to_string_pretty(&value)?);
+            output::print_json(&value)?;
             serde_json::from_value(value)?
         }
         OutputFormat::Text => {
             let route: Route = client.get(&path)?;
-            print!("{}", render(&route));
+            print!("{}", render(&route, Style::current()));
             route
         }
     };
     Ok(if route.master.is_some() {
-        ExitCode::SUCCESS
+        Exit::Ok
     } else {
-        ExitCode::FAILURE
-    })
+        Exit::No
+    }
+    .into())
 }
 
-fn render(route: &Route) -> String {
+fn render(route: &Route, style: Style) -> String {
     let master = match (&route.master, &route.note) {
         (Some(m), _) => format!(
             "{} at {} ({}, generation {})",
-            m.name, m.address, m.status, m.generation
+            m.name,
+            m.address,
+            style.status(&m.status),
+            m.generation
         ),
         (None, Some(note)) => format!("none: {note}"),
         (None, None) => "none".to_string(),
@@ -61,9 +68,7 @@ fn render(route: &Route) -> String {
         ("master", master),
         ("config", format!("version {}", route.config_version)),
     ];
-    rows.iter()
-        .map(|(k, v)| format!("{k:<10}  {v}\n"))
-        .collect()
+    key_values(&rows)
 }
 
 /// Everything but RFC 3986's unreserved characters as `%XX`.
@@ -107,7 +112,7 @@ mod tests {
             note: None,
         };
         assert_eq!(
-            render(&route),
+            render(&route, Style::PLAIN),
             "key         user:42\n\
              replicaset  s2 (weight 0.5)\n\
              master      b1 at 10.0.0.21:3301 (alive, generation 3)\n\
@@ -116,7 +121,7 @@ mod tests {
         route.master = None;
         route.weight = 1.0;
         route.note = Some("replica set `s2` has no master now".into());
-        let text = render(&route);
+        let text = render(&route, Style::PLAIN);
         assert!(text.contains("replicaset  s2 (weight 1)\n"), "{text}");
         assert!(
             text.contains("master      none: replica set `s2` has no master now\n"),

@@ -3,7 +3,6 @@
 
 use std::fmt::Write as _;
 use std::io::Write as _;
-use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
@@ -12,41 +11,53 @@ use anyhow::{anyhow, bail, Context};
 use hyper::StatusCode;
 use serde::Deserialize;
 
-use super::client::{CallError, Client, DEADLINE};
+use super::client::{CallError, Client, Target, DEADLINE};
+use super::exit::{exit_status, Exit};
+use super::output;
 use super::OutputFormat;
 use crate::api::{ApplyOutcome, ApplyResult, CommittedTopology, NodeReason, Status};
 use crate::config::diff::TopologyDiff;
 use crate::config::{self, ConfigError, HumanDuration, Topology};
 
-pub const APPLY_HELP: &str = "\
+pub const APPLY_HELP: &str = concat!(
+    "\
 Every node of the old and the new topology validates the text and votes; \
 it is committed on all of them or on none. Prints `committed version N (txn T)` \
 (with --wait, also whether every node acknowledged it), `unchanged: version N \
 is this text already`, or `aborted: ...` with one `  NODE: reason` line per node \
 that refused, stayed silent or was not reached. An invalid text prints every \
 problem on stderr as FILE:LINE:COLUMN: message. --format json prints the agent's \
-answer instead.
+answer instead (also when aborted or invalid).
 
-Exit status:
-  0  committed, or unchanged
-  1  aborted, invalid, refused by the agent, no decision within --timeout (the apply
-     goes on), or the API could not be reached
-  2  usage error";
+",
+    exit_status!(
+        "0  committed, or unchanged",
+        "1  aborted, invalid, refused by the agent, or no decision within --timeout",
+        "   (the apply goes on: `cohort status` shows how it ends)"
+    )
+);
 
-pub const TOPOLOGY_HELP: &str = "\
-Exit status:
-  0  success
-  1  no topology committed yet, FILE has problems, or the API could not be reached
-  2  usage error";
+pub const TOPOLOGY_HELP: &str = concat!(
+    "\
+Prints the committed text byte for byte; --format json prints {version, hash, \
+txn, text} (version 0 and an empty text before the first commit).
 
-pub const DIFF_HELP: &str = "\
+",
+    exit_status!("0  success", "1  no topology committed yet")
+);
+
+pub const DIFF_HELP: &str = concat!(
+    "\
 Problems in FILE go to stderr as FILE:LINE:COLUMN: message, as with \
-`cohort validate topology`.
+`cohort validate topology`. --format json prints the changes as one object of \
+lists (nodes_added, nodes_changed, roles_added, ports_changed, ...).
 
-Exit status:
-  0  FILE is valid, whether or not it differs from the committed topology
-  1  FILE has problems, or the API could not be reached
-  2  usage error";
+",
+    exit_status!(
+        "0  FILE is valid, whether or not it differs from the committed topology",
+        "1  FILE has problems, or cannot be read"
+    )
+);
 
 /// How long the client waits beyond the `--timeout` it gave the agent, so
 /// the agent's own answer at its timeout is what the operator sees.
@@ -94,7 +105,7 @@ pub enum TopologyAction {
 }
 
 /// `cohort apply [FILE] [--wait] [--timeout DURATION]`.
-pub fn apply(api: SocketAddr, format: OutputFormat, args: &ApplyArgs) -> anyhow::Result<ExitCode> {
+pub fn apply(api: &Target, format: OutputFormat, args: &ApplyArgs) -> anyhow::Result<ExitCode> {
     let client = Client::new(api)?;
     let (path, text) = read_topology(&client, args.file.as_deref())?;
     let query = format!("/v1/topology?wait={}&timeout={}", args.wait, args.timeout);
@@ -110,7 +121,7 @@ pub fn apply(api: SocketAddr, format: OutputFormat, args: &ApplyArgs) -> anyhow:
     let result = ApplyResult::deserialize(&reply.body)
         .context("the answer to PUT /v1/topology is not what this cohort expects")?;
     match format {
-        OutputFormat::Json => println!("{}", serde_json::to_string_pretty(&reply.body)?),
+        OutputFormat::Json => output::print_json(&reply.body)?,
         OutputFormat::Text => {
             let rendered = render_apply(&result, args.wait, &path);
             print!("{}", rendered.stdout);
@@ -134,7 +145,7 @@ fn explain_apply_failure(e: anyhow::Error, path: &Path) -> anyhow::Error {
             error.code == "timeout" || *status == StatusCode::GATEWAY_TIMEOUT
         }
         Some(CallError::Deadline { .. }) => true,
-        None => false,
+        Some(CallError::Unauthorized { .. } | CallError::Unreachable { .. }) | None => false,
     };
     if timed_out {
         anyhow!(
@@ -154,11 +165,7 @@ fn succeeded(result: &ApplyResult) -> bool {
 }
 
 fn exit_code(ok: bool) -> ExitCode {
-    if ok {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::FAILURE
-    }
+    if ok { Exit::Ok } else { Exit::No }.into()
 }
 
 /// What `cohort apply` prints for an answer, on stdout and on stderr.
@@ -270,13 +277,13 @@ fn node_lines(out: &mut String, r: &ApplyResult) {
 }
 
 /// `cohort topology [show]`.
-pub fn show(api: SocketAddr, format: OutputFormat) -> anyhow::Result<ExitCode> {
+pub fn show(api: &Target, format: OutputFormat) -> anyhow::Result<ExitCode> {
     let client = Client::new(api)?;
     let value: serde_json::Value = client.get("/v1/topology")?;
     let committed = CommittedTopology::deserialize(&value)
         .context("the answer to GET /v1/topology is not what this cohort expects")?;
     match format {
-        OutputFormat::Json => println!("{}", serde_json::to_string_pretty(&value)?),
+        OutputFormat::Json => output::print_json(&value)?,
         OutputFormat::Text if committed.version > 0 => {
             let mut stdout = std::io::stdout().lock();
             stdout
@@ -288,31 +295,27 @@ pub fn show(api: SocketAddr, format: OutputFormat) -> anyhow::Result<ExitCode> {
     }
     if committed.version == 0 {
         eprintln!("cohort: no topology committed yet (`cohort apply FILE` commits one)");
-        return Ok(ExitCode::FAILURE);
+        return Ok(Exit::No.into());
     }
-    Ok(ExitCode::SUCCESS)
+    Ok(Exit::Ok.into())
 }
 
 /// `cohort topology diff [FILE]`.
-pub fn diff(
-    api: SocketAddr,
-    format: OutputFormat,
-    file: Option<&Path>,
-) -> anyhow::Result<ExitCode> {
+pub fn diff(api: &Target, format: OutputFormat, file: Option<&Path>) -> anyhow::Result<ExitCode> {
     let client = Client::new(api)?;
     let (path, text) = read_topology(&client, file)?;
     let new = match Topology::parse(&text, &path) {
         Ok(topology) => topology,
         Err(diagnostics) => {
             eprintln!("{diagnostics}");
-            return Ok(ExitCode::FAILURE);
+            return Ok(Exit::No.into());
         }
     };
     let committed: CommittedTopology = client.get("/v1/topology")?;
     let old = committed_topology(&committed)?;
     let diff = TopologyDiff::between(old.as_ref(), &new);
     match format {
-        OutputFormat::Json => println!("{}", serde_json::to_string_pretty(&diff)?),
+        OutputFormat::Json => output::print_json(&diff)?,
         OutputFormat::Text => {
             let text = diff.to_string();
             if text.ends_with('\n') {
@@ -322,7 +325,7 @@ pub fn diff(
             }
         }
     }
-    Ok(ExitCode::SUCCESS)
+    Ok(Exit::Ok.into())
 }
 
 /// The committed topology parsed; none before the first apply.

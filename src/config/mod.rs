@@ -15,8 +15,9 @@ use std::path::{Path, PathBuf};
 pub use diagnostic::{Diagnostic, Diagnostics, Pos};
 pub use duration::{DurationError, HumanDuration};
 pub use node::{
-    ApiConfig, DiscoveryConfig, EventHandler, GossipConfig, JoinTarget, LogConfig, LogFormat,
-    MulticastConfig, NodeConfig, DEFAULT_API, DEFAULT_CONFIG_PATH, DEFAULT_PORT,
+    ApiConfig, ApiSocket, DiscoveryConfig, EventHandler, GossipConfig, JoinTarget, LogConfig,
+    LogFormat, MulticastConfig, NodeConfig, DEFAULT_API, DEFAULT_API_SOCKET, DEFAULT_CONFIG_PATH,
+    DEFAULT_PORT, MAX_SOCKET_PATH,
 };
 pub use topology::{
     Election, FailoverMode, NodeSpec, ReplicaSet, RoleSpec, Topology, BUILTIN_ROLES,

@@ -18,6 +18,12 @@ use super::{is_valid_name, ConfigError, NAME_RULE};
 pub const DEFAULT_CONFIG_PATH: &str = "/etc/cohort/cohort.yaml";
 pub const DEFAULT_PORT: u16 = 3301;
 pub const DEFAULT_API: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 8300);
+/// The API's unix socket on a packaged node (cohort.service's
+/// RuntimeDirectory); the CLI looks there first.
+pub const DEFAULT_API_SOCKET: &str = "/run/cohort/api.sock";
+/// The longest path a unix socket address holds (sun_path, 108 bytes with
+/// its terminating NUL).
+pub const MAX_SOCKET_PATH: usize = 107;
 /// Organisation-local scope (239.255/16), so it stays inside the site; the
 /// port sits below the node ports (3301, 3302, ... on a host running
 /// several nodes) so the two never collide.
@@ -111,6 +117,27 @@ pub struct EventHandler {
 pub struct ApiConfig {
     /// The local HTTP API; `None` switches it off.
     pub http: Option<SocketAddr>,
+    /// The API on a unix socket, where file permissions are the access
+    /// control; `None` switches it off.
+    pub socket: Option<ApiSocket>,
+    /// The bearer token TCP clients must send for writes (and for reads
+    /// when `http` is not loopback): one line of this file.
+    pub token_file: Option<PathBuf>,
+}
+
+impl ApiConfig {
+    /// True when `http` listens beyond this host: reads need the token too.
+    pub fn exposed(&self) -> bool {
+        self.http.is_some_and(|addr| !addr.ip().is_loopback())
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct ApiSocket {
+    pub path: PathBuf,
+    /// Asked for (the node config or `--api-socket`), not a default: one
+    /// that cannot be bound stops the start instead of being skipped.
+    pub explicit: bool,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize)]
@@ -242,6 +269,11 @@ impl NodeConfig {
             },
             api: ApiConfig {
                 http: Some(DEFAULT_API),
+                socket: Some(ApiSocket {
+                    path: DEFAULT_API_SOCKET.into(),
+                    explicit: false,
+                }),
+                token_file: None,
             },
             log: LogConfig {
                 level: "info".into(),
@@ -260,6 +292,15 @@ impl NodeConfig {
             cluster: "dev".into(),
             bind: SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), DEFAULT_PORT),
             topology: data_dir.join("topology.yaml"),
+            // A laptop has no /run/cohort for us: the socket goes with the
+            // dev state (see `AgentOptions::load_config`).
+            api: ApiConfig {
+                socket: Some(ApiSocket {
+                    path: data_dir.join("api.sock"),
+                    explicit: false,
+                }),
+                ..NodeConfig::defaults().api
+            },
             data_dir,
             gossip: GossipConfig {
                 key_file: None,
@@ -385,6 +426,10 @@ struct ApiFile {
     /// `null` switches the HTTP API off.
     #[serde(default, deserialize_with = "explicit_option")]
     http: Option<Option<Spanned<String>>>,
+    /// `null` switches the unix socket off.
+    #[serde(default, deserialize_with = "explicit_option")]
+    socket: Option<Option<Spanned<PathBuf>>>,
+    token_file: Option<Spanned<PathBuf>>,
 }
 
 #[derive(Deserialize, Default)]
@@ -546,14 +591,7 @@ impl NodeFile {
             }
         }
         if let Some(api) = self.api {
-            match api.http {
-                None => {}
-                Some(None) => config.api.http = None,
-                Some(Some(http)) => match parse_socket_addr(&http.value) {
-                    Ok(addr) => config.api.http = Some(addr),
-                    Err(e) => report.error(pos(&http), format!("api.http: {e}")),
-                },
-            }
+            resolve_api(&mut report, api, &mut config.api);
         }
         if let Some(log) = self.log {
             if let Some(level) = log.level {
@@ -587,6 +625,58 @@ impl NodeFile {
         }
         report.finish()?;
         Ok(config)
+    }
+}
+
+fn resolve_api(report: &mut Report<'_>, file: ApiFile, config: &mut ApiConfig) {
+    let http_pos = match &file.http {
+        Some(Some(http)) => Some(pos(http)),
+        _ => None,
+    };
+    match file.http {
+        None => {}
+        Some(None) => config.http = None,
+        Some(Some(http)) => match parse_socket_addr(&http.value) {
+            Ok(addr) => config.http = Some(addr),
+            Err(e) => report.error(pos(&http), format!("api.http: {e}")),
+        },
+    }
+    match file.socket {
+        None => {}
+        Some(None) => config.socket = None,
+        Some(Some(path)) => {
+            check_absolute(report, "api.socket", &path);
+            let length = path.value.as_os_str().len();
+            if length > MAX_SOCKET_PATH {
+                report.error(
+                    pos(&path),
+                    format!(
+                        "api.socket: `{}` is {length} bytes long; a unix socket path holds at most {MAX_SOCKET_PATH}",
+                        path.value.display()
+                    ),
+                );
+            }
+            config.socket = Some(ApiSocket {
+                path: path.value,
+                explicit: true,
+            });
+        }
+    }
+    if let Some(token_file) = file.token_file {
+        check_absolute(report, "api.token_file", &token_file);
+        config.token_file = Some(token_file.value);
+    }
+    // Beyond loopback anyone who can reach the port could write: that
+    // takes a token (docs/api-access.md).
+    if let (Some(pos), Some(addr)) = (http_pos, config.http) {
+        if config.exposed() && config.token_file.is_none() {
+            report.error(
+                pos,
+                format!(
+                    "api.http: {addr} is reachable from other hosts, so the API needs a token: set api.token_file (a file holding one line, e.g. made with `openssl rand -hex 32`), or listen on 127.0.0.1"
+                ),
+            );
+        }
     }
 }
 

@@ -34,6 +34,11 @@ pub struct Topology {
     pub expelled: Vec<Spanned<String>>,
     #[serde(default)]
     pub roles: OrderedMap<RoleSpec>,
+    /// How many nodes of this topology must be alive at once before the
+    /// cluster is `up` (until then each node reports `assembling`); absent,
+    /// the cluster is up as soon as a topology is committed.
+    #[serde(default)]
+    pub cluster_up_at: Option<Spanned<UpAt>>,
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -120,6 +125,25 @@ impl<'de> Deserialize<'de> for Weight {
             Err(serde::de::Error::custom(format!(
                 "weight {n} is invalid: use {RULE}"
             )))
+        }
+    }
+}
+
+/// `cluster_up_at`: a number of nodes, 1 or more.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct UpAt(pub usize);
+
+impl<'de> Deserialize<'de> for UpAt {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        const RULE: &str =
+            "a whole number of nodes from 1 up (how many must be alive for the cluster to be up)";
+        let n = i64::deserialize(d)
+            .map_err(|_| serde::de::Error::custom(format!("cluster_up_at must be {RULE}")))?;
+        match usize::try_from(n) {
+            Ok(n) if n >= 1 => Ok(UpAt(n)),
+            _ => Err(serde::de::Error::custom(format!(
+                "cluster_up_at {n} is invalid: use {RULE}"
+            ))),
         }
     }
 }
@@ -241,6 +265,12 @@ impl Topology {
         self.failover.election_timeout.value.0
     }
 
+    /// How many of its nodes must be alive for the cluster to be up; none
+    /// when the topology does not say (up once committed).
+    pub fn cluster_up_at(&self) -> Option<usize> {
+        self.cluster_up_at.as_ref().map(|n| n.value.0)
+    }
+
     fn validate(&self, file: &Path) -> Result<(), Diagnostics> {
         let mut report = Report::new(file);
         if !is_valid_name(&self.cluster.value) {
@@ -255,7 +285,25 @@ impl Topology {
         self.check_replicasets(&mut report);
         self.check_failover(&mut report);
         self.check_roles(&mut report);
+        self.check_cluster_up_at(&mut report);
         report.finish()
+    }
+
+    fn check_cluster_up_at(&self, report: &mut Report<'_>) {
+        let Some(up_at) = &self.cluster_up_at else {
+            return;
+        };
+        let nodes = self.nodes().count();
+        if up_at.value.0 > nodes {
+            report.error(
+                pos(up_at),
+                format!(
+                    "cluster_up_at {} is more than the {nodes} node{} of this topology: the cluster could never be up",
+                    up_at.value.0,
+                    if nodes == 1 { "" } else { "s" }
+                ),
+            );
+        }
     }
 
     fn check_replicasets(&self, report: &mut Report<'_>) {

@@ -168,14 +168,25 @@ async fn run(
         let deadline = swim.poll_timeout().map(tokio::time::Instant::from_std);
         tokio::select! {
             received = udp.recv_from(&mut buffer) => match received {
-                Ok((len, from)) => swim.handle_datagram(Instant::now(), from, &buffer[..len]),
+                Ok((len, from)) => {
+                    // Read as the input arrives: acks carry it, probes
+                    // compare it with theirs (clock skew).
+                    swim.set_wall_clock(wall_clock_ms());
+                    swim.handle_datagram(Instant::now(), from, &buffer[..len]);
+                }
                 // ICMP port unreachable and the like surface here; SWIM
                 // already treats silence as the signal.
                 Err(e) => debug!(error = %e, "gossip socket receive error"),
             },
-            Some((from, bytes)) = streams.recv() => swim.handle_stream(Instant::now(), from, &bytes),
+            Some((from, bytes)) = streams.recv() => {
+                swim.set_wall_clock(wall_clock_ms());
+                swim.handle_stream(Instant::now(), from, &bytes);
+            }
             Some(dst) = failed_streams.recv() => swim.stream_failed(dst),
-            _ = sleep_until(deadline) => swim.handle_timeout(Instant::now()),
+            _ = sleep_until(deadline) => {
+                swim.set_wall_clock(wall_clock_ms());
+                swim.handle_timeout(Instant::now());
+            }
             _ = tokio::time::sleep(REPORT_INTERVAL) => {}
             command = commands.recv() => match command {
                 None => break,
@@ -218,6 +229,13 @@ async fn run(
             reported = Instant::now();
         }
     }
+}
+
+/// The wall clock in Unix ms (0 for a clock set before 1970).
+fn wall_clock_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
 async fn sleep_until(deadline: Option<tokio::time::Instant>) {

@@ -24,5 +24,5 @@ pub use member::{
 };
 pub use payload::{ConfigStamp, Payload, PayloadTooLarge, RaftRole};
 pub use stats::{DropStats, RttHistogram, Stats, RTT_BUCKETS_US};
-pub use swim::{LocalNode, Swim, Transmit, TransmitKind};
+pub use swim::{ClockOffset, LocalNode, Swim, Transmit, TransmitKind};
 pub use user_event::{UserEvent, UserEventError};

@@ -21,6 +21,9 @@ use super::user_event::{EventId, UserEventError};
 
 /// The generation of a node started at virtual time zero, in µs.
 const BASE_GENERATION: u64 = 1_000_000;
+/// The wall clock (Unix ms) every node reads at virtual time zero: fixed,
+/// so runs replay exactly.
+const BASE_WALL_MS: u64 = 1_800_000_000_000;
 const PORT: u16 = 7946;
 
 /// Loss and one-way delay of a link (or of every link by default).
@@ -113,6 +116,8 @@ struct SimNode {
     group: u32,
     /// Its clock's speed relative to virtual time (1.0 = exact).
     clock_rate: f64,
+    /// How far its wall clock is set off (ms), on top of the rate.
+    wall_offset_ms: i64,
     /// The last datagram it sent, when capture is on (replay attacks).
     captured: Option<(SocketAddr, Vec<u8>)>,
     capture: bool,
@@ -201,6 +206,7 @@ impl Sim {
             paused_until: None,
             group: 0,
             clock_rate,
+            wall_offset_ms: 0,
             captured: None,
             capture: false,
         });
@@ -299,6 +305,14 @@ impl Sim {
     pub fn set_clock_rate(&mut self, node: usize, rate: f64) {
         if let Some(n) = self.nodes.get_mut(node) {
             n.clock_rate = rate.max(0.01);
+        }
+    }
+
+    /// Sets `node`'s wall clock `offset_ms` off (what acks carry), as a
+    /// host whose clock is wrong; its protocol timers are not affected.
+    pub fn set_wall_clock_offset(&mut self, node: usize, offset_ms: i64) {
+        if let Some(n) = self.nodes.get_mut(node) {
+            n.wall_offset_ms = offset_ms;
         }
     }
 
@@ -516,6 +530,20 @@ impl Sim {
         self.base + Duration::from_nanos(nanos)
     }
 
+    /// `node`'s wall clock now: its own clock's reading since virtual time
+    /// zero, from a fixed epoch, set off by its offset.
+    fn wall_ms(&self, node: usize) -> u64 {
+        let Some(n) = self.nodes.get(node) else {
+            return BASE_WALL_MS;
+        };
+        let local = Self::local_time(self.base, self.now, n.clock_rate);
+        let since = u64::try_from(local.saturating_duration_since(self.base).as_millis())
+            .unwrap_or(u64::MAX);
+        BASE_WALL_MS
+            .saturating_add(since)
+            .saturating_add_signed(n.wall_offset_ms)
+    }
+
     fn swim_mut(&mut self, node: usize) -> Option<&mut Swim> {
         self.nodes.get_mut(node).and_then(|n| n.swim.as_mut())
     }
@@ -542,6 +570,10 @@ impl Sim {
             }
         }
         let now = self.local_now(node);
+        let wall = self.wall_ms(node);
+        if let Some(swim) = self.swim_mut(node) {
+            swim.set_wall_clock(wall);
+        }
         match input {
             Input::Deliver {
                 to,
@@ -679,5 +711,82 @@ impl Sim {
                 kind,
             },
         );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn offset(sim: &Sim, observer: usize, subject: usize) -> Option<i64> {
+        let id = sim.id(subject)?;
+        sim.swim(observer)?.clock_offset(id).map(|o| o.offset_ms)
+    }
+
+    /// Acks carry the wall clock; each node estimates the others' offsets
+    /// within the link's delay, and a restart starts the estimate over.
+    #[test]
+    fn clock_offsets_are_estimated_from_acks() {
+        let mut sim = Sim::new(SimConfig::new(7));
+        for _ in 0..3 {
+            sim.add_node();
+        }
+        sim.set_wall_clock_offset(2, 5_000);
+        sim.join(1, 0);
+        sim.join(2, 0);
+        let settled = sim.run_until_true(Duration::from_secs(30), |sim| {
+            [(0, 2), (1, 2), (2, 0), (0, 1)].iter().all(|&(a, b)| {
+                sim.swim(a)
+                    .and_then(|s| s.clock_offset(sim.id(b)?))
+                    .is_some_and(|o| o.samples >= 3)
+            })
+        });
+        assert!(settled.is_some(), "every node measured the others");
+        // Links delay 1–10 ms each way: the estimate is off by at most half
+        // the round trip.
+        for observer in [0, 1] {
+            let o = offset(&sim, observer, 2).unwrap();
+            assert!(
+                (4_990..=5_010).contains(&o),
+                "{observer} sees node 2 at {o}"
+            );
+        }
+        let o = offset(&sim, 2, 0).unwrap();
+        assert!((-5_010..=-4_990).contains(&o), "node 2 sees node 0 at {o}");
+        let o = offset(&sim, 0, 1).unwrap();
+        assert!(o.abs() <= 10, "node 0 sees node 1 at {o}");
+
+        // Fixed, then restarted: the old life's estimate is not kept.
+        sim.set_wall_clock_offset(2, 0);
+        sim.restart(2, 0, false);
+        sim.run_for(Duration::from_millis(1));
+        let fresh = sim.run_until_true(Duration::from_secs(30), |sim| {
+            offset(sim, 0, 2).is_some_and(|o| o.abs() <= 10)
+        });
+        assert!(
+            fresh.is_some(),
+            "node 0 sees node 2 at {:?}",
+            offset(&sim, 0, 2)
+        );
+    }
+
+    /// Without a wall clock (a driver that gives none) nothing is
+    /// estimated, and acks still work.
+    #[test]
+    fn no_wall_clock_no_estimate() {
+        let mut swim = Swim::new(
+            Instant::now(),
+            LocalNode {
+                id: NodeId(Uuid::from_u128(1)),
+                generation: 1,
+                addr: addr_of(0, 0),
+            },
+            SwimConfig::default(),
+            PacketSecurity::Plaintext,
+            1,
+        )
+        .unwrap();
+        swim.set_wall_clock_offset(1_000);
+        assert!(swim.clock_offset(NodeId(Uuid::from_u128(2))).is_none());
     }
 }

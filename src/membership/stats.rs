@@ -83,6 +83,8 @@ pub struct Stats {
     /// Probes that failed over UDP but were answered over TCP.
     pub probes_answered_only_by_stream: u64,
     pub dropped: DropStats,
+    /// Where the last packet that no key decrypts came from.
+    pub last_undecryptable_from: Option<std::net::SocketAddr>,
     /// Suspicions of this node that it refuted.
     pub refutations: u64,
     /// Claims about this node with a version it never issued (forged).

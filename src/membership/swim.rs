@@ -91,6 +91,42 @@ struct Probe {
     nacks: usize,
     /// When the ping went out: a direct ack's round trip is measured.
     sent: Instant,
+    /// Our wall clock then (Unix ms), for the clock-offset estimate.
+    sent_wall: Option<u64>,
+}
+
+/// How far a member's wall clock is from ours, estimated from the probes
+/// it answered directly (NTP's offset: its time in the ack minus the
+/// middle of our round trip), smoothed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ClockOffset {
+    /// Its clock minus ours, in ms: positive when it is ahead.
+    pub offset_ms: i64,
+    /// Samples taken in the member's current life.
+    pub samples: u32,
+    /// The generation they were taken in: a restart starts over.
+    generation: u64,
+}
+
+impl ClockOffset {
+    /// Weight of the newest sample (1/4): one late ack moves the estimate
+    /// by a quarter of its error, a real change shows within a few probes.
+    const SMOOTHING: i64 = 4;
+
+    fn observe(previous: Option<ClockOffset>, generation: u64, sample: i64) -> ClockOffset {
+        match previous.filter(|p| p.generation == generation) {
+            None => ClockOffset {
+                offset_ms: sample,
+                samples: 1,
+                generation,
+            },
+            Some(p) => ClockOffset {
+                offset_ms: p.offset_ms + (sample - p.offset_ms) / Self::SMOOTHING,
+                samples: p.samples.saturating_add(1),
+                generation,
+            },
+        }
+    }
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -133,6 +169,14 @@ pub struct Swim {
     stats: Stats,
     /// Largest encoded record that fits next to any protocol message.
     record_limit: usize,
+    /// The wall clock (Unix ms) the driver read before the current input,
+    /// plus `wall_offset_ms`; None until a driver gives one.
+    wall_ms: Option<u64>,
+    /// Added to every wall-clock reading (a test hook that makes this node
+    /// look skewed; see `set_wall_clock_offset`).
+    wall_offset_ms: i64,
+    /// Estimated wall-clock offsets of the members that answered probes.
+    clock_offsets: BTreeMap<NodeId, ClockOffset>,
 }
 
 impl std::fmt::Debug for Swim {
@@ -191,6 +235,9 @@ impl Swim {
             health: LocalHealth::new(config.max_local_health),
             stats: Stats::default(),
             record_limit: 0,
+            wall_ms: None,
+            wall_offset_ms: 0,
+            clock_offsets: BTreeMap::new(),
             config,
         };
         swim.record_limit = swim.compute_record_limit();
@@ -309,6 +356,21 @@ impl Swim {
 
     // ---- inputs ---------------------------------------------------------
 
+    /// The wall clock now, in Unix ms, as the driver reads it: call before
+    /// each input (the state machine keeps no clock of its own). Acks carry
+    /// it, and probes compare it with their answers' (clock skew).
+    pub fn set_wall_clock(&mut self, unix_ms: u64) {
+        let shifted = i128::from(unix_ms) + i128::from(self.wall_offset_ms);
+        self.wall_ms = Some(u64::try_from(shifted.max(0)).unwrap_or(u64::MAX));
+    }
+
+    /// Shifts every later wall-clock reading by `offset_ms`, as if this
+    /// node's clock were that far off. For tests of skew detection only
+    /// (the agent takes it from `COHORT_TEST_CLOCK_OFFSET_MS`).
+    pub fn set_wall_clock_offset(&mut self, offset_ms: i64) {
+        self.wall_offset_ms = offset_ms;
+    }
+
     /// A UDP datagram arrived from `from`.
     pub fn handle_datagram(&mut self, now: Instant, from: SocketAddr, bytes: &[u8]) {
         self.stats.datagrams_received += 1;
@@ -406,6 +468,16 @@ impl Swim {
         self.forgotten.len()
     }
 
+    /// How far member `id`'s wall clock is from ours, once one of its
+    /// direct acks carried it (in its current life).
+    pub fn clock_offset(&self, id: NodeId) -> Option<ClockOffset> {
+        let generation = self.members.get(id)?.member.incarnation.generation;
+        self.clock_offsets
+            .get(&id)
+            .copied()
+            .filter(|o| o.generation == generation)
+    }
+
     /// Lifeguard's local health score (0 = healthy).
     pub fn health_score(&self) -> u32 {
         self.health.score()
@@ -446,7 +518,10 @@ impl Swim {
         let body = match wire::open(&self.security, bytes) {
             Ok(body) => body,
             Err(FrameError::Decode(_)) => return self.stats.dropped.decode += 1,
-            Err(FrameError::Decrypt) => return self.stats.dropped.decrypt += 1,
+            Err(FrameError::Decrypt) => {
+                self.stats.last_undecryptable_from = Some(from);
+                return self.stats.dropped.decrypt += 1;
+            }
             Err(FrameError::PlaintextRefused) => {
                 return self.stats.dropped.plaintext_refused += 1;
             }
@@ -504,18 +579,26 @@ impl Swim {
                 if let Some((incarnation, status)) = buddy {
                     self.refute_if_needed(incarnation, status);
                 }
+                let ack = Message::Ack {
+                    seq,
+                    wall_ms: self.wall_ms,
+                };
                 if via_stream {
-                    self.send_stream_message(reply_to, &Message::Ack { seq });
+                    self.send_stream_message(reply_to, &ack);
                 } else {
-                    self.send_datagram(now, from, Message::Ack { seq });
+                    self.send_datagram(now, from, ack);
                 }
             }
-            Message::Ack { seq } => {
+            Message::Ack { seq, wall_ms } => {
                 if let Some(probe) = self.probe.as_mut().filter(|p| p.seq == seq) {
                     // Only a direct UDP answer is a round trip to the
                     // target (after a ping-req it may be a helper's relay).
-                    if !via_stream && !probe.acked && !probe.acked_by_stream && probe.indirect == 0
-                    {
+                    let direct = !via_stream
+                        && !probe.acked
+                        && !probe.acked_by_stream
+                        && probe.indirect == 0
+                        && sender == probe.target;
+                    if direct {
                         self.stats
                             .probe_rtt
                             .observe(now.saturating_duration_since(probe.sent));
@@ -525,9 +608,15 @@ impl Swim {
                     } else {
                         probe.acked = true;
                     }
+                    let (target, sent_wall) = (probe.target, probe.sent_wall);
+                    if direct {
+                        self.observe_clock(target, sent_wall, wall_ms);
+                    }
                 } else if let Some(relay) = self.relays.remove(&seq) {
+                    // The target's clock, passed on as it is.
                     let ack = Message::Ack {
                         seq: relay.requester_seq,
+                        wall_ms,
                     };
                     self.send_datagram(now, relay.requester, ack);
                 }
@@ -569,6 +658,30 @@ impl Swim {
                 }
             }
         }
+    }
+
+    /// One direct ack's clock sample: the member's wall clock when it
+    /// answered, against the middle of our round trip (off by at most half
+    /// the round trip, smoothed over probes).
+    fn observe_clock(&mut self, target: NodeId, sent_wall: Option<u64>, remote: Option<u64>) {
+        let (Some(sent), Some(received), Some(remote)) = (sent_wall, self.wall_ms, remote) else {
+            return;
+        };
+        let Some(generation) = self
+            .members
+            .get(target)
+            .map(|e| e.member.incarnation.generation)
+        else {
+            return;
+        };
+        let middle = (i128::from(sent) + i128::from(received)) / 2;
+        let sample = i128::from(remote) - middle;
+        let Ok(sample) = i64::try_from(sample) else {
+            return;
+        };
+        let previous = self.clock_offsets.get(&target).copied();
+        self.clock_offsets
+            .insert(target, ClockOffset::observe(previous, generation, sample));
     }
 
     /// A copy of a user event: delivered if new here (and `deliver`), and
@@ -863,6 +976,7 @@ impl Swim {
                 });
                 if reclaimable {
                     self.members.remove(id);
+                    self.clock_offsets.remove(&id);
                     self.broadcasts.remove(id);
                     self.forgotten.insert(id, incarnation);
                     if let Some(after) = self.config.reclaim_after {
@@ -943,6 +1057,7 @@ impl Swim {
             indirect: 0,
             nacks: 0,
             sent: now,
+            sent_wall: self.wall_ms,
         });
         let buddy = self.buddy_view(target);
         self.send_datagram(now, addr, Message::Ping { seq, target, buddy });
@@ -1225,6 +1340,10 @@ impl Swim {
                 seq: u32::MAX,
                 target: self.me.id,
                 buddy: Some((biggest, MemberStatus::Left)),
+            },
+            Message::Ack {
+                seq: u32::MAX,
+                wall_ms: Some(u64::MAX),
             },
         ];
         let head = messages

@@ -12,8 +12,9 @@ use super::member::{Incarnation, MemberRecord, MemberStatus, NodeId};
 use super::user_event::UserEvent;
 
 /// Bumped on any incompatible change of the body; older peers drop ours
-/// (counted as decode errors) rather than misread them.
-pub const WIRE_VERSION: u8 = 2;
+/// (counted as decode errors) rather than misread them. 3: acks carry the
+/// sender's wall clock (clock-skew estimates).
+pub const WIRE_VERSION: u8 = 3;
 const MODE_PLAINTEXT: u8 = 0;
 const MODE_AES_GCM: u8 = 1;
 const HEADER_LEN: usize = 2;
@@ -37,6 +38,10 @@ pub enum Message {
     },
     Ack {
         seq: u32,
+        /// The sender's wall clock (Unix ms) when it answered, so the
+        /// prober can estimate how far apart their clocks are; None when
+        /// the sender's driver gives it none (the simulator may not).
+        wall_ms: Option<u64>,
     },
     /// Please ping `target` for me and forward its ack (indirect probe).
     PingReq {
@@ -46,16 +51,12 @@ pub enum Message {
     },
     /// I pinged your target and heard nothing (Lifeguard: proves to the
     /// requester that its own link works).
-    Nack {
-        seq: u32,
-    },
+    Nack { seq: u32 },
     /// Only the piggybacked records matter (leave announcements).
     Gossip,
     /// Full state, carried in the packet's gossip (every member record and
     /// the user events still live); `reply` asks for the receiver's own.
-    PushPull {
-        reply: bool,
-    },
+    PushPull { reply: bool },
 }
 
 /// One piggybacked item.
@@ -295,6 +296,23 @@ mod tests {
             open(&PacketSecurity::Plaintext, &future),
             Err(FrameError::Decode(_))
         ));
+    }
+
+    #[test]
+    fn acks_carry_the_wall_clock_and_older_wire_versions_are_dropped() {
+        let mut p = packet();
+        p.message = Message::Ack {
+            seq: 9,
+            wall_ms: Some(1_795_420_666_175),
+        };
+        assert_eq!(decode_packet(&body_of(&p)).unwrap(), p);
+        // A v2 peer's frame (acks without the clock) is not misread.
+        let mut old = seal(&PacketSecurity::Plaintext, [0; 12], &body_of(&p)).unwrap();
+        old[0] = 2;
+        assert_eq!(
+            open(&PacketSecurity::Plaintext, &old),
+            Err(FrameError::Decode("unknown wire version"))
+        );
     }
 
     #[test]

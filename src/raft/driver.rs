@@ -412,6 +412,20 @@ impl Driver {
             info!("this node is not a voter in the committed topology: leaving the raft group");
             self.shutdown().await;
         }
+        // A storage error (a full disk) ends openraft's core for good, and
+        // the node would keep showing its last view while taking no part.
+        // The instance is started again below from what the disk holds, as
+        // after a crash (a write that failed was never acknowledged); while
+        // the disk still refuses writes, the start fails and is retried.
+        let fatal = self.running.as_ref().and_then(|r| {
+            let state = r.raft.metrics().borrow().running_state.clone();
+            state.err()
+        });
+        if let Some(fatal) = fatal {
+            warn!("raft stopped ({fatal}): starting it again from the data dir");
+            self.endpoint.clear();
+            self.shutdown().await;
+        }
         if self.running.is_none() && in_group {
             if let Some(watcher) = self.watcher.take() {
                 watcher.abort();

@@ -1,7 +1,8 @@
 //! External roles: a role written in any language, as an executable the
 //! topology names (`roles.NAME.exec`). It is called as `EXEC validate`,
-//! `EXEC apply` or `EXEC stop`, with the role's section as YAML on stdin and
-//! the node's context in `COHORT_*` environment variables, under a deadline.
+//! `EXEC apply`, `EXEC stop` or `EXEC cluster-state up|assembling`, with the
+//! role's section as YAML on stdin and the node's context in `COHORT_*`
+//! environment variables, under a deadline.
 
 use std::os::unix::process::ExitStatusExt;
 use std::path::PathBuf;
@@ -17,7 +18,7 @@ use crate::config::{HumanDuration, Topology};
 use crate::storage::describe;
 
 use super::section::section_yaml;
-use super::{BoxFuture, Role, RoleContext, RoleResult};
+use super::{BoxFuture, ClusterState, Role, RoleContext, RoleResult};
 
 /// How long one call may take when the topology sets no `timeout`.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
@@ -35,7 +36,9 @@ const PIPE_GRACE: Duration = Duration::from_secs(1);
 /// when the role's section, the node's replica set or its master state
 /// changed since the last successful `apply` (and again after a failed
 /// one); `stop` runs when the role leaves the node, with the section last
-/// applied.
+/// applied. `cluster-state STATE` runs when the cluster becomes up (or
+/// assembling) and the executable has not yet seen that state in
+/// `COHORT_CLUSTER_STATE` of an earlier call.
 #[derive(Debug, Default)]
 pub struct ExternalRole {
     state: Mutex<State>,
@@ -47,6 +50,9 @@ struct State {
     last: Option<Call>,
     /// What the last successful `apply` saw.
     applied: Option<Seen>,
+    /// The cluster state the executable last heard of (in the environment
+    /// of an `apply`, or from a `cluster-state` call).
+    heard: Option<ClusterState>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -83,6 +89,7 @@ impl ExternalRole {
         }
         let result = run(&call, "apply", ctx).await;
         let mut state = self.state();
+        state.heard = Some(ctx.cluster_state());
         state.last = Some(call);
         state.applied = result.is_ok().then_some(seen);
         result
@@ -140,11 +147,33 @@ impl Role for ExternalRole {
         })
     }
 
+    fn cluster_state_changed<'a>(&'a self, ctx: &'a RoleContext) -> BoxFuture<'a, RoleResult> {
+        Box::pin(async move {
+            let cluster = ctx.cluster_state();
+            let last = {
+                let state = self.state();
+                match state.heard == Some(cluster) {
+                    true => None,
+                    false => state.last.clone(),
+                }
+            };
+            let Some(call) = last else {
+                return Ok(());
+            };
+            let result = run_with(&call, "cluster-state", Some(cluster.as_str()), ctx).await;
+            if result.is_ok() {
+                self.state().heard = Some(cluster);
+            }
+            result
+        })
+    }
+
     fn stop<'a>(&'a self, ctx: &'a RoleContext) -> BoxFuture<'a, RoleResult> {
         Box::pin(async move {
             let last = {
                 let mut state = self.state();
                 state.applied = None;
+                state.heard = None;
                 state.last.take()
             };
             match last {
@@ -160,6 +189,16 @@ impl Role for ExternalRole {
 /// status when stderr is empty. Past the deadline the executable's whole
 /// process group is killed.
 async fn run(call: &Call, action: &str, ctx: &RoleContext) -> RoleResult {
+    run_with(call, action, None, ctx).await
+}
+
+/// `run`, with one more argument after the action.
+async fn run_with(
+    call: &Call,
+    action: &str,
+    argument: Option<&str>,
+    ctx: &RoleContext,
+) -> RoleResult {
     let exec = call.exec.display();
     let mut command = tokio::process::Command::new(&call.exec);
     // The role's `COHORT_*` are the agent's word alone: none inherited
@@ -170,8 +209,11 @@ async fn run(call: &Call, action: &str, ctx: &RoleContext) -> RoleResult {
             command.env_remove(name);
         }
     }
+    command.arg(action);
+    if let Some(argument) = argument {
+        command.arg(argument);
+    }
     command
-        .arg(action)
         .env("COHORT_NODE", &ctx.node)
         .env("COHORT_UUID", ctx.uuid.to_string())
         .env("COHORT_REPLICASET", &ctx.replicaset)
@@ -181,6 +223,7 @@ async fn run(call: &Call, action: &str, ctx: &RoleContext) -> RoleResult {
             if ctx.is_master() { "true" } else { "false" },
         )
         .env("COHORT_ACTION", action)
+        .env("COHORT_CLUSTER_STATE", ctx.cluster_state().as_str())
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())

@@ -40,11 +40,40 @@ fn ready<'a>(result: RoleResult) -> BoxFuture<'a, RoleResult> {
     Box::pin(std::future::ready(result))
 }
 
+/// Whether the cluster is assembled, as this node sees it: `assembling`
+/// until `cluster_up_at` nodes of the committed topology are alive at once
+/// (or until a topology is committed, when it sets none), then `up`.
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum ClusterState {
+    #[default]
+    Assembling,
+    Up,
+}
+
+impl ClusterState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ClusterState::Assembling => "assembling",
+            ClusterState::Up => "up",
+        }
+    }
+}
+
+impl std::fmt::Display for ClusterState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// One role. The `RoleSet` calls `init` once when the role starts, then
 /// `apply_config` for every topology it applies, `master_changed` when
-/// the node becomes or stops being its replica set's master, and `stop`
-/// once when the role leaves the node (or the agent stops). Calls on one
-/// role never overlap. Every method has a do-nothing default.
+/// the node becomes or stops being its replica set's master,
+/// `cluster_state_changed` when the cluster becomes up (or assembling),
+/// and `stop` once when the role leaves the node (or the agent stops).
+/// Calls on one role never overlap. Every method has a do-nothing default.
 pub trait Role: Send + Sync + 'static {
     /// Roles this one needs started before it, besides the `depends:` the
     /// topology gives it.
@@ -93,6 +122,14 @@ pub trait Role: Send + Sync + 'static {
         ready(Ok(()))
     }
 
+    /// The cluster became up or assembling; `ctx.cluster_state()` tells
+    /// which. A role started later finds the state in its context (and an
+    /// external role in `COHORT_CLUSTER_STATE`) instead.
+    fn cluster_state_changed<'a>(&'a self, ctx: &'a RoleContext) -> BoxFuture<'a, RoleResult> {
+        let _ = ctx;
+        ready(Ok(()))
+    }
+
     /// Stops the role; it may be started again later with `init`.
     fn stop<'a>(&'a self, ctx: &'a RoleContext) -> BoxFuture<'a, RoleResult> {
         let _ = ctx;
@@ -114,6 +151,7 @@ pub struct RoleContext {
     /// The version being validated or applied, when the caller knows it.
     pub version: Option<Version>,
     master: watch::Receiver<bool>,
+    cluster: watch::Receiver<ClusterState>,
 }
 
 impl RoleContext {
@@ -131,7 +169,24 @@ impl RoleContext {
             role: role.into(),
             version,
             master,
+            cluster: watch::Sender::new(ClusterState::default()).subscribe(),
         }
+    }
+
+    /// The same context, following `cluster` for the cluster's state.
+    pub fn with_cluster_state(mut self, cluster: watch::Receiver<ClusterState>) -> RoleContext {
+        self.cluster = cluster;
+        self
+    }
+
+    /// Whether the cluster is up now, as this node sees it.
+    pub fn cluster_state(&self) -> ClusterState {
+        *self.cluster.borrow()
+    }
+
+    /// Changes whenever the cluster becomes up or assembling.
+    pub fn watch_cluster_state(&self) -> watch::Receiver<ClusterState> {
+        self.cluster.clone()
     }
 
     /// Whether this node is its replica set's master now.

@@ -18,7 +18,7 @@ use crate::twophase::Version;
 
 use super::order::{plan, PlanError};
 use super::registry::Registry;
-use super::{Role, RoleContext, RoleResult};
+use super::{ClusterState, Role, RoleContext, RoleResult};
 
 /// Who this node is.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -35,6 +35,7 @@ pub enum RoleAction {
     Start,
     Apply,
     MasterChange,
+    ClusterStateChange,
     Stop,
 }
 
@@ -44,6 +45,7 @@ impl fmt::Display for RoleAction {
             RoleAction::Start => "start",
             RoleAction::Apply => "apply",
             RoleAction::MasterChange => "master change",
+            RoleAction::ClusterStateChange => "cluster state change",
             RoleAction::Stop => "stop",
         })
     }
@@ -107,6 +109,7 @@ pub struct RoleSet {
     identity: NodeIdentity,
     registry: Registry,
     master: watch::Sender<bool>,
+    cluster: watch::Sender<ClusterState>,
     state: Mutex<State>,
 }
 
@@ -138,6 +141,7 @@ impl RoleSet {
             identity,
             registry,
             master: watch::Sender::new(is_master),
+            cluster: watch::Sender::new(ClusterState::default()),
             state: Mutex::new(State::default()),
         }
     }
@@ -313,6 +317,34 @@ impl RoleSet {
         report
     }
 
+    /// Whether the cluster is up, as the roles were last told.
+    pub fn cluster_state(&self) -> ClusterState {
+        *self.cluster.borrow()
+    }
+
+    /// Records the cluster's state; on a change, every running role hears
+    /// it, in start order. A role started later reads it from its context.
+    pub async fn set_cluster_state(&self, cluster: ClusterState) -> ApplyReport {
+        let state = self.state.lock().await;
+        let mut report = ApplyReport::default();
+        if !self.cluster.send_if_modified(|current| {
+            let changed = *current != cluster;
+            *current = cluster;
+            changed
+        }) {
+            return report;
+        }
+        info!(cluster = %cluster, "cluster state changed");
+        for name in &state.running {
+            if let Some(role) = state.instances.get(name) {
+                let ctx = self.context(&state.replicaset, name, state.version);
+                let result = role.cluster_state_changed(&ctx).await;
+                report.step(name.clone(), RoleAction::ClusterStateChange, result);
+            }
+        }
+        report
+    }
+
     /// Stops every running role, in reverse start order.
     pub async fn stop_all(&self) -> ApplyReport {
         let mut state = self.state.lock().await;
@@ -335,6 +367,7 @@ impl RoleSet {
             version,
             self.master.subscribe(),
         )
+        .with_cluster_state(self.cluster.subscribe())
     }
 
     fn replicaset_in(&self, topology: &Topology, state: &State) -> String {

@@ -1,7 +1,9 @@
 //! A real `cohort agent` on loopback: its own dir (node config, gossip
-//! key, data dir, topology file, log), started with its stderr appended to
-//! `agent.log`, and waited for until its API answers. The tests add the
-//! questions they ask it in `impl Agent` blocks of their own.
+//! key, data dir, topology file, API socket, log), started with its stderr
+//! appended to `agent.log`, and waited for until its API answers. It takes
+//! the tests' API token (`support::TOKEN`), which `http` and the CLI of
+//! `cohort()` send. The tests add the questions they ask it in `impl
+//! Agent` blocks of their own.
 
 use std::fs;
 use std::net::SocketAddr;
@@ -9,7 +11,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use super::{addr, cohort, free_port, http_get, read, status, wait_until_or, Proc};
+use super::{addr, cohort, free_port, http_get, read, status, token_file, wait_until_or, Proc};
 use super::{SIGKILL, SIGTERM};
 
 /// The gossip key of the tests' clusters.
@@ -29,7 +31,7 @@ pub struct Agent {
 
 /// What the tests' node configs differ in; the rest is the same for all:
 /// the dir's files, a 300 ms protocol period, info logs, the API on
-/// `Agent::api`.
+/// `Agent::api` and `Agent::socket` with the tests' token.
 pub struct Config<'a> {
     pub cluster: &'a str,
     /// Gossip ports on loopback to join through.
@@ -81,6 +83,11 @@ impl Agent {
         self.dir.join("agent.log")
     }
 
+    /// The API's unix socket.
+    pub fn socket(&self) -> PathBuf {
+        self.dir.join("api.sock")
+    }
+
     /// Writes the node config (`DIR/cohort.yaml`) and the gossip key file.
     pub fn write_config(&self, config: &Config) {
         let key = self.dir.join("gossip.key");
@@ -91,7 +98,7 @@ impl Agent {
             format!(
                 "node: {name}\ncluster: {cluster}\nbind: {bind}\ndata_dir: {data}\ntopology: {topology}\njoin: [{join}]\n\
                  gossip: {{ key_file: {key}, protocol_period: 300ms, ack_timeout: 150ms{gossip} }}\n\
-                 api: {{ http: {api} }}\nlog: {{ level: info, format: {format} }}\n{extra}",
+                 api: {{ http: {api}, socket: {socket}, token_file: {token} }}\nlog: {{ level: info, format: {format} }}\n{extra}",
                 name = self.name,
                 cluster = config.cluster,
                 bind = addr(self.port),
@@ -101,6 +108,8 @@ impl Agent {
                 key = quoted(&key),
                 gossip = config.gossip,
                 api = self.api(),
+                socket = quoted(&self.socket()),
+                token = quoted(token_file()),
                 format = config.log_format,
                 extra = config.extra,
             ),

@@ -1,8 +1,9 @@
 //! Machines of the test's own on one LAN: a "hub" network namespace holding
 //! a bridge, and one namespace per host with a veth to the bridge and the
 //! address 10.77.0.<i>/24. One `cohort agent` per host, bound to
-//! 10.77.0.<i>:3301 (gossip and rpc) with its API on 10.77.0.<i>:8300,
-//! reached by running the CLI inside the host's namespace. A host can be
+//! 10.77.0.<i>:3301 (gossip and rpc) with its API on 10.77.0.<i>:8300
+//! (beyond loopback, so behind the tests' API token), reached by running
+//! the CLI inside the host's namespace. A host can be
 //! cut off from the LAN (nftables inside it drops everything but loopback)
 //! and healed, its agent SIGKILLed and started again. Every agent and
 //! namespace goes away on drop, also when the test panics (then the end of
@@ -25,7 +26,7 @@ use serde_json::Value;
 
 use crate::support::agents::{quoted, spawn_agent, KEY};
 use crate::support::netns::Netns;
-use crate::support::{masters_of, read, wait_until_or, Proc, SIGKILL};
+use crate::support::{masters_of, read, token_file, wait_until_or, Proc, SIGKILL};
 
 /// Gossip and rpc port of every agent.
 pub const GOSSIP_PORT: u16 = 3301;
@@ -166,7 +167,7 @@ impl Hosts {
                 format!(
                     "node: {name}\ncluster: test\nbind: {bind}\ndata_dir: {data}\ntopology: {topology}\njoin: [{join}]\n\
                      gossip: {{ key_file: {key}, protocol_period: 300ms, ack_timeout: 150ms }}\n\
-                     api: {{ http: {api} }}\nlog: {{ level: info, format: text }}\n",
+                     api: {{ http: {api}, socket: {socket}, token_file: {token} }}\nlog: {{ level: info, format: text }}\n",
                     name = host.name,
                     bind = host.addr(),
                     data = quoted(&host.dir.join("data")),
@@ -174,6 +175,8 @@ impl Hosts {
                     join = join.join(", "),
                     key = quoted(&key),
                     api = host.api(),
+                    socket = quoted(&host.dir.join("api.sock")),
+                    token = quoted(token_file()),
                 ),
             )
             .expect("write the node config");
@@ -310,6 +313,7 @@ impl Hosts {
             .arg("--api")
             .arg(host.api().to_string())
             .args(args)
+            .env("COHORT_TOKEN_FILE", token_file())
             .stdin(Stdio::null())
             .output()
             .expect("run the cohort CLI");
@@ -394,6 +398,24 @@ impl Hosts {
             .filter(|l| l.contains(needle))
             .map(String::from)
             .collect()
+    }
+
+    /// The namespace holding the bridge `br0` (the hosts' links are its
+    /// ports `v<i>`).
+    pub fn hub(&self) -> &Netns {
+        &self.hub
+    }
+
+    /// The pid of host `i`'s agent, while the test runs it.
+    pub fn pid(&self, i: usize) -> Option<i32> {
+        self.agent(i).as_ref().map(|p| p.pid())
+    }
+
+    /// How host `i`'s agent ended, if it ended while the test ran it
+    /// (a crash; `kill` forgets the agent it killed).
+    pub fn exit_status(&self, i: usize) -> Option<std::process::ExitStatus> {
+        let mut agent = self.agent(i);
+        agent.as_mut()?.child.try_wait().ok().flatten()
     }
 }
 

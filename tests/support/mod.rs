@@ -5,6 +5,7 @@
 
 pub mod agents;
 pub mod netns;
+pub mod openapi;
 pub mod seeds;
 
 use std::collections::BTreeSet;
@@ -15,8 +16,33 @@ use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
+/// The cohort binary; as a CLI it sends the tests' API token
+/// (`COHORT_TOKEN_FILE`), which a harness agent takes (`api.token_file`).
 pub fn cohort() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_cohort"))
+    let mut command = Command::new(env!("CARGO_BIN_EXE_cohort"));
+    command.env("COHORT_TOKEN_FILE", token_file());
+    command
+}
+
+/// The API token of the tests' agents: `http` and `http_with_body` send it.
+pub const TOKEN: &str = "cohort-tests-api-token-6d1f0c2b";
+
+/// A file holding `TOKEN`, for node configs (`api.token_file`) and the CLI.
+/// Written once per test process, atomically: test binaries running at the
+/// same time write the same bytes.
+pub fn token_file() -> &'static Path {
+    static FILE: std::sync::OnceLock<std::path::PathBuf> = std::sync::OnceLock::new();
+    FILE.get_or_init(|| {
+        let dir = Path::new(env!("CARGO_TARGET_TMPDIR"));
+        let path = dir.join("api.token");
+        let temp = dir.join(format!("api.token.{}", std::process::id()));
+        std::fs::write(&temp, format!("{TOKEN}\n")).expect("write the test token");
+        // As an operator keeps it: the agent warns of a file others may read.
+        std::fs::set_permissions(&temp, std::os::unix::fs::PermissionsExt::from_mode(0o600))
+            .expect("make the test token private");
+        std::fs::rename(&temp, &path).expect("install the test token");
+        path
+    })
 }
 
 /// True when both TCP and UDP can bind `port` on 127.0.0.1 now.
@@ -182,14 +208,22 @@ pub fn process_alive(pid: i32) -> bool {
     }
 }
 
-/// A plain HTTP/1.0 request on loopback: the status code and the body, or
-/// None when nothing answers.
+/// A plain HTTP/1.0 request on loopback with the tests' API token: the
+/// status code and the body, or None when nothing answers.
 pub fn http(addr: SocketAddr, method: &str, path: &str) -> Option<(u16, String)> {
     exchange(
         addr,
-        &format!("{method} {path} HTTP/1.0\r\nHost: {addr}\r\nContent-Length: 0\r\n\r\n"),
+        &format!(
+            "{method} {path} HTTP/1.0\r\nHost: {addr}\r\n{}Content-Length: 0\r\n\r\n",
+            bearer()
+        ),
         Duration::from_secs(5),
     )
+}
+
+/// The `Authorization` header line of `TOKEN`.
+pub fn bearer() -> String {
+    format!("Authorization: Bearer {TOKEN}\r\n")
 }
 
 /// A GET on loopback; the body of a 200, else None.
@@ -231,9 +265,9 @@ pub fn read(path: &Path) -> String {
     std::fs::read_to_string(path).unwrap_or_default()
 }
 
-/// An HTTP/1.0 request with `body` on loopback, waiting up to `timeout`
-/// for the answer: the status code and the body, or None when nothing
-/// answers (or the connection breaks).
+/// An HTTP/1.0 request with `body` and the tests' API token on loopback,
+/// waiting up to `timeout` for the answer: the status code and the body,
+/// or None when nothing answers (or the connection breaks).
 pub fn http_with_body(
     addr: SocketAddr,
     method: &str,
@@ -244,7 +278,8 @@ pub fn http_with_body(
     exchange(
         addr,
         &format!(
-            "{method} {path} HTTP/1.0\r\nHost: {addr}\r\nContent-Type: text/plain\r\nContent-Length: {}\r\n\r\n{body}",
+            "{method} {path} HTTP/1.0\r\nHost: {addr}\r\n{}Content-Type: text/plain\r\nContent-Length: {}\r\n\r\n{body}",
+            bearer(),
             body.len()
         ),
         timeout,
@@ -254,10 +289,36 @@ pub fn http_with_body(
 /// Sends `request` to `addr` and reads the answer until the server closes
 /// the connection, waiting up to `timeout` for it: the status code and
 /// the body.
-fn exchange(addr: SocketAddr, request: &str, timeout: Duration) -> Option<(u16, String)> {
+pub fn exchange(addr: SocketAddr, request: &str, timeout: Duration) -> Option<(u16, String)> {
     let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(2)).ok()?;
     stream.set_read_timeout(Some(timeout)).ok()?;
     stream.write_all(request.as_bytes()).ok()?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response).ok()?;
+    let (head, body) = response.split_once("\r\n\r\n")?;
+    let code = head.split_whitespace().nth(1)?.parse().ok()?;
+    Some((code, body.to_string()))
+}
+
+/// An HTTP/1.0 request with `body` (JSON when it looks like it) and no
+/// token on an agent's unix socket: the status code and the body, or None
+/// when nothing answers.
+pub fn unix_http(socket: &Path, method: &str, path: &str, body: &str) -> Option<(u16, String)> {
+    let mut stream = std::os::unix::net::UnixStream::connect(socket).ok()?;
+    stream
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .ok()?;
+    write!(
+        stream,
+        "{method} {path} HTTP/1.0\r\nHost: localhost\r\nContent-Type: {}\r\nContent-Length: {}\r\n\r\n{body}",
+        if body.starts_with('{') {
+            "application/json"
+        } else {
+            "text/plain"
+        },
+        body.len()
+    )
+    .ok()?;
     let mut response = String::new();
     stream.read_to_string(&mut response).ok()?;
     let (head, body) = response.split_once("\r\n\r\n")?;
@@ -280,4 +341,59 @@ pub fn free_port_not_ephemeral() -> u16 {
         }
     }
     panic!("no free port below the ephemeral range ({low})");
+}
+
+/// An HTTP answer with its headers, for checks of what the API sends.
+pub struct Reply {
+    pub status: u16,
+    /// Names in lower case, in the order sent.
+    pub headers: Vec<(String, String)>,
+    pub body: String,
+}
+
+impl Reply {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// `method path` (HTTP/1.0) on loopback with `headers` (`Name: value`),
+/// `body`, and the tests' API token when `authorized`, waiting up to
+/// `timeout`: the whole answer, or None when nothing answers.
+pub fn request(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[&str],
+    body: &str,
+    authorized: bool,
+    timeout: Duration,
+) -> Option<Reply> {
+    let mut head = format!("{method} {path} HTTP/1.0\r\nHost: {addr}\r\n");
+    if authorized {
+        head.push_str(&bearer());
+    }
+    for header in headers {
+        head.push_str(&format!("{header}\r\n"));
+    }
+    let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(2)).ok()?;
+    stream.set_read_timeout(Some(timeout)).ok()?;
+    write!(stream, "{head}Content-Length: {}\r\n\r\n{body}", body.len()).ok()?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response).ok()?;
+    let (head, body) = response.split_once("\r\n\r\n")?;
+    let mut lines = head.lines();
+    let status = lines.next()?.split_whitespace().nth(1)?.parse().ok()?;
+    let headers = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(n, v)| (n.trim().to_ascii_lowercase(), v.trim().to_string()))
+        .collect();
+    Some(Reply {
+        status,
+        headers,
+        body: body.to_string(),
+    })
 }

@@ -114,6 +114,7 @@ impl Netns {
             .arg("--api")
             .arg(api.to_string())
             .args(args)
+            .env("COHORT_TOKEN_FILE", super::token_file())
             .stdin(Stdio::null())
             .output()
             .ok()?;

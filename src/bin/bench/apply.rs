@@ -118,6 +118,9 @@ impl Model {
     }
 }
 
+/// The bench's API token: every agent's `api.token_file` holds it.
+const API_TOKEN: &str = "cohort-bench-token";
+
 /// One HTTP/1.0 exchange: (status code, body).
 fn http(
     addr: SocketAddr,
@@ -130,7 +133,7 @@ fn http(
     stream.set_read_timeout(Some(timeout))?;
     stream.set_nodelay(true)?;
     let request = format!(
-        "{method} {path} HTTP/1.0\r\nHost: {addr}\r\nContent-Type: text/plain\r\nContent-Length: {}\r\n\r\n{body}",
+        "{method} {path} HTTP/1.0\r\nHost: {addr}\r\nAuthorization: Bearer {API_TOKEN}\r\nContent-Type: text/plain\r\nContent-Length: {}\r\n\r\n{body}",
         body.len()
     );
     stream.write_all(request.as_bytes())?;
@@ -377,6 +380,10 @@ pub fn apply(args: ApplyArgs, root: &Path) -> anyhow::Result<()> {
 fn run(args: &ApplyArgs, cohort: &Path, root: &Path) -> anyhow::Result<Value> {
     let loadavg_at_start = common::loadavg();
     common::write_gossip_key(root)?;
+    // Writes over TCP need the API token (reads on loopback do not).
+    let token = root.join("api.token");
+    fs::write(&token, format!("{API_TOKEN}\n"))?;
+    fs::set_permissions(&token, std::os::unix::fs::PermissionsExt::from_mode(0o600))?;
 
     // Every port first: the topology names them all.
     let mut taken = BTreeSet::new();
@@ -411,10 +418,11 @@ fn run(args: &ApplyArgs, cohort: &Path, root: &Path) -> anyhow::Result<Value> {
         };
         let config = format!(
             "node: {name}\ncluster: bench\nbind: {bind}\ndata_dir: {data}\ntopology: {topology}\njoin: [{join}]\n\
-             gossip: {{ key_file: {key} }}\napi: {{ http: {api} }}\nlog: {{ level: {level}, format: text }}\n",
+             gossip: {{ key_file: {key} }}\napi: {{ http: {api}, socket: null, token_file: {token} }}\nlog: {{ level: {level}, format: text }}\n",
             data = dir.join("data").display(),
             topology = dir.join("topology.yaml").display(),
             key = root.join("gossip.key").display(),
+            token = root.join("api.token").display(),
             api = apis[i],
             level = args.log_level,
         );

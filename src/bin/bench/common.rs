@@ -1,5 +1,6 @@
 //! What the scenarios share: ports, child processes that cannot outlive
-//! the bench, `/proc` figures and summaries.
+//! the bench, the open-files limit, a network namespace with loss and
+//! delay, a seeded generator, `/proc` figures, summaries and tables.
 
 use std::collections::BTreeSet;
 use std::fs;
@@ -17,16 +18,51 @@ use nix::unistd::Pid;
 /// USER_HZ, the unit of the CPU times in `/proc/PID/stat` on Linux.
 pub const TICKS_PER_SECOND: f64 = 100.0;
 
-/// A port free for TCP and UDP now and never handed out before in this
-/// run: nodes bind theirs a moment later, and the OS could otherwise give
-/// the same ephemeral port twice in between.
+/// A port free for TCP and UDP on loopback now and never handed out
+/// before in this run: nodes bind theirs a moment later, and the OS could
+/// otherwise give the same port twice in between. Ports come from below
+/// the kernel's ephemeral range (`net.ipv4.ip_local_port_range`): the
+/// nodes' own outgoing connections take ephemeral ports, and with hundreds
+/// of nodes starting in waves one of them would sooner or later hold the
+/// port that a node started later is told to bind.
 pub fn free_port(taken: &mut BTreeSet<u16>) -> anyhow::Result<u16> {
-    loop {
-        let port = TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
-        if !taken.contains(&port) && UdpSocket::bind(("127.0.0.1", port)).is_ok() {
+    let (low, high) = assignable_ports();
+    let span = u32::from(high - low) + 1;
+    // Consecutive within a run, from a random place: two benches at the
+    // same time rarely probe the same ports.
+    let start = match taken.last() {
+        Some(&last) if (low..high).contains(&last) => u32::from(last - low) + 1,
+        _ => rand::random::<u32>() % span,
+    };
+    for k in 0..span {
+        let port = low + ((start + k) % span) as u16;
+        if taken.contains(&port) {
+            continue;
+        }
+        if TcpListener::bind(("127.0.0.1", port)).is_ok()
+            && UdpSocket::bind(("127.0.0.1", port)).is_ok()
+        {
             taken.insert(port);
             return Ok(port);
         }
+    }
+    anyhow::bail!("no port free for TCP and UDP in {low}-{high}")
+}
+
+/// Up to 10,000 ports just below the ephemeral range (the whole range
+/// above 1024 when the ephemeral range leaves no room below it).
+fn assignable_ports() -> (u16, u16) {
+    let ephemeral_low = fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|r| r.split_whitespace().next()?.parse::<u16>().ok())
+        .unwrap_or(32768);
+    if ephemeral_low > 2048 {
+        (
+            ephemeral_low.saturating_sub(10_000).max(1024),
+            ephemeral_low - 1,
+        )
+    } else {
+        (1024, u16::MAX)
     }
 }
 
@@ -283,12 +319,25 @@ pub fn write_gossip_key(root: &Path) -> io::Result<()> {
 }
 
 /// Runs a scenario in `root` (its agents stop inside `run`, whatever
-/// happens), removes `root` unless `keep`, and prints the report.
+/// happens), removes `root` unless `keep`, and prints the report: JSON on
+/// stdout, a table of its figures on stderr.
 pub fn run_in(
     root: &Path,
     keep: bool,
     run: impl FnOnce() -> anyhow::Result<serde_json::Value>,
 ) -> anyhow::Result<()> {
+    let report = in_scratch(root, keep, run)?;
+    print_table("figures", &report_rows(&report));
+    println!("{}", serde_json::to_string_pretty(&report)?);
+    Ok(())
+}
+
+/// `run` with `root` created before and removed after (unless `keep`).
+pub fn in_scratch<T>(
+    root: &Path,
+    keep: bool,
+    run: impl FnOnce() -> anyhow::Result<T>,
+) -> anyhow::Result<T> {
     fs::create_dir_all(root)?;
     let result = run();
     if keep {
@@ -296,9 +345,7 @@ pub fn run_in(
     } else {
         let _ = fs::remove_dir_all(root);
     }
-    let report = result?;
-    println!("{}", serde_json::to_string_pretty(&report)?);
-    Ok(())
+    result
 }
 
 pub fn unix_ms_now() -> f64 {
@@ -397,4 +444,460 @@ pub fn log_lines<N: AsRef<str>, D: AsRef<Path>>(
         }
     }
     serde_json::json!({ "warn_lines": warn, "error_lines": error, "first_lines": samples })
+}
+
+/// Raises this process's soft limit on open files to its hard limit
+/// (children inherit it) and returns it: the bench holds a descriptor or
+/// three per node (an event stream; a peer's pipes), and 500 nodes need
+/// more than the usual 1024.
+pub fn raise_open_files_limit() -> anyhow::Result<u64> {
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    let (soft, hard) = getrlimit(Resource::RLIMIT_NOFILE)?;
+    // An unlimited hard limit still stops at fs.nr_open.
+    let ceiling = fs::read_to_string("/proc/sys/fs/nr_open")
+        .ok()
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .map_or(hard, |nr_open| hard.min(nr_open));
+    if soft < ceiling {
+        setrlimit(Resource::RLIMIT_NOFILE, ceiling, hard)?;
+    }
+    Ok(ceiling.max(soft))
+}
+
+/// Fails early, with the fix, when `needed` descriptors do not fit.
+pub fn ensure_open_files(needed: u64) -> anyhow::Result<()> {
+    use nix::sys::resource::{getrlimit, Resource};
+    let (soft, hard) = getrlimit(Resource::RLIMIT_NOFILE)?;
+    if soft < needed {
+        anyhow::bail!(
+            "this run needs about {needed} open files and the limit is {soft} (hard {hard}): \
+             raise the hard limit (`ulimit -Hn {needed}` as root, or LimitNOFILE=) and run again"
+        );
+    }
+    Ok(())
+}
+
+/// How many more inotify instances this user may open (each agent watches
+/// its topology file with one; an agent that gets none reads the file every
+/// 2 s instead and logs a warning), and the limit.
+pub fn inotify_room() -> Option<(u64, u64)> {
+    let limit: u64 = fs::read_to_string("/proc/sys/fs/inotify/max_user_instances")
+        .ok()?
+        .trim()
+        .parse()
+        .ok()?;
+    // Ours and everyone else's of this user (all root here): the fds of
+    // every process that point at an inotify instance.
+    let uid = nix::unistd::getuid().as_raw();
+    let mut in_use = 0u64;
+    for process in fs::read_dir("/proc").ok()?.flatten() {
+        let path = process.path();
+        let owned = fs::metadata(&path).is_ok_and(|m| {
+            use std::os::unix::fs::MetadataExt;
+            m.uid() == uid
+        });
+        if !owned {
+            continue;
+        }
+        let Ok(fds) = fs::read_dir(path.join("fd")) else {
+            continue;
+        };
+        in_use += fds
+            .flatten()
+            .filter(|fd| {
+                fs::read_link(fd.path())
+                    .is_ok_and(|target| target.as_os_str() == "anon_inode:inotify")
+            })
+            .count() as u64;
+    }
+    Some((limit.saturating_sub(in_use), limit))
+}
+
+/// Loss and delay on loopback for one run.
+#[derive(clap::Args, Clone, Debug, Default)]
+pub struct NetArgs {
+    /// Drop this percentage of the packets between nodes (UDP and TCP
+    /// alike, at random), inside a network namespace of the run's own:
+    /// never the host's network.
+    #[arg(long, default_value_t = 0.0)]
+    pub loss: f64,
+    /// Delay every packet between nodes by this many ms (tc netem; needs
+    /// a kernel with sch_netem), in the same namespace.
+    #[arg(long, default_value_t = 0)]
+    pub delay: u64,
+}
+
+/// Where this run's nodes talk: the host's loopback, or a namespace of
+/// the run's own with loss and delay.
+pub struct Network {
+    /// Where the nodes' HTTP APIs listen: 127.0.0.2 in a namespace with
+    /// loss (exempt from it, so that the bench's own requests and event
+    /// streams are not what loss slows down), 127.0.0.1 otherwise.
+    pub api_ip: std::net::Ipv4Addr,
+    /// What the bench's observations over the API lag behind the nodes
+    /// (the delay, which also applies to the API: netem cannot exempt it
+    /// without classifiers this kernel may lack).
+    pub observer_lag: std::time::Duration,
+    pub report: serde_json::Value,
+}
+
+/// The nftables table that drops packets; its address exemption matches
+/// [`Network::api_ip`].
+const LOSS_RULES: &str = "table inet cohort_bench {
+  chain input {
+    type filter hook input priority 0; policy accept;
+    ip daddr 127.0.0.2 accept
+    ip saddr 127.0.0.2 accept
+    numgen random mod 10000 < BASIS_POINTS drop
+  }
+}
+";
+
+/// With loss or delay asked for: moves the calling thread into a new
+/// network namespace, loopback up, loss and delay applied there. Call it
+/// on the thread that then starts the nodes and the threads that talk to
+/// them (they inherit the namespace; threads started before it do not).
+///
+/// The namespace (`unshare(CLONE_NEWNET)`, not `ip netns add`) has no
+/// name in /run/netns: it ends with the last process in it, so no exit
+/// path, SIGKILL of the bench included, can leave it (or its loss rule)
+/// behind, and nothing here touches the host's network. Loss is an
+/// nftables rule in the input hook (`numgen random` drops that share of
+/// packets; a drop there is silent to the sender, like a loss on the
+/// wire, where one in the output hook would fail its `sendto`): it needs
+/// no qdisc, and some kernels (this machine's) have no netem. Delay needs
+/// netem.
+pub fn enter_network(args: &NetArgs) -> anyhow::Result<Network> {
+    use anyhow::Context;
+    let localhost = std::net::Ipv4Addr::LOCALHOST;
+    if args.loss == 0.0 && args.delay == 0 {
+        return Ok(Network {
+            api_ip: localhost,
+            observer_lag: std::time::Duration::ZERO,
+            report: serde_json::json!({ "namespace": "host", "loss_percent": 0.0, "delay_ms": 0 }),
+        });
+    }
+    if !(0.0..100.0).contains(&args.loss) {
+        anyhow::bail!("--loss is a percentage below 100, not {}", args.loss);
+    }
+    nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET)
+        .context("cannot create a network namespace for --loss/--delay (needs root)")?;
+    run_tool("ip", &["link", "set", "lo", "up"], None)?;
+    let mut how = Vec::new();
+    let basis_points = (args.loss * 100.0).round() as u32;
+    if basis_points > 0 {
+        let rules = LOSS_RULES.replace("BASIS_POINTS", &basis_points.to_string());
+        run_tool("nft", &["-f", "-"], Some(&rules))
+            .context("--loss needs nftables (apt-get install nftables)")?;
+        how.push(format!(
+            "nftables, input hook: numgen random mod 10000 < {basis_points} drop; \
+             127.0.0.2 (the nodes' HTTP APIs) exempt"
+        ));
+    }
+    let mut lag = std::time::Duration::ZERO;
+    if args.delay > 0 {
+        let delay = format!("{}ms", args.delay);
+        run_tool(
+            "tc",
+            &[
+                "qdisc", "add", "dev", "lo", "root", "netem", "delay", &delay,
+            ],
+            None,
+        )
+        .context("--delay needs the kernel's netem qdisc (CONFIG_NET_SCH_NETEM)")?;
+        how.push(format!(
+            "tc netem delay {delay} on lo (API traffic included: the cohort scenario takes it off its event times)"
+        ));
+        lag = std::time::Duration::from_millis(args.delay);
+    }
+    Ok(Network {
+        api_ip: std::net::Ipv4Addr::new(127, 0, 0, 2),
+        observer_lag: lag,
+        report: serde_json::json!({
+            "namespace": "private (unshare CLONE_NEWNET; ends with the run)",
+            "loss_percent": f64::from(basis_points) / 100.0,
+            "delay_ms": args.delay,
+            "how": how,
+        }),
+    })
+}
+
+/// Runs `program args` (with `input` on its stdin), failing with its
+/// stderr.
+fn run_tool(program: &str, args: &[&str], input: Option<&str>) -> anyhow::Result<()> {
+    let mut child = Command::new(program)
+        .args(args)
+        .stdin(if input.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| anyhow::anyhow!("cannot run {program}: {e}"))?;
+    if let (Some(text), Some(mut stdin)) = (input, child.stdin.take()) {
+        use std::io::Write;
+        stdin.write_all(text.as_bytes())?;
+    }
+    let out = child.wait_with_output()?;
+    if !out.status.success() {
+        anyhow::bail!(
+            "{program} {}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(())
+}
+
+/// SplitMix64: the scenarios' seeded choices (which nodes die, in what
+/// order, after what pauses) must be the same for the same seed in every
+/// build, which `rand`'s `StdRng` does not promise.
+pub struct Seeded(u64);
+
+impl Seeded {
+    pub fn new(seed: u64) -> Seeded {
+        Seeded(seed)
+    }
+
+    pub fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+
+    /// Uniform in `0..n` (n > 0).
+    pub fn below(&mut self, n: u64) -> u64 {
+        ((u128::from(self.next_u64()) * u128::from(n)) >> 64) as u64
+    }
+
+    /// Fisher-Yates.
+    pub fn shuffle<T>(&mut self, items: &mut [T]) {
+        for i in (1..items.len()).rev() {
+            let j = self.below(i as u64 + 1) as usize;
+            items.swap(i, j);
+        }
+    }
+}
+
+/// CPU time and peak RSS of processes over a window, from `/proc`: a few
+/// reads per process per sample, cheap at 500 processes.
+pub struct Sampler {
+    pids: Vec<u32>,
+    first: Vec<Option<(u64, u64)>>,
+    last: Vec<Option<(u64, u64)>>,
+    peak_kib: Vec<u64>,
+    started: std::time::Instant,
+    pub samples: usize,
+}
+
+impl Sampler {
+    pub fn start(pids: Vec<u32>) -> Sampler {
+        let first: Vec<_> = pids.iter().map(|&p| proc_stat(p)).collect();
+        let peak_kib = first.iter().map(|s| s.map_or(0, |s| s.1)).collect();
+        Sampler {
+            last: first.clone(),
+            first,
+            pids,
+            peak_kib,
+            started: std::time::Instant::now(),
+            samples: 1,
+        }
+    }
+
+    pub fn sample(&mut self) {
+        for (i, &pid) in self.pids.iter().enumerate() {
+            if let Some(now) = proc_stat(pid) {
+                self.peak_kib[i] = self.peak_kib[i].max(now.1);
+                self.last[i] = Some(now);
+            }
+        }
+        self.samples += 1;
+    }
+
+    /// CPU % of a core over the window and peak RSS in MiB, per process
+    /// (those with two samples).
+    pub fn finish(mut self) -> (Vec<f64>, Vec<f64>) {
+        self.sample();
+        let seconds = self.started.elapsed().as_secs_f64();
+        let (cpu, _) = footprint(&self.first, &self.last, seconds);
+        let peak = self
+            .peak_kib
+            .iter()
+            .zip(&self.last)
+            .filter(|(_, last)| last.is_some())
+            .map(|(kib, _)| *kib as f64 / 1024.0)
+            .collect();
+        (cpu, peak)
+    }
+}
+
+/// [`cpu_ticks`] for processes given by pid: (the machine's busy ticks;
+/// these processes'; the bench's own).
+pub fn cpu_ticks_of(pids: &[u32]) -> (u64, u64, u64) {
+    let (machine, _, me) = cpu_ticks(std::iter::empty());
+    let theirs = pids
+        .iter()
+        .filter_map(|&p| proc_stat(p))
+        .map(|(ticks, _)| ticks)
+        .sum();
+    (machine, theirs, me)
+}
+
+/// Cores busy over a window from two [`cpu_ticks_of`] readings.
+pub fn cores(before: (u64, u64, u64), after: (u64, u64, u64), seconds: f64) -> serde_json::Value {
+    let per_s = |a: u64, b: u64| a.saturating_sub(b) as f64 / TICKS_PER_SECOND / seconds;
+    let machine = per_s(after.0, before.0);
+    let nodes = per_s(after.1, before.1);
+    let bench = per_s(after.2, before.2);
+    serde_json::json!({
+        "machine_busy": machine,
+        "nodes": nodes,
+        "bench": bench,
+        "other_processes": (machine - nodes - bench).max(0.0),
+    })
+}
+
+/// A number for a table: three significant digits or so.
+pub fn fmt_num(v: f64) -> String {
+    if v == 0.0 {
+        "0".into()
+    } else if v.abs() >= 100.0 || (v.fract() == 0.0 && v.abs() < 1e9) {
+        format!("{v:.0}")
+    } else if v.abs() >= 10.0 {
+        format!("{v:.1}")
+    } else if v.abs() >= 0.1 {
+        format!("{v:.2}")
+    } else {
+        format!("{v:.3}")
+    }
+}
+
+/// Prints `rows` (the first one is the header) as an aligned table on
+/// stderr.
+pub fn print_table(title: &str, rows: &[Vec<String>]) {
+    if rows.len() < 2 {
+        return;
+    }
+    let columns = rows.iter().map(Vec::len).max().unwrap_or(0);
+    let widths: Vec<usize> = (0..columns)
+        .map(|c| {
+            rows.iter()
+                .filter_map(|r| r.get(c))
+                .map(|cell| cell.chars().count())
+                .max()
+                .unwrap_or(0)
+        })
+        .collect();
+    let mut out = format!("\n{title}\n");
+    for (i, row) in rows.iter().enumerate() {
+        let cells: Vec<String> = (0..columns)
+            .map(|c| {
+                let cell = row.get(c).map_or("", String::as_str);
+                let pad = widths[c].saturating_sub(cell.chars().count());
+                // Names left, figures right.
+                if c == 0 {
+                    format!("{cell}{}", " ".repeat(pad))
+                } else {
+                    format!("{}{cell}", " ".repeat(pad))
+                }
+            })
+            .collect();
+        out.push_str(cells.join("  ").trim_end());
+        out.push('\n');
+        if i == 0 {
+            let rule: Vec<String> = widths.iter().map(|w| "-".repeat(*w)).collect();
+            out.push_str(&rule.join("  "));
+            out.push('\n');
+        }
+    }
+    eprint!("{out}");
+}
+
+/// A table of any report: every `{median, ...}` summary (median, p99,
+/// max, n) and every top-level number, under its JSON path.
+pub fn report_rows(report: &serde_json::Value) -> Vec<Vec<String>> {
+    fn cell(v: &serde_json::Value) -> String {
+        v.as_f64().map_or_else(String::new, fmt_num)
+    }
+    fn walk(path: &str, v: &serde_json::Value, depth: usize, rows: &mut Vec<Vec<String>>) {
+        let Some(object) = v.as_object() else { return };
+        if object.contains_key("median") {
+            rows.push(vec![
+                path.to_string(),
+                cell(&object["median"]),
+                object.get("p99").map_or_else(String::new, cell),
+                object.get("max").map_or_else(String::new, cell),
+                object.get("n").map_or_else(String::new, cell),
+            ]);
+            return;
+        }
+        for (key, value) in object {
+            // Raw samples and per-run detail are for the JSON only.
+            if matches!(key.as_str(), "each" | "samples" | "first_lines") {
+                continue;
+            }
+            let path = if path.is_empty() {
+                key.clone()
+            } else {
+                format!("{path}.{key}")
+            };
+            if value.is_number() && depth <= 1 {
+                rows.push(vec![path, cell(value)]);
+            } else if depth < 3 {
+                walk(&path, value, depth + 1, rows);
+            }
+        }
+    }
+    let mut rows = vec![vec![
+        "figure".to_string(),
+        "median / value".to_string(),
+        "p99".to_string(),
+        "max".to_string(),
+        "n".to_string(),
+    ]];
+    walk("", report, 0, &mut rows);
+    rows
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_report_table_has_summaries_and_top_level_numbers_not_samples() {
+        let report = serde_json::json!({
+            "nodes": 500,
+            "scenario": "apply",
+            "leader_failover_ms": { "median": 1121.4, "p99": 2635.5, "max": 2635.5, "n": 20 },
+            "measured": { "wall_ms": { "median": 17.0, "max": 37.0 }, "each": [{ "median": 1.0 }] },
+            "samples": { "x": { "median": 1.0 } },
+        });
+        let rows = report_rows(&report);
+        let names: Vec<&str> = rows.iter().skip(1).map(|r| r[0].as_str()).collect();
+        assert_eq!(
+            names,
+            ["leader_failover_ms", "measured.wall_ms", "nodes"],
+            "{rows:?}"
+        );
+        assert_eq!(rows[1][1..], ["1121", "2636", "2636", "20"]);
+    }
+
+    #[test]
+    fn a_seeded_generator_repeats_and_stays_in_range() {
+        let (mut a, mut b) = (Seeded::new(9), Seeded::new(9));
+        for _ in 0..1000 {
+            let v = a.below(7);
+            assert_eq!(v, b.below(7));
+            assert!(v < 7);
+        }
+        let mut items: Vec<u32> = (0..50).collect();
+        Seeded::new(1).shuffle(&mut items);
+        assert_ne!(items, (0..50).collect::<Vec<_>>());
+        items.sort_unstable();
+        assert_eq!(items, (0..50).collect::<Vec<_>>());
+    }
 }

@@ -1,25 +1,24 @@
-//! `memberlist-peer`: the `membership` scenario on hashicorp/memberlist, so
-//! that issue 4's "full detection at N=100 no slower than memberlist's LAN
-//! defaults on the same machine" is measured, not assumed.
+//! `memberlist-peer`: the SWIM run of `compare.rs` on hashicorp/memberlist,
+//! so that cohort's figures are compared with a measured peer, not an
+//! assumed one.
 //!
 //! Starts N processes of `bench/peers/memberlist/main.go` (one memberlist
 //! node each, `DefaultLANConfig()` with only the name, bind address/port
 //! and an event delegate changed; built by `bench/peers/memberlist/build.sh`
 //! into `target/peers/memberlist/memberlist`), every one joining through
-//! the first. Each prints a JSON line per membership event; convergence is
-//! when every node counts N members. After the settle period, an idle
-//! window measures the bytes memberlist sends (its own go-metrics counters
-//! `memberlist.udp.sent` / `memberlist.tcp.sent`), RSS and CPU. Then nodes
-//! are SIGKILLed one at a time like in `membership`.
+//! the first. Each prints a JSON line per membership event and answers
+//! "stats" on stdin with memberlist's own go-metrics counters
+//! (`memberlist.udp.sent` / `memberlist.tcp.sent`); convergence is when
+//! every node counts N members.
 //!
 //! memberlist's delegates do not expose suspicion: `NotifyLeave` fires when
-//! a node declares the victim dead. So this scenario reports
-//! `first_dead_declaration_s` (first NotifyLeave) where `membership`
-//! reports `first_detection_s` (first suspect or dead), and
-//! `first_suspect_logged_s` from memberlist's own log line "Suspect X has
-//! failed, no acks received" (stderr, written by the prober that suspects
-//! first; other nodes learn the suspicion by gossip without a log line).
-//! Full detection is the last live node's NotifyLeave.
+//! a node declares the victim dead. Suspicions and refutations come from
+//! memberlist's log (stderr): "Suspect X has failed, no acks received"
+//! (written by the prober that starts a suspicion; other nodes learn it by
+//! gossip without a log line), "Refuting a suspect message" and "Refuting
+//! a dead message" (written by the live node that refutes). So first
+//! detection is the earlier of the first such suspicion and the first
+//! NotifyLeave; full detection the last live node's NotifyLeave.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
@@ -30,22 +29,15 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
+use serde_json::json;
 
-use crate::common::{self, summary, Counters, Traffic};
+use crate::common::{self, Counters, Sampler, Traffic};
+use crate::compare::{self, FalsePositives, Idle, KillPlan, KillResult, SwimArgs, SwimOutcome};
 
 #[derive(clap::Args)]
 pub struct MemberlistArgs {
-    #[arg(long, default_value_t = 10)]
-    nodes: usize,
-    /// Nodes SIGKILLed one after another (the median is reported).
-    #[arg(long, default_value_t = 5)]
-    kills: usize,
-    /// Wait after convergence, before the idle window.
-    #[arg(long, default_value_t = 30)]
-    settle_seconds: u64,
-    /// Idle window for traffic, CPU and RSS.
-    #[arg(long, default_value_t = 20)]
-    idle_seconds: u64,
+    #[command(flatten)]
+    run: SwimArgs,
     /// The peer binary [default: target/peers/memberlist/memberlist, built
     /// by bench/peers/memberlist/build.sh].
     #[arg(long)]
@@ -76,8 +68,21 @@ enum Line {
         node: String,
         at: Instant,
     },
+    /// The observer refuted a suspect or dead message about itself.
+    Refuted { observer: usize, at: Instant },
     /// The observer's standard output ended: it exited.
     Closed { observer: usize },
+}
+
+impl Line {
+    fn at(&self) -> Option<Instant> {
+        match self {
+            Line::Member { at, .. } | Line::SuspectLogged { at, .. } | Line::Refuted { at, .. } => {
+                Some(*at)
+            }
+            _ => None,
+        }
+    }
 }
 
 struct Peer {
@@ -130,12 +135,19 @@ fn start_peer(
     ))
 }
 
+/// A reader thread: two per peer, so small stacks.
+fn reader(body: impl FnOnce() + Send + 'static) {
+    let _ = std::thread::Builder::new()
+        .stack_size(256 * 1024)
+        .spawn(body);
+}
+
 fn follow_stdout(
     observer: usize,
     stdout: impl std::io::Read + Send + 'static,
     out: mpsc::Sender<Line>,
 ) {
-    std::thread::spawn(move || {
+    reader(move || {
         for line in BufReader::new(stdout).lines() {
             let Ok(line) = line else { break };
             let at = Instant::now();
@@ -170,29 +182,34 @@ fn follow_stdout(
     });
 }
 
-/// Copies memberlist's log to `log` and reports its suspicions.
+/// Copies memberlist's log to `log` and reports its suspicions and
+/// refutations.
 fn follow_stderr(
     observer: usize,
     stderr: impl std::io::Read + Send + 'static,
     mut log: fs::File,
     out: mpsc::Sender<Line>,
 ) {
-    std::thread::spawn(move || {
+    reader(move || {
         for line in BufReader::new(stderr).lines() {
             let Ok(line) = line else { return };
             let at = Instant::now();
             let _ = writeln!(log, "{line}");
-            let suspect = line
+            let parsed = if let Some(node) = line
                 .split_once("memberlist: Suspect ")
                 .and_then(|(_, rest)| rest.split_once(" has failed"))
-                .map(|(node, _)| node.to_string());
-            if let Some(node) = suspect {
-                if out
-                    .send(Line::SuspectLogged { observer, node, at })
-                    .is_err()
-                {
-                    return;
-                }
+                .map(|(node, _)| node.to_string())
+            {
+                Line::SuspectLogged { observer, node, at }
+            } else if line.contains("memberlist: Refuting a suspect message")
+                || line.contains("memberlist: Refuting a dead message")
+            {
+                Line::Refuted { observer, at }
+            } else {
+                continue;
+            };
+            if out.send(parsed).is_err() {
+                return;
             }
         }
     });
@@ -207,7 +224,8 @@ struct Cluster {
     /// Each node's latest stats answer.
     stats: Vec<Option<(Counters, u64)>>,
     closed: Vec<bool>,
-    /// Member events and suspicions from convergence on (false positives).
+    /// Member events, suspicions and refutations from convergence on
+    /// (false positives).
     history: Vec<Line>,
     keep_history: bool,
 }
@@ -227,7 +245,7 @@ impl Cluster {
                 t_ms,
             } => self.stats[*observer] = Some((*counters, *t_ms)),
             Line::Closed { observer } => self.closed[*observer] = true,
-            Line::SuspectLogged { .. } => {}
+            Line::SuspectLogged { .. } | Line::Refuted { .. } => {}
         }
         let seen = match &line {
             Line::Member {
@@ -249,7 +267,7 @@ impl Cluster {
             }
             _ => None,
         };
-        if self.keep_history && seen.is_some() {
+        if self.keep_history && line.at().is_some() {
             self.history.push(line);
         }
         seen
@@ -279,6 +297,31 @@ impl Cluster {
         None
     }
 
+    /// Waits until every peer of `range` counts at least `members`
+    /// members (itself included).
+    fn wait_joined(
+        &mut self,
+        range: std::ops::Range<usize>,
+        members: usize,
+        root: &Path,
+    ) -> anyhow::Result<()> {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let mut next_check = Instant::now();
+        while range.clone().any(|i| self.members[i] < members) {
+            if Instant::now() >= next_check {
+                if let Some(death) = self.died(root, &[]) {
+                    bail!("{death}");
+                }
+                if Instant::now() > deadline {
+                    bail!("peers {range:?} did not join within 60 s");
+                }
+                next_check = Instant::now() + Duration::from_millis(500);
+            }
+            self.next(Duration::from_millis(100));
+        }
+        Ok(())
+    }
+
     /// Asks every live peer for its counters and waits (10 s at most) for
     /// the answers; `None` for a node that did not answer.
     fn read_stats(&mut self, killed: &[usize]) -> Vec<Option<(Counters, u64)>> {
@@ -304,22 +347,52 @@ impl Cluster {
         }
         self.stats.clone()
     }
+
+    /// False positives among the recorded lines in `[from, to]`: about
+    /// (or, for refutations, by) nodes not in `killed`.
+    fn false_positives(&self, from: Instant, to: Instant, killed: &[usize]) -> FalsePositives {
+        let victims: BTreeSet<&str> = killed
+            .iter()
+            .map(|&i| self.peers[i].name.as_str())
+            .collect();
+        let mut fp = FalsePositives::default();
+        let mut declared = BTreeSet::new();
+        for line in &self.history {
+            if !line.at().is_some_and(|at| at >= from && at <= to) {
+                continue;
+            }
+            match line {
+                Line::Member { event, node, .. }
+                    if event == "leave" && !victims.contains(node.as_str()) =>
+                {
+                    fp.dead_declarations += 1;
+                    declared.insert(node.clone());
+                }
+                Line::SuspectLogged { node, .. } if !victims.contains(node.as_str()) => {
+                    fp.suspicions += 1
+                }
+                Line::Refuted { observer, .. } if !killed.contains(observer) => fp.refutations += 1,
+                _ => {}
+            }
+        }
+        fp.nodes_declared_dead = declared.len();
+        fp
+    }
 }
 
-fn default_peer() -> anyhow::Result<PathBuf> {
-    // target/release/bench -> target/peers/memberlist/memberlist
-    let exe = std::env::current_exe()?;
-    let target = exe
-        .parent()
-        .and_then(Path::parent)
-        .context("cannot locate target/ from the bench's path")?;
-    Ok(target.join("peers/memberlist/memberlist"))
-}
-
-pub fn memberlist_peer(args: MemberlistArgs, root: &Path) -> anyhow::Result<()> {
-    let binary = match &args.peer {
-        Some(path) => path.clone(),
-        None => default_peer()?,
+/// The peer binary (given, or the one build.sh makes) and its version.
+pub fn peer_binary(given: Option<&Path>) -> anyhow::Result<(PathBuf, String)> {
+    let binary = match given {
+        Some(path) => path.to_path_buf(),
+        None => {
+            // target/release/bench -> target/peers/memberlist/memberlist
+            let exe = std::env::current_exe()?;
+            let target = exe
+                .parent()
+                .and_then(Path::parent)
+                .context("cannot locate target/ from the bench's path")?;
+            target.join("peers/memberlist/memberlist")
+        }
     };
     if !binary.exists() {
         bail!(
@@ -327,126 +400,153 @@ pub fn memberlist_peer(args: MemberlistArgs, root: &Path) -> anyhow::Result<()> 
             binary.display()
         );
     }
-    if args.nodes < 3 || args.kills >= args.nodes - 1 {
-        bail!("need at least 3 nodes and fewer kills than nodes - 1");
-    }
     let version = fs::read_to_string(binary.with_file_name("VERSION"))
         .map(|v| v.trim().to_string())
         .unwrap_or_else(|_| "unknown".into());
-    fs::create_dir_all(root)?;
-    let result = run(&args, &binary, root, &version);
-    // The peers are stopped by now (dropped inside `run`), whatever happened.
-    let _ = fs::remove_dir_all(root);
-    let report = result?;
+    Ok((binary, version))
+}
+
+pub fn memberlist_peer(args: MemberlistArgs, root: &Path) -> anyhow::Result<()> {
+    args.run.check()?;
+    let (binary, version) = peer_binary(args.peer.as_deref())?;
+    let seed = args.run.resolve_seed();
+    let outcome = common::in_scratch(root, false, || {
+        run(&args.run, seed, &binary, &version, root)
+    })?;
+    let report = outcome.to_json();
+    compare::write_charts(args.run.chart_dir.as_deref(), &[&report])?;
+    compare::print_outcomes(&[&outcome]);
     println!("{}", serde_json::to_string_pretty(&report)?);
     Ok(())
 }
 
-fn run(
-    args: &MemberlistArgs,
+/// One run on memberlist (see `compare.rs` for what a run is).
+pub fn run(
+    args: &SwimArgs,
+    seed: u64,
     binary: &Path,
-    root: &Path,
     version: &str,
-) -> anyhow::Result<serde_json::Value> {
+    root: &Path,
+) -> anyhow::Result<SwimOutcome> {
+    let n = args.nodes;
+    common::ensure_open_files(args.open_files_needed())?;
+    let net = common::enter_network(&args.net)?;
+    let plan = KillPlan::new(seed, n, args.kills);
     let (tx, lines) = mpsc::channel();
     let mut cluster = Cluster {
         lines,
         peers: Vec::new(),
-        members: vec![0; args.nodes],
-        stats: vec![None; args.nodes],
-        closed: vec![false; args.nodes],
+        members: vec![0; n],
+        stats: vec![None; n],
+        closed: vec![false; n],
         history: Vec::new(),
         keep_history: false,
     };
-    // Start: the first node is every other node's seed.
+    // The first node alone (every other node's seed), then the waves.
     let mut taken = BTreeSet::new();
-    let (first, seed) = start_peer(binary, root, 0, "n1", None, &mut taken, &tx)?;
+    let (first, join) = start_peer(binary, root, 0, "n1", None, &mut taken, &tx)?;
     cluster.peers.push(first);
     // memberlist's Join does not retry: the seed must listen first. It
     // reports itself (NotifyJoin) once bound.
-    let seed_up = Instant::now() + Duration::from_secs(10);
-    while cluster.members[0] == 0 {
-        if Instant::now() > seed_up {
-            match cluster.died(root, &[]) {
-                Some(death) => bail!("{death}"),
-                None => bail!("the seed n1 did not start within 10 s"),
-            }
+    cluster.wait_joined(0..1, 1, root)?;
+    let waves = args.waves();
+    let mut last_started = Instant::now();
+    for (w, wave) in waves.iter().enumerate() {
+        for i in wave.clone() {
+            let name = format!("n{}", i + 1);
+            let (peer, _) = start_peer(binary, root, i, &name, Some(&join), &mut taken, &tx)?;
+            cluster.peers.push(peer);
         }
-        cluster.next(Duration::from_millis(100));
-    }
-    for i in 1..args.nodes {
-        let name = format!("n{}", i + 1);
-        let (peer, _) = start_peer(binary, root, i, &name, Some(&seed), &mut taken, &tx)?;
-        cluster.peers.push(peer);
+        last_started = Instant::now();
+        if w + 1 < waves.len() {
+            cluster.wait_joined(wave.clone(), 2, root)?;
+        }
     }
     drop(tx);
-    let last_started = Instant::now();
     eprintln!(
-        "bench: {} memberlist peers started; waiting for full membership",
-        args.nodes
+        "bench: {n} memberlist peers started ({} waves); waiting for full membership",
+        waves.len()
     );
     let deadline = last_started + Duration::from_secs(300);
     let mut next_check = Instant::now();
-    while cluster.members.iter().any(|&m| m != args.nodes) {
+    let mut converged = Instant::now();
+    while cluster.members.iter().any(|&m| m != n) {
         if Instant::now() >= next_check {
             if let Some(death) = cluster.died(root, &[]) {
                 bail!("{death}");
             }
             if Instant::now() > deadline {
-                bail!("no full membership within 300 s");
+                bail!("no full membership within 300 s of the last start");
             }
             next_check = Instant::now() + Duration::from_millis(500);
         }
-        cluster.next(Duration::from_millis(100));
+        if let Some((_, _, _, at)) = cluster.next(Duration::from_millis(100)) {
+            converged = at;
+        }
     }
-    let convergence = last_started.elapsed().as_secs_f64();
+    let convergence = converged.duration_since(last_started).as_secs_f64();
     eprintln!("bench: full membership {convergence:.2} s after the last start");
     cluster.keep_history = true;
+    let history_from = Instant::now();
 
     eprintln!("bench: settling {} s", args.settle_seconds);
     cluster.idle_until(Instant::now() + Duration::from_secs(args.settle_seconds));
 
-    // Idle window: traffic, CPU, RSS.
+    // Idle window.
     eprintln!("bench: idle window {} s", args.idle_seconds);
-    let before = cluster.read_stats(&[]);
     let pids: Vec<u32> = cluster.peers.iter().map(|p| p.child.id()).collect();
-    let cpu_before: Vec<Option<(u64, u64)>> = pids.iter().map(|&p| common::proc_stat(p)).collect();
     let idle_start = Instant::now();
-    cluster.idle_until(idle_start + Duration::from_secs(args.idle_seconds));
-    let idle = idle_start.elapsed().as_secs_f64();
-    let cpu_after: Vec<Option<(u64, u64)>> = pids.iter().map(|&p| common::proc_stat(p)).collect();
+    let before = cluster.read_stats(&[]);
+    let cpu_before = common::cpu_ticks_of(&pids);
+    let mut sampler = Sampler::start(pids.clone());
+    let idle_end = idle_start + Duration::from_secs(args.idle_seconds);
+    let every = Duration::from_secs(args.sample_seconds.max(1));
+    while Instant::now() < idle_end {
+        cluster.idle_until((Instant::now() + every).min(idle_end));
+        sampler.sample();
+    }
     let after = cluster.read_stats(&[]);
-    let mut window = Traffic::default();
+    let window = idle_start.elapsed().as_secs_f64();
+    let cpu_after = common::cpu_ticks_of(&pids);
+    let rss_samples = sampler.samples + 1;
+    let (cpu_percent, rss_peak_mib) = sampler.finish();
+    let mut traffic = Traffic::default();
     for (b, a) in before.iter().zip(&after) {
         if let (Some((b, b_ms)), Some((a, a_ms))) = (b, a) {
-            window.add(*b, *a, a_ms.saturating_sub(*b_ms) as f64 / 1000.0);
+            traffic.add(*b, *a, a_ms.saturating_sub(*b_ms) as f64 / 1000.0);
         }
     }
-    let (cpu_pct, rss_mib) = common::footprint(&cpu_before, &cpu_after, idle);
     if let Some(death) = cluster.died(root, &[]) {
         bail!("{death}");
     }
+    let idle = Idle {
+        window_s: window,
+        traffic,
+        cpu_percent,
+        rss_peak_mib,
+        rss_samples,
+        false_positives: cluster.false_positives(idle_start, idle_end, &[]),
+        cores: common::cores(cpu_before, cpu_after, window),
+    };
 
-    // Kills: one at a time, detection timed from the peers' output.
-    let mut first_dead = Vec::new();
-    let mut first_suspect = Vec::new();
-    let mut full_detection = Vec::new();
+    // Kills, as the plan says, timed from the peers' output.
+    let mut kills = Vec::new();
     let mut killed: Vec<usize> = Vec::new();
-    for k in 0..args.kills {
-        let victim_index = args.nodes - 1 - k;
-        let victim = cluster.peers[victim_index].name.clone();
-        common::stop(&mut cluster.peers[victim_index].child);
+    for &(victim, pause) in &plan.steps {
+        cluster.idle_until(Instant::now() + pause);
+        let name = cluster.peers[victim].name.clone();
+        common::stop(&mut cluster.peers[victim].child);
         let killed_at = Instant::now();
-        killed.push(victim_index);
-        let live = args.nodes - killed.len();
+        killed.push(victim);
+        let live = n - killed.len();
         let mut suspected: Option<Instant> = None;
         let mut dead_on: BTreeMap<usize, Instant> = BTreeMap::new();
-        let give_up = killed_at + Duration::from_secs(120);
+        let give_up = killed_at + Duration::from_secs(args.detection_timeout_seconds);
         while dead_on.len() < live && Instant::now() < give_up {
             let Some((observer, kind, node, at)) = cluster.next(Duration::from_millis(200)) else {
                 continue;
             };
-            if node != victim || killed.contains(&observer) {
+            if node != name || killed.contains(&observer) {
                 continue;
             }
             match kind {
@@ -459,67 +559,71 @@ fn run(
                 _ => {}
             }
         }
-        if dead_on.len() < live {
-            eprintln!(
-                "bench: {victim} not declared dead by every live node within 120 s ({} of {live})",
-                dead_on.len(),
-            );
-        }
-        let since_kill = |at: &Instant| at.duration_since(killed_at).as_secs_f64();
-        let first = dead_on.values().min();
-        first_dead.extend(first.map(since_kill));
-        first_suspect.extend(suspected.as_ref().map(since_kill));
-        full_detection.extend(dead_on.values().max().map(since_kill));
+        let since = |at: &Instant| at.duration_since(killed_at).as_secs_f64();
+        let first_dead = dead_on.values().min().copied();
+        let first = match (suspected, first_dead) {
+            (Some(s), Some(d)) => Some(s.min(d)),
+            (s, d) => s.or(d),
+        };
+        let result = KillResult {
+            victim: name.clone(),
+            pause_ms: pause.as_millis() as u64,
+            first_detection_s: first.as_ref().map(since),
+            first_dead_s: first_dead.as_ref().map(since),
+            full_s: (dead_on.len() == live)
+                .then(|| dead_on.values().max().map(since))
+                .flatten(),
+            declared_dead_by: dead_on.len(),
+            live,
+            per_observer_s: dead_on.values().map(since).collect(),
+        };
         eprintln!(
-            "bench: killed {victim}: suspect logged {:?}, first dead {:?}, dead on all {} live nodes after {:?}",
-            suspected.map(|s| s.duration_since(killed_at)),
-            first.map(|f| f.duration_since(killed_at)),
-            dead_on.len(),
-            dead_on.values().max().map(|l| l.duration_since(killed_at))
+            "bench: killed {name}: first detection {}, dead on {} of {live} live nodes after {}",
+            result
+                .first_detection_s
+                .map_or("-".into(), |s| format!("{s:.2} s")),
+            result.declared_dead_by,
+            result
+                .full_s
+                .map_or("- (not all)".into(), |s| format!("{s:.2} s")),
         );
+        kills.push(result);
     }
     // Late lines (a victim's last dead declarations) are no false positives.
     cluster.idle_until(Instant::now() + Duration::from_secs(1));
-    let killed_names: Vec<&str> = killed
-        .iter()
-        .map(|&i| cluster.peers[i].name.as_str())
-        .collect();
-    let (mut suspects, mut deads) = (0, 0);
-    for line in &cluster.history {
-        match line {
-            Line::Member { event, node, .. }
-                if event == "leave" && !killed_names.contains(&node.as_str()) =>
-            {
-                deads += 1
-            }
-            Line::SuspectLogged { node, .. } if !killed_names.contains(&node.as_str()) => {
-                suspects += 1
-            }
-            _ => {}
-        }
-    }
+    let whole = cluster.false_positives(history_from, Instant::now(), &killed);
 
-    let mut report = serde_json::json!({
-        "scenario": "memberlist-peer",
-        "implementation": format!("hashicorp/memberlist {version}, DefaultLANConfig (name, bind address/port and an event delegate changed)"),
-        "nodes": args.nodes,
-        "protocol_period": "1s",
-        "ack_timeout": "500ms",
-        "suspicion_multiplier": 4,
-        "convergence_s": convergence,
-        "settle_seconds": args.settle_seconds,
-        "kills": args.kills,
-        "first_dead_declaration_s": summary(&first_dead),
-        "first_suspect_logged_s": summary(&first_suspect),
-        "full_detection_s": summary(&full_detection),
-        "false_positives": { "suspect_logged": suspects, "dead": deads },
-        "idle_window_s": idle,
-        "agent_rss_mib": summary(&rss_mib),
-        "agent_cpu_percent": summary(&cpu_pct),
-    });
-    if let Some(fields) = report.as_object_mut() {
-        window.report(fields);
-    }
+    let mut extra = serde_json::Map::new();
+    extra.insert("protocol_period".into(), json!("1s"));
+    extra.insert("ack_timeout".into(), json!("500ms"));
+    extra.insert("suspicion_multiplier".into(), json!(4));
+    extra.insert("settle_seconds".into(), json!(args.settle_seconds));
+    extra.insert(
+        "how_measured".into(),
+        json!("first detection: the earlier of the first \"Suspect X has failed\" log line and the first NotifyLeave about the victim; full: the last live node's NotifyLeave; false positives: NotifyLeave about nodes never killed, and \"Refuting a suspect/dead message\" log lines; suspicions: the prober's \"Suspect X has failed\" lines"),
+    );
+    extra.insert(
+        "bench_load".into(),
+        json!({
+            "convergence": "pushed: every peer prints each membership event on stdout (no polling)",
+            "idle_window": "two stats requests on stdin (start, end) and /proc every sample_seconds",
+            "sample_seconds": args.sample_seconds,
+        }),
+    );
+    extra.insert("loadavg_at_end".into(), json!(common::loadavg()));
     drop(cluster);
-    Ok(report)
+    Ok(SwimOutcome {
+        scenario: "memberlist-peer",
+        label: "memberlist",
+        implementation: format!("hashicorp/memberlist {version}, DefaultLANConfig (name, bind address/port and an event delegate changed)"),
+        nodes: n,
+        seed,
+        network: net.report,
+        waves: waves.len() + 1,
+        convergence_s: convergence,
+        idle,
+        kills,
+        false_positives: whole,
+        extra,
+    })
 }

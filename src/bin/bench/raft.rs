@@ -95,14 +95,14 @@ const WHOLE_DEADLINE: Duration = Duration::from_secs(180);
 /// Threads a sweep of every node is split over.
 const SWEEP_THREADS: usize = 8;
 
-/// One node of the topology.
-struct Node {
-    name: String,
-    bind: SocketAddr,
-    api: SocketAddr,
-    dir: PathBuf,
-    voter: bool,
-    set: String,
+/// One node of the topology (`ui` lays its cluster out the same way).
+pub(crate) struct Node {
+    pub(crate) name: String,
+    pub(crate) bind: SocketAddr,
+    pub(crate) api: SocketAddr,
+    pub(crate) dir: PathBuf,
+    pub(crate) voter: bool,
+    pub(crate) set: String,
 }
 
 /// What the bench reads of one node's `GET /v1/leaders`.
@@ -227,7 +227,7 @@ fn leaders_of(api: SocketAddr) -> Option<View> {
     view(&get_json(api, "/v1/leaders")?)
 }
 
-fn alive_count(api: SocketAddr) -> Option<usize> {
+pub(crate) fn alive_count(api: SocketAddr) -> Option<usize> {
     let v = get_json(api, "/v1/members")?;
     Some(
         v["members"]
@@ -414,7 +414,7 @@ impl EventTap {
     }
 }
 
-fn topology_text(nodes: &[Node], election_timeout: &str) -> String {
+pub(crate) fn topology_text(nodes: &[Node], election_timeout: &str) -> String {
     let mut text = format!(
         "cluster: bench\nfailover: {{ mode: raft, election_timeout: {election_timeout} }}\nreplicasets:\n"
     );
@@ -607,7 +607,7 @@ fn run(args: &RaftArgs, cohort: &Path, root: &Path) -> anyhow::Result<Value> {
         let config = format!(
             "node: {name}\ncluster: bench\nbind: {bind}\ndata_dir: {data}\ntopology: {topology}\njoin: [{join}]\n\
              gossip: {{ key_file: {key}, protocol_period: {period}ms, ack_timeout: {ack}ms }}\n\
-             api: {{ http: {api} }}\nlog: {{ level: {level}, format: text }}\n",
+             api: {{ http: {api}, socket: null }}\nlog: {{ level: {level}, format: text }}\n",
             name = node.name,
             bind = node.bind,
             data = node.dir.join("data").display(),

@@ -31,9 +31,16 @@ version_added: "0.1.0"
 author: cohort authors
 options:
   api:
-    description: The agent API to talk to (C(host:port)), as C(cohort --api).
+    description:
+      - The agent API to talk to over TCP (C(host:port)), as C(cohort --api); a write there needs C(token_file).
+      - Without C(api) and C(socket), C(cohort) picks /run/cohort/api.sock when it exists, else 127.0.0.1:8300.
     type: str
-    default: 127.0.0.1:8300
+  socket:
+    description: The agent's unix socket, as C(cohort --socket) (C(/run/cohort/NAME/api.sock) for C(cohort@NAME)); wins over C(api).
+    type: path
+  token_file:
+    description: A file holding the agent's API token, as C(cohort --token-file).
+    type: path
   cohort_bin:
     description: The C(cohort) executable; looked up on C(PATH) when not given.
     type: path
@@ -783,10 +790,19 @@ class Cohort(object):
                     diff=dict(before_header="no topology committed", after_header=module.params["name"],
                               before="", after=module.params["content"]))
             module.fail_json(msg="the cohort command is not installed here (is the cohort package installed?)")
-        self.api = module.params["api"]
+        p = module.params
+        if p["socket"]:
+            self.target = ["--socket", p["socket"]]
+        elif p["api"]:
+            self.target = ["--api", p["api"]]
+        else:
+            self.target = []
+        if p["token_file"]:
+            self.target += ["--token-file", p["token_file"]]
+        self.where = p["socket"] or p["api"] or "its default address"
 
     def run(self, args, data=None):
-        return self.module.run_command([self.bin, "--api", self.api] + args, data=data, binary_data=True)
+        return self.module.run_command([self.bin] + self.target + args, data=data, binary_data=True)
 
     def committed(self):
         """(version, text) of the committed topology, or None when the API cannot be reached."""
@@ -830,7 +846,9 @@ def node_reasons(answer):
 def main():
     module = AnsibleModule(
         argument_spec=dict(
-            api=dict(type="str", default="127.0.0.1:8300"),
+            api=dict(type="str"),
+            socket=dict(type="path"),
+            token_file=dict(type="path", no_log=False),
             cohort_bin=dict(type="path"),
             content=dict(type="str"),
             name=dict(type="str", default="topology.yaml"),
@@ -853,8 +871,8 @@ def main():
     if committed is None:
         # Checking alone needs no agent (e.g. before the first start).
         if p["apply"] and not module.check_mode:
-            module.fail_json(msg="cannot read the committed topology from the agent at %s: %s" % (p["api"], unreachable))
-        module.warn("not compared with the committed topology: the agent at %s cannot be reached (%s)" % (p["api"], unreachable))
+            module.fail_json(msg="cannot read the committed topology from the agent at %s: %s" % (cohort.where, unreachable))
+        module.warn("not compared with the committed topology: the agent at %s cannot be reached (%s)" % (cohort.where, unreachable))
         committed = (0, "")
     version, before = committed
 
