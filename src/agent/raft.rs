@@ -175,6 +175,7 @@ pub fn leaders(node: &str, view: &GroupView, consistent: bool) -> Leaders {
         leader,
         voters: by_name(&view.voters),
         learners: by_name(&view.learners),
+        commit_index: view.commit_index,
         applied_index: view.last_applied,
         last_log_index: view.last_log_index,
         masters: view

@@ -391,6 +391,12 @@ fn raft(w: &mut Writer, s: &Status) {
         [(String::new(), raft.voters.len() as f64)],
     );
     w.gauge(
+        "cohort_raft_commit_index",
+        "The last Raft log index this node knows committed.",
+        None,
+        raft.commit_index.map(|i| (String::new(), i as f64)),
+    );
+    w.gauge(
         "cohort_raft_applied_index",
         "The last committed Raft log index this node applied.",
         None,
@@ -662,6 +668,7 @@ mod tests {
                     id: uuid::Uuid::from_u128(2),
                     addr: "127.0.0.1:3312".into(),
                 }),
+                commit_index: Some(18),
                 applied_index: Some(17),
                 last_log_index: Some(18),
                 masters: [(
@@ -758,6 +765,7 @@ mod tests {
             "cohort_raft_role{role=\"follower\"} 1",
             "cohort_raft_role{role=\"leader\"} 0",
             "cohort_raft_leader{name=\"n\\\"2\",id=\"00000000-0000-0000-0000-000000000002\"} 1",
+            "cohort_raft_commit_index 18",
             "cohort_raft_applied_index 17",
             "cohort_replicaset_master{replicaset=\"s1\",node=\"n3\"} 1",
             "cohort_replicaset_master_generation{replicaset=\"s1\"} 2",

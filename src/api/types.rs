@@ -413,6 +413,9 @@ pub struct Leaders {
     pub voters: Vec<RaftPeer>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub learners: Vec<RaftPeer>,
+    /// The last log index this node knows committed.
+    #[serde(default)]
+    pub commit_index: Option<u64>,
     /// The last log index this node applied (committed entries only).
     pub applied_index: Option<u64>,
     pub last_log_index: Option<u64>,

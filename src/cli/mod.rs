@@ -710,6 +710,7 @@ mod tests {
             leader: Some(peer(2, "n2")),
             voters: vec![peer(1, "n1"), peer(2, "n2"), peer(3, "n3")],
             learners: vec![peer(4, "n4")],
+            commit_index: Some(17),
             applied_index: Some(17),
             masters: [
                 ("s1".into(), master("n3", 2)),

@@ -291,7 +291,12 @@ fn render_leaders(l: &Leaders, style: Style) -> String {
             match (l.applied_index, l.last_log_index) {
                 (None, _) => "none".into(),
                 (Some(applied), None) => applied.to_string(),
-                (Some(applied), Some(last)) => format!("{applied} (last log index {last})"),
+                (Some(applied), Some(last)) => match l.commit_index {
+                    Some(commit) => {
+                        format!("{applied} (commit index {commit}, last log index {last})")
+                    }
+                    None => format!("{applied} (last log index {last})"),
+                },
             },
         ),
         (
@@ -441,6 +446,7 @@ mod tests {
             leader: Some(peer(1, "n1")),
             voters: vec![peer(1, "n1"), peer(2, "n2"), peer(3, "n3")],
             learners: vec![peer(4, "n4")],
+            commit_index: Some(18),
             applied_index: Some(17),
             last_log_index: Some(18),
             masters: [
@@ -466,7 +472,7 @@ leader         n1 (127.0.0.1:3311)
 term           4
 node           n2 (follower)
 failover mode  raft
-applied index  17 (last log index 18)
+applied index  17 (commit index 18, last log index 18)
 logged config  version 7 (0123456789ab), 3 2PC decision(s) kept
 view           n2's own, possibly stale (--consistent asks the leader)
 

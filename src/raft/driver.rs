@@ -113,6 +113,8 @@ pub struct GroupView {
     pub voters: Vec<(NodeId, Peer)>,
     pub learners: Vec<(NodeId, Peer)>,
     pub last_log_index: Option<u64>,
+    /// The last log index this node knows committed (saved by openraft).
+    pub commit_index: Option<u64>,
     pub last_applied: Option<u64>,
     /// The replicated state this node has applied (fetched from the group
     /// on nodes outside it), without its 2PC decisions
@@ -328,6 +330,7 @@ struct Running {
     /// When this instance started.
     since: tokio::time::Instant,
     applied: watch::Receiver<Applied>,
+    commit_index: store::CommitIndex,
     election_timeout: Duration,
 }
 
@@ -514,6 +517,7 @@ impl Driver {
     async fn start(&mut self, topology: &Topology) -> Result<(), String> {
         let (log, sm) = store::open(&self.settings.dir, true).map_err(|e| e.to_string())?;
         let applied = sm.subscribe();
+        let commit_index = log.commit_index();
         let config = raft_config(topology.election_timeout());
         let config = Arc::new(config.validate().map_err(|e| e.to_string())?);
         // A follower that comes back hears from the leader before its own
@@ -529,6 +533,7 @@ impl Driver {
             raft,
             since: tokio::time::Instant::now(),
             applied,
+            commit_index,
             election_timeout: topology.election_timeout(),
         });
         Ok(())
@@ -860,6 +865,7 @@ impl Driver {
             voters: nodes(membership.voter_ids().collect()),
             learners: nodes(membership.learner_ids().collect()),
             last_log_index: m.last_log_index,
+            commit_index: running.commit_index.get(),
             last_applied: m.last_applied.map(|l| l.index),
             state: applied.state.summary(),
             decisions: applied.state.decisions.len(),

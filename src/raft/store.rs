@@ -146,7 +146,9 @@ pub fn open(dir: &Path, fsync: bool) -> Result<(LogStore, StateMachineStore), St
         fsync,
         vote,
         committed,
+        commit_index: CommitIndex::default(),
     };
+    log_store.commit_index.set(committed);
 
     let snapshot_path = dir.join(SNAPSHOT_FILE);
     let current: Option<StoredSnapshot> =
@@ -610,6 +612,28 @@ pub struct LogStore {
     fsync: bool,
     vote: Option<Vote>,
     committed: Option<LogId>,
+    commit_index: CommitIndex,
+}
+
+/// The committed log index as openraft last saved it, readable by the
+/// driver while openraft owns the store (openraft 0.9's metrics carry the
+/// applied index only).
+#[derive(Clone, Debug, Default)]
+pub struct CommitIndex(Arc<std::sync::atomic::AtomicU64>);
+
+impl CommitIndex {
+    /// `None` before anything is known to be committed.
+    pub fn get(&self) -> Option<u64> {
+        // Stored as index + 1, so that 0 means none.
+        self.0
+            .load(std::sync::atomic::Ordering::Relaxed)
+            .checked_sub(1)
+    }
+
+    fn set(&self, committed: Option<LogId>) {
+        let stored = committed.map_or(0, |id| id.index + 1);
+        self.0.store(stored, std::sync::atomic::Ordering::Relaxed);
+    }
 }
 
 /// Reads the log for replication while the store appends (a clone shares
@@ -620,6 +644,12 @@ pub struct LogReader {
 }
 
 impl LogStore {
+    /// A handle on the committed index that outlives handing the store to
+    /// openraft.
+    pub fn commit_index(&self) -> CommitIndex {
+        self.commit_index.clone()
+    }
+
     fn write_vote(&mut self, vote: &Vote) -> Result<(), StoreError> {
         write_small(
             &self.dir.join(VOTE_FILE),
@@ -690,6 +720,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         write_small(&path, &committed, "the committed log id", self.fsync)
             .map_err(|e| storage_error(ErrorSubject::Store, ErrorVerb::Write, &e))?;
         self.committed = committed;
+        self.commit_index.set(committed);
         Ok(())
     }
 
