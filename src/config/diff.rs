@@ -21,6 +21,8 @@ pub struct TopologyDiff {
     pub cluster: Option<Change<Option<String>>>,
     pub failover_mode: Option<Change<FailoverMode>>,
     pub election_timeout: Option<Change<HumanDuration>>,
+    /// `None` in a change: the field is absent.
+    pub cluster_up_at: Option<Change<Option<usize>>>,
     pub replicasets_added: Vec<ReplicaSetInfo>,
     pub replicasets_removed: Vec<ReplicaSetInfo>,
     pub nodes_added: Vec<NodeInfo>,
@@ -32,6 +34,8 @@ pub struct TopologyDiff {
     pub roles_added: Vec<RoleAssignment>,
     pub roles_removed: Vec<RoleAssignment>,
     pub failover_priority_changed: Vec<PriorityChange>,
+    /// Routing weights of replica sets present in both (1 when absent).
+    pub weights_changed: Vec<WeightChange>,
     /// `roles.http.listen`, for nodes of the new topology.
     pub ports_changed: Vec<PortChange>,
     pub role_settings_added: Vec<String>,
@@ -79,6 +83,13 @@ pub struct NodeChange {
 pub struct RoleAssignment {
     pub replicaset: String,
     pub role: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct WeightChange {
+    pub replicaset: String,
+    pub from: f64,
+    pub to: f64,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -142,6 +153,7 @@ impl TopologyDiff {
                 old_failover.election_timeout.value,
                 new.failover.election_timeout.value,
             ),
+            cluster_up_at: Change::of(old.and_then(Topology::cluster_up_at), new.cluster_up_at()),
             replicasets_added: sets(Some(new))
                 .filter(|(name, _)| !old_sets.contains_key(name))
                 .map(set_info)
@@ -222,6 +234,14 @@ impl TopologyDiff {
                     to,
                 });
             }
+            if let Some(Change { from, to }) = Change::of(old_set.weight(), new_set.weight()) {
+                let replicaset = set.to_string();
+                diff.weights_changed.push(WeightChange {
+                    replicaset,
+                    from,
+                    to,
+                });
+            }
         }
 
         for (role, spec) in role_specs(Some(new)) {
@@ -252,6 +272,10 @@ impl TopologyDiff {
         }
         if let Some(c) = &self.election_timeout {
             lines.push(changed("failover", "election timeout", c.from, c.to));
+        }
+        if let Some(c) = &self.cluster_up_at {
+            let show = |n: &Option<usize>| n.map_or("none".into(), |n| format!("{n} nodes"));
+            lines.push(changed("cluster up at", "", show(&c.from), show(&c.to)));
         }
         for (sign, sets) in [
             ("+", &self.replicasets_added),
@@ -306,6 +330,10 @@ impl TopologyDiff {
                 list(&p.from),
                 list(&p.to),
             ));
+        }
+        for w in &self.weights_changed {
+            let set = format!("replica set {}", w.replicaset);
+            lines.push(changed(&set, "weight", w.from, w.to));
         }
         for p in &self.ports_changed {
             lines.push(changed(
@@ -554,6 +582,43 @@ cluster: orders
             assert!(d.is_empty(), "{d:?}");
             assert_eq!(d.to_string(), "no change");
         }
+    }
+
+    #[test]
+    fn cluster_up_at_and_weights_are_changes() {
+        let new = edit(&[
+            ("cluster: orders\n", "cluster: orders\ncluster_up_at: 3\n"),
+            (
+                "    roles: [router, http]\n",
+                "    roles: [router, http]\n    weight: 2.5\n",
+            ),
+        ]);
+        let d = diff(BASE, &new);
+        assert_eq!(
+            d.cluster_up_at,
+            Some(Change {
+                from: None,
+                to: Some(3)
+            })
+        );
+        assert_eq!(
+            d.weights_changed,
+            [WeightChange {
+                replicaset: "s2".into(),
+                from: 1.0,
+                to: 2.5
+            }]
+        );
+        assert_eq!(
+            d.to_string(),
+            "~ cluster up at: none -> 3 nodes\n~ replica set s2: weight 1 -> 2.5"
+        );
+        // Writing the default weight is no change.
+        let explicit = edit(&[(
+            "    roles: [storage]\n",
+            "    roles: [storage]\n    weight: 1\n",
+        )]);
+        assert!(diff(BASE, &explicit).is_empty());
     }
 
     #[test]
