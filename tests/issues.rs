@@ -364,8 +364,11 @@ fn members_masters_quorum_and_leader() {
     let events = monitor(&nodes[0]);
     let n4 = nodes[3].proc.as_ref().unwrap().pid();
     signal_pid(n4, SIGSTOP);
-    let suspect = wait_raised(&nodes[0], "member-suspect", "n4", |_, answer| {
-        names(&answer["unanswered"]) == ["n4"] && find(answer, "member-unreachable", "n4").is_some()
+    // Every other node suspects it in its own time: wait for all three.
+    let suspect = wait_raised(&nodes[0], "member-suspect", "n4", |issue, answer| {
+        names(&issue["reported_by"]) == ["n1", "n2", "n3"]
+            && names(&answer["unanswered"]) == ["n4"]
+            && find(answer, "member-unreachable", "n4").is_some()
     });
     assert_eq!(suspect["level"], "warning");
     assert_eq!(names(&suspect["reported_by"]), ["n1", "n2", "n3"]);
@@ -481,8 +484,9 @@ fn config_mismatch_catching_up_and_an_unwritable_data_dir() {
             s = quote(&store)
         ),
     );
-    let mismatch = wait_raised(&nodes[0], "config-mismatch", "n3", |_, answer| {
-        find(answer, "catching-up", "n3").is_some()
+    // Each reporter lists it after its own grace: wait for both.
+    let mismatch = wait_raised(&nodes[0], "config-mismatch", "n3", |issue, answer| {
+        names(&issue["reported_by"]) == ["n1", "n2"] && find(answer, "catching-up", "n3").is_some()
     });
     assert_eq!(mismatch["level"], "warning");
     assert_eq!(names(&mismatch["reported_by"]), ["n1", "n2"]);
