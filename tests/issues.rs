@@ -536,9 +536,20 @@ fn config_mismatch_catching_up_and_an_unwritable_data_dir() {
             .contains("Read-only file system"),
         "{unwritable}"
     );
+    // The node's health answers from the same probe: unusable, and why.
+    let (code, body) = http(addr(nodes[2].api), "GET", "/v1/health").expect("health answers");
+    let health: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(
+        (code, &health["code"]),
+        (503, &"data_dir_unusable".into()),
+        "{health}"
+    );
+    assert_eq!(health["message"], unwritable["message"], "{health}");
     in_mounts_of(&nodes[2], &format!("umount {}", quote(&dir)));
     wait_cleared(&nodes[0], "data-dir-unwritable", &subject, WAIT);
     wait_no_issues(&nodes[0], 3);
+    let (code, body) = http(addr(nodes[2].api), "GET", "/v1/health").expect("health answers");
+    assert_eq!(code, 200, "{body}");
 }
 
 /// The data dir on a tmpfs of 2 GiB, shrunk under 1 GiB (warning), under

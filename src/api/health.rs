@@ -1,7 +1,10 @@
 //! `GET /v1/health`: does this agent work? For load balancers and systemd
 //! checks, so cheap enough to ask every second: one round trip through the
-//! agent's command loop to the gossip driver, a stat and a file created
-//! and removed in the data dir, and reads of what the agent publishes.
+//! agent's command loop to the gossip driver, a stat in the data dir, and
+//! reads of what the agent publishes. Whether the data dir takes writes is
+//! the issues task's probe (create, write, fsync, remove, every 5 s): a
+//! check that wrote a file would put disk writes behind every load
+//! balancer's request.
 //! Cluster-wide trouble (no quorum, a dead peer) is not this node's health:
 //! restarting it would not help; `/v1/issues` reports that.
 
@@ -15,14 +18,11 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use tokio::sync::oneshot;
 
-use super::{read, AgentCommand, Health, HealthCheck, HealthStatus, NodeState};
+use super::{read, AgentCommand, Health, HealthCheck, HealthStatus, IssueKind, NodeState};
 
 /// How long the agent and the data dir get to answer: under the usual
 /// load balancer and systemd check timeouts (3–5 s).
 const DEADLINE: Duration = Duration::from_secs(2);
-
-/// Created and removed at every check: proves the data dir takes writes.
-const PROBE_FILE: &str = ".health";
 
 /// A failed check: its code in the answer, and why.
 struct Failure {
@@ -58,7 +58,13 @@ pub(super) async fn get_health(State(state): State<Arc<NodeState>>) -> Response 
     } else {
         Ok(())
     };
-    let ((commands, gossip), data_dir) = tokio::join!(agent(&state), data_dir_usable(data_dir));
+    let unwritable = state
+        .issues()
+        .into_iter()
+        .find(|i| i.kind == IssueKind::DataDirUnwritable && Path::new(&i.subject) == data_dir)
+        .map(|i| i.message);
+    let ((commands, gossip), data_dir) =
+        tokio::join!(agent(&state), data_dir_usable(data_dir, unwritable));
     let left = read(&state.members)
         .members
         .iter()
@@ -165,10 +171,11 @@ async fn agent(state: &NodeState) -> (Outcome, Outcome) {
 }
 
 /// The data dir is still the node's (its `node-id` is there: a dir
-/// removed or replaced under the agent loses it) and takes a new file.
-async fn data_dir_usable(dir: PathBuf) -> Outcome {
+/// removed or replaced under the agent loses it) and took writes at the
+/// issues task's last probe (`unwritable`: what that probe found).
+async fn data_dir_usable(dir: PathBuf, unwritable: Option<String>) -> Outcome {
     let shown = dir.display().to_string();
-    let check = tokio::task::spawn_blocking(move || probe(&dir));
+    let check = tokio::task::spawn_blocking(move || probe(&dir, unwritable));
     match tokio::time::timeout(DEADLINE, check).await {
         Ok(Ok(outcome)) => outcome,
         Ok(Err(e)) => Err(Failure::new(
@@ -185,7 +192,7 @@ async fn data_dir_usable(dir: PathBuf) -> Outcome {
     }
 }
 
-fn probe(dir: &Path) -> Outcome {
+fn probe(dir: &Path, unwritable: Option<String>) -> Outcome {
     let unusable = |detail: String| Err(Failure::new("data_dir_unusable", detail));
     let describe = crate::storage::describe;
     let node_id = dir.join("node-id");
@@ -205,26 +212,8 @@ fn probe(dir: &Path) -> Outcome {
             ))
         }
     }
-    let probe = dir.join(PROBE_FILE);
-    if let Err(e) = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .open(&probe)
-    {
-        return unusable(format!(
-            "cannot write in {}: {}",
-            dir.display(),
-            describe(&e)
-        ));
-    }
-    // Two checks at once share the name: the other may have removed it.
-    match std::fs::remove_file(&probe) {
-        Err(e) if e.kind() != std::io::ErrorKind::NotFound => unusable(format!(
-            "cannot remove {}: {}",
-            probe.display(),
-            describe(&e)
-        )),
-        _ => Ok(()),
+    match unwritable {
+        Some(why) => unusable(why),
+        None => Ok(()),
     }
 }
