@@ -114,18 +114,12 @@ pub fn transport_verdict(old: &Stats, new: &Stats, span: Duration, port: u16) ->
 }
 
 fn health(stats: &Stats, encrypted: bool, warnings: Vec<String>) -> GossipHealth {
-    let d = stats.dropped;
-    let dropped: BTreeMap<String, u64> = [
-        ("decode", d.decode),
-        ("decrypt", d.decrypt),
-        ("plaintext_refused", d.plaintext_refused),
-        ("foreign_cluster", d.foreign_cluster),
-        ("old_generation", d.old_generation),
-        ("too_large", d.too_large),
-    ]
-    .into_iter()
-    .map(|(k, v)| (k.to_string(), v))
-    .collect();
+    let dropped: BTreeMap<String, u64> = stats
+        .dropped
+        .by_reason()
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v))
+        .collect();
     GossipHealth {
         encrypted,
         datagrams_received: stats.datagrams_received,

@@ -298,21 +298,14 @@ fn gossip(w: &mut Writer, s: &Stats, encrypted: bool) {
         "Round trips of direct probes (UDP ping to ack, before any indirect probe).",
         &rtt_histogram(&s.probe_rtt),
     );
-    let d = s.dropped;
     w.counter(
         "cohort_gossip_packets_dropped",
         "Gossip packets dropped, by reason.",
         None,
-        [
-            ("decode", d.decode),
-            ("decrypt", d.decrypt),
-            ("plaintext_refused", d.plaintext_refused),
-            ("foreign_cluster", d.foreign_cluster),
-            ("old_generation", d.old_generation),
-            ("too_large", d.too_large),
-        ]
-        .into_iter()
-        .map(|(reason, n)| (labels(&[("reason", reason)]), n as f64)),
+        s.dropped
+            .by_reason()
+            .into_iter()
+            .map(|(reason, n)| (labels(&[("reason", reason)]), n as f64)),
     );
     w.counter(
         "cohort_gossip_stream_failures",

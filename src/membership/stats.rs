@@ -21,12 +21,19 @@ pub struct DropStats {
 
 impl DropStats {
     pub fn total(&self) -> u64 {
-        self.decode
-            + self.decrypt
-            + self.plaintext_refused
-            + self.foreign_cluster
-            + self.old_generation
-            + self.too_large
+        self.by_reason().iter().map(|(_, n)| n).sum()
+    }
+
+    /// Each reason's name, as the API and `/metrics` show it, and count.
+    pub fn by_reason(&self) -> [(&'static str, u64); 6] {
+        [
+            ("decode", self.decode),
+            ("decrypt", self.decrypt),
+            ("plaintext_refused", self.plaintext_refused),
+            ("foreign_cluster", self.foreign_cluster),
+            ("old_generation", self.old_generation),
+            ("too_large", self.too_large),
+        ]
     }
 }
 
