@@ -17,7 +17,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{BufRead, BufReader, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::sync::mpsc;
@@ -115,16 +115,6 @@ fn start_agent(
     ))
 }
 
-fn http_get(addr: SocketAddr, path: &str) -> Option<String> {
-    let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(2)).ok()?;
-    stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-    write!(stream, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").ok()?;
-    let mut response = String::new();
-    stream.read_to_string(&mut response).ok()?;
-    let (head, body) = response.split_once("\r\n\r\n")?;
-    (head.split_whitespace().nth(1)? == "200").then(|| body.to_string())
-}
-
 /// What the bench reads from an agent's `/metrics`, and when.
 #[derive(Clone, Copy)]
 struct Scrape {
@@ -135,7 +125,7 @@ struct Scrape {
 }
 
 fn scrape(api: SocketAddr) -> Option<Scrape> {
-    let text = http_get(api, "/metrics")?;
+    let text = common::http_get(api, "/metrics")?;
     let mut alive = None;
     let mut refutations = 0;
     let mut counters = Counters::default();

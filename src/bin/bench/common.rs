@@ -4,12 +4,13 @@
 
 use std::collections::BTreeSet;
 use std::fs;
-use std::io;
-use std::net::{SocketAddr, TcpListener, UdpSocket};
+use std::io::{self, Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::Mutex;
+use std::time::Duration;
 
 use nix::sys::signal::{self, SigSet, SigmaskHow, Signal};
 use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
@@ -311,6 +312,18 @@ impl Traffic {
 
 /// A fresh random gossip key, written as the keyring every agent reads
 /// (`root/gossip.key`).
+/// `GET path` on an agent's API (HTTP/1.0, a connection each): the body of
+/// a 200, else None.
+pub fn http_get(addr: SocketAddr, path: &str) -> Option<String> {
+    let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(2)).ok()?;
+    stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    write!(stream, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").ok()?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response).ok()?;
+    let (head, body) = response.split_once("\r\n\r\n")?;
+    (head.split_whitespace().nth(1)? == "200").then(|| body.to_string())
+}
+
 pub fn write_gossip_key(root: &Path) -> io::Result<()> {
     use base64::Engine;
     let key: [u8; 32] = rand::random();

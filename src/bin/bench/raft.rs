@@ -414,6 +414,33 @@ impl EventTap {
     }
 }
 
+/// `count` nodes on free loopback ports, the first `voters` of them
+/// candidates, in sets of `set_size` dealt round-robin: n1..nV head sets
+/// 1..V (their first master is a voter), the other sets are headed by off
+/// nodes.
+pub(crate) fn lay_out(
+    count: usize,
+    voters: usize,
+    set_size: usize,
+    root: &Path,
+) -> anyhow::Result<Vec<Node>> {
+    let sets = count.div_ceil(set_size);
+    let mut taken = BTreeSet::new();
+    let mut nodes = Vec::new();
+    for i in 0..count {
+        let name = format!("n{}", i + 1);
+        nodes.push(Node {
+            bind: SocketAddr::from(([127, 0, 0, 1], common::free_port(&mut taken)?)),
+            api: SocketAddr::from(([127, 0, 0, 1], common::free_port(&mut taken)?)),
+            dir: root.join(&name),
+            name,
+            voter: i < voters,
+            set: format!("set-{}", i % sets + 1),
+        });
+    }
+    Ok(nodes)
+}
+
 pub(crate) fn topology_text(nodes: &[Node], election_timeout: &str) -> String {
     let mut text = format!(
         "cluster: bench\nfailover: {{ mode: raft, election_timeout: {election_timeout} }}\nreplicasets:\n"
@@ -580,21 +607,7 @@ fn run(args: &RaftArgs, cohort: &Path, root: &Path) -> anyhow::Result<Value> {
     common::write_gossip_key(root)?;
 
     let sets = args.nodes.div_ceil(args.set_size);
-    let mut taken = BTreeSet::new();
-    let mut nodes = Vec::new();
-    for i in 0..args.nodes {
-        let name = format!("n{}", i + 1);
-        nodes.push(Node {
-            bind: SocketAddr::from(([127, 0, 0, 1], common::free_port(&mut taken)?)),
-            api: SocketAddr::from(([127, 0, 0, 1], common::free_port(&mut taken)?)),
-            dir: root.join(&name),
-            name,
-            voter: i < args.voters,
-            // Dealt round-robin: n1..nV head sets 1..V (their first
-            // master is a voter), the other sets are headed by off nodes.
-            set: format!("set-{}", i % sets + 1),
-        });
-    }
+    let nodes = lay_out(args.nodes, args.voters, args.set_size, root)?;
     let text = topology_text(&nodes, &args.election_timeout);
     let mut agents: Vec<Option<Agent>> = Vec::new();
     for (i, node) in nodes.iter().enumerate() {

@@ -25,10 +25,9 @@
 //! Cartridge's WebUI polled ~300 KB every 3 s; the report puts our quiet
 //! window next to that.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::fs;
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -38,7 +37,7 @@ use serde_json::{json, Value};
 
 use crate::chromium::Browser;
 use crate::common::{self, round1, sweep, unix_ms_now, Agent};
-use crate::raft::{alive_count, topology_text, Node};
+use crate::raft::{alive_count, lay_out, topology_text, Node};
 
 #[derive(clap::Args)]
 pub struct UiArgs {
@@ -103,16 +102,7 @@ pub fn ui(args: UiArgs, root: &Path) -> anyhow::Result<()> {
 
 /// `GET path` as JSON (a 200 only).
 fn get_json(addr: SocketAddr, path: &str) -> Option<Value> {
-    let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(2)).ok()?;
-    stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-    write!(stream, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").ok()?;
-    let mut response = String::new();
-    stream.read_to_string(&mut response).ok()?;
-    let (head, body) = response.split_once("\r\n\r\n")?;
-    if head.split_whitespace().nth(1)? != "200" {
-        return None;
-    }
-    serde_json::from_str(body).ok()
+    serde_json::from_str(&common::http_get(addr, path)?).ok()
 }
 
 fn check_running(agents: &mut [Agent], root: &Path) -> anyhow::Result<()> {
@@ -233,20 +223,7 @@ fn run(args: &UiArgs, cohort: &Path, chromium: &Path, root: &Path) -> anyhow::Re
     let loadavg_at_start = common::loadavg();
     common::write_gossip_key(root)?;
     let sets = args.agents.div_ceil(args.set_size);
-    let mut taken = BTreeSet::new();
-    let mut nodes = Vec::new();
-    for i in 0..args.agents {
-        let name = format!("n{}", i + 1);
-        nodes.push(Node {
-            bind: SocketAddr::from(([127, 0, 0, 1], common::free_port(&mut taken)?)),
-            api: SocketAddr::from(([127, 0, 0, 1], common::free_port(&mut taken)?)),
-            dir: root.join(&name),
-            name,
-            voter: i < args.voters,
-            // Dealt round-robin: the candidates head sets of their own.
-            set: format!("set-{}", i % sets + 1),
-        });
-    }
+    let nodes = lay_out(args.agents, args.voters, args.set_size, root)?;
     let text = topology_text(&nodes, "1s");
     let mut agents: Vec<Agent> = Vec::new();
     for (i, node) in nodes.iter().enumerate() {
