@@ -12,7 +12,7 @@
 //!   the others, its apply driver stopped); restarted on a good disk → clear;
 //! - the data dir made read-only (a bind mount in the agent's own mount
 //!   namespace) → unwritable; unmounted → clear;
-//! - disk space: the agent's data dir on a tmpfs whose size is changed;
+//! - disk space: the agent's data dir on a small tmpfs, filled and emptied;
 //! - clock skew: one agent started with `COHORT_TEST_CLOCK_OFFSET_MS=5000`,
 //!   then restarted without it;
 //! - a broken topology file on one node, then fixed;
@@ -552,8 +552,10 @@ fn config_mismatch_catching_up_and_an_unwritable_data_dir() {
     assert_eq!(code, 200, "{body}");
 }
 
-/// The data dir on a tmpfs of 2 GiB, shrunk under 1 GiB (warning), under
-/// 100 MiB (critical), then grown back.
+/// The data dir on a tmpfs of 100 MiB, filled by a ballast file until
+/// 3 MiB are free (warning: under 5 % and under 1 GiB), then 700 KiB
+/// (critical: under 1 % and under 100 MiB), then emptied. Filling, not
+/// shrinking: a small tmpfs with most of it free is not nearly full.
 #[test]
 fn a_nearly_full_disk() {
     require_root();
@@ -564,27 +566,34 @@ fn a_nearly_full_disk() {
     let d = quote(&dir);
     start_in_own_mounts(
         &mut nodes[0],
-        &format!("mount -t tmpfs -o size=2g cohort-issues {d}"),
+        &format!("mount -t tmpfs -o size=100m cohort-issues {d}"),
     );
     wait_ready(&nodes);
     let node = &nodes[0];
     wait_no_issues(node, 1);
     let subject = dir.display().to_string();
-    in_mounts_of(node, &format!("mount -o remount,size=512m {d}"));
+    // Leaves `free` bytes available (blocks free to non-root × block size).
+    let fill_leaving = |name: &str, free: u64| {
+        in_mounts_of(
+            node,
+            &format!("fallocate -l $(( $(stat -f -c '%a * %S' {d}) - {free} )) {d}/{name}"),
+        )
+    };
+    fill_leaving("ballast-1", 3 << 20);
     let warning = wait_raised(node, "disk-full", &subject, |_, _| true);
     assert_eq!(warning["level"], "warning");
     assert!(
         warning["message"]
             .as_str()
             .unwrap()
-            .contains("free of 512.0 MiB"),
+            .contains("free of 100.0 MiB"),
         "{warning}"
     );
-    in_mounts_of(node, &format!("mount -o remount,size=64m {d}"));
+    fill_leaving("ballast-2", 700 << 10);
     wait_raised(node, "disk-full", &subject, |issue, _| {
         issue["level"] == "critical"
     });
-    in_mounts_of(node, &format!("mount -o remount,size=2g {d}"));
+    in_mounts_of(node, &format!("rm {d}/ballast-1 {d}/ballast-2"));
     wait_cleared(node, "disk-full", &subject, WAIT);
     wait_no_issues(node, 1);
 }

@@ -30,10 +30,14 @@ pub const METHOD: &str = "issues.local";
 
 /// A peer's clock this far from ours (either way) is skew.
 pub const CLOCK_SKEW_MS: i64 = 1_000;
-/// Free space on the data dir's filesystem under either is a warning...
+/// Free space on the data dir's filesystem under both is a warning...
+/// Both, because a percentage alone cries wolf on a big disk (5 % of
+/// 2 TiB is 100 GiB, years of this agent's writes) and bytes alone on a
+/// small one; the percentage is capped by the bytes, as Elasticsearch's
+/// disk watermarks are by their `max_headroom`.
 pub const DISK_WARN_FREE_BYTES: u64 = 1 << 30;
 pub const DISK_WARN_FREE_PERCENT: f64 = 5.0;
-/// ...and under either of these, critical.
+/// ...and under both of these, critical.
 pub const DISK_CRITICAL_FREE_BYTES: u64 = 100 << 20;
 pub const DISK_CRITICAL_FREE_PERCENT: f64 = 1.0;
 /// Undecryptable packets are an issue while the count grew this recently.
@@ -514,9 +518,9 @@ fn data_dir(s: &Snapshot, found: &mut Vec<Found>) {
     if let Some(space) = dir.space.filter(|s| s.total > 0) {
         let percent = space.available as f64 * 100.0 / space.total as f64;
         let level =
-            if space.available < DISK_CRITICAL_FREE_BYTES || percent < DISK_CRITICAL_FREE_PERCENT {
+            if space.available < DISK_CRITICAL_FREE_BYTES && percent < DISK_CRITICAL_FREE_PERCENT {
                 IssueLevel::Critical
-            } else if space.available < DISK_WARN_FREE_BYTES || percent < DISK_WARN_FREE_PERCENT {
+            } else if space.available < DISK_WARN_FREE_BYTES && percent < DISK_WARN_FREE_PERCENT {
                 IssueLevel::Warning
             } else {
                 return;
@@ -1376,10 +1380,17 @@ mod tests {
         };
         assert_eq!(level(50 * GIB, 100 * GIB), None);
         assert_eq!(level(2 * GIB, 20 * GIB), None);
-        assert_eq!(level(GIB - 1, 20 * GIB), Some(Warning), "under 1 GiB");
-        assert_eq!(level(40 * GIB, 1000 * GIB), Some(Warning), "under 5 %");
-        assert_eq!(level(99 << 20, 2 * GIB), Some(Critical), "under 100 MiB");
-        assert_eq!(level(9 * GIB, 1000 * GIB), Some(Critical), "under 1 %");
+        // Both thresholds must be crossed: a big disk under 5 % but with
+        // gigabytes free, and a small one under 1 GiB but mostly free, are
+        // not nearly full (the CI machine's 12 GiB of 252 GiB were).
+        assert_eq!(level(12 * GIB, 252 * GIB), None, "4.8 % but 12 GiB");
+        assert_eq!(level(GIB - 1, 2 * GIB), None, "under 1 GiB but 50 %");
+        assert_eq!(level(GIB - 1, 21 * GIB), Some(Warning), "under both");
+        assert_eq!(level(3 << 20, 100 << 20), Some(Warning), "small disk");
+        assert_eq!(level(99 << 20, 2 * GIB), Some(Warning), "100 MiB but 4.8 %");
+        assert_eq!(level(99 << 20, 10_000 << 20), Some(Critical), "under both");
+        assert_eq!(level(512 << 10, 100 << 20), Some(Critical), "small disk");
+        assert_eq!(level(9 * GIB, 1000 * GIB), None, "under 1 % but 9 GiB");
         assert_eq!(
             level(0, 0),
             None,
@@ -1388,11 +1399,11 @@ mod tests {
         let mut w = World::healthy();
         w.dir.space = Some(Space {
             available: 512 << 20,
-            total: 2 * GIB,
+            total: 20 * GIB,
         });
         assert_eq!(
             w.found()[0].message,
-            "the data dir's filesystem has 512.0 MiB free of 2.0 GiB (25.0%)"
+            "the data dir's filesystem has 512.0 MiB free of 20.0 GiB (2.5%)"
         );
     }
 
