@@ -235,12 +235,13 @@ fn packets_of_an_older_generation_are_dropped_and_counted() {
 #[test]
 fn an_update_is_sent_exactly_lambda_log2_n_times() {
     let mut now = Instant::now();
-    // Five live nodes that answer each other: N = 5, so 2·⌈log₂ 6⌉ = 6.
+    // Five live nodes that answer each other: N = 5, so λ·⌈log₂ 6⌉ = 3λ.
     // No anti-entropy records, which would carry the update too.
     let quiet = SwimConfig {
         anti_entropy_records: 0,
         ..config()
     };
+    let expected = 3 * quiet.retransmit_multiplier as usize;
     let mut nodes: Vec<Swim> = (1..=5)
         .map(|n| node_with(n, now, quiet.clone(), PacketSecurity::Plaintext))
         .collect();
@@ -281,7 +282,7 @@ fn an_update_is_sent_exactly_lambda_log2_n_times() {
             }
         });
     }
-    assert_eq!(sends, 6);
+    assert_eq!(sends, expected);
     assert_eq!(nodes[0].pending_broadcasts(), 0);
 }
 

@@ -89,6 +89,9 @@ pub struct Stats {
     pub stream_failures: u64,
     /// Probes that failed over UDP but were answered over TCP.
     pub probes_answered_only_by_stream: u64,
+    /// Periodic push-pulls a peer opened with a digest equal to our view:
+    /// no full exchange was needed.
+    pub push_pull_digests_equal: u64,
     pub dropped: DropStats,
     /// Where the last packet that no key decrypts came from.
     pub last_undecryptable_from: Option<std::net::SocketAddr>,

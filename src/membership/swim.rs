@@ -555,7 +555,11 @@ impl Swim {
         }
         // A push-pull before we ever heard from anyone is our join: its
         // events are the cluster's past, learnt but not delivered.
-        let news = self.joined || !matches!(packet.message, Message::PushPull { .. });
+        let news = self.joined
+            || !matches!(
+                packet.message,
+                Message::PushPull { .. } | Message::PushPullDigest { .. }
+            );
         self.joined = true;
         // A stream's source port is ephemeral: answer the advertised one.
         let mut reply_to = from;
@@ -655,6 +659,13 @@ impl Swim {
             Message::PushPull { reply } => {
                 if reply {
                     self.send_push_pull(now, reply_to, false);
+                }
+            }
+            Message::PushPullDigest { digest } => {
+                if digest == self.view_digest() {
+                    self.stats.push_pull_digests_equal += 1;
+                } else if self.me.status != MemberStatus::Left {
+                    self.send_push_pull(now, reply_to, true);
                 }
             }
         }
@@ -996,7 +1007,10 @@ impl Swim {
                 self.timers.insert((now + next, Timer::PushPull));
                 if self.me.status != MemberStatus::Left {
                     if let Some(addr) = self.random_active(1, None).first().copied() {
-                        self.send_push_pull(now, addr, true);
+                        let digest = Message::PushPullDigest {
+                            digest: self.view_digest(),
+                        };
+                        self.send_stream_message(addr, &digest);
                     }
                 }
                 self.event_log.expire(now);
@@ -1432,6 +1446,39 @@ impl Swim {
         }
         let body = wire::assemble(&head, &items);
         self.push_frame(dst, &body, TransmitKind::Datagram);
+    }
+
+    /// A hash of every (id, incarnation, status) this node knows, itself
+    /// included: equal on two nodes whose views agree, whatever order they
+    /// learnt them in (a sum of per-record hashes). A record's payload is
+    /// versioned by its incarnation, so it needs no hashing of its own.
+    /// User events are not in it: they expire, and the full exchange is
+    /// for views that differ.
+    pub fn view_digest(&self) -> [u8; 16] {
+        use sha2::{Digest, Sha256};
+        let one = |id: NodeId, incarnation: Incarnation, status: MemberStatus| {
+            let status: u8 = match status {
+                MemberStatus::Alive => 0,
+                MemberStatus::Suspect => 1,
+                MemberStatus::Dead => 2,
+                MemberStatus::Left => 3,
+            };
+            let hash = Sha256::new()
+                .chain_update(id.0.as_bytes())
+                .chain_update(incarnation.generation.to_le_bytes())
+                .chain_update(incarnation.version.to_le_bytes())
+                .chain_update([status])
+                .finalize();
+            let mut half = [0u8; 16];
+            half.copy_from_slice(&hash[..16]);
+            u128::from_le_bytes(half)
+        };
+        let mut sum = one(self.me.id, self.me.incarnation, self.me.status);
+        for entry in self.members.iter() {
+            let m = &entry.member;
+            sum = sum.wrapping_add(one(m.id, m.incarnation, m.status));
+        }
+        sum.to_le_bytes()
     }
 
     /// Our full state over a stream: every record (cached encodings) and

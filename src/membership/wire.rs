@@ -57,6 +57,12 @@ pub enum Message {
     /// Full state, carried in the packet's gossip (every member record and
     /// the user events still live); `reply` asks for the receiver's own.
     PushPull { reply: bool },
+    /// The periodic push-pull's opening: a digest of every (id,
+    /// incarnation, status) the sender knows, itself included. A receiver
+    /// whose view hashes the same does nothing; one that differs starts a
+    /// full `PushPull`. Settled clusters then exchange 16 bytes, not every
+    /// record. Last, so v3 peers without it still decode the rest.
+    PushPullDigest { digest: [u8; 16] },
 }
 
 /// One piggybacked item.

@@ -8,7 +8,10 @@
 //   - BindAddr / BindPort: the -bind flag (the defaults are 0.0.0.0:7946;
 //     the advertised address then follows the bound one, as memberlist
 //     does when AdvertiseAddr is empty);
-//   - Events: a delegate that prints the events below.
+//   - Events: a delegate that prints the events below;
+//   - SecretKey: the -key flag (base64 of 32 bytes: AES-256-GCM, as cohort
+//     seals its gossip), when given; without it gossip is in the clear,
+//     memberlist's default.
 //
 // Everything else stays at the LAN defaults: probe interval 1 s, probe
 // timeout 500 ms, suspicion multiplier 4 (max 6), 3 indirect checks,
@@ -36,6 +39,7 @@ package main
 
 import (
 	"bufio"
+	"encoding/base64"
 	"encoding/json"
 	"flag"
 	"fmt"
@@ -125,15 +129,16 @@ func main() {
 	name := flag.String("name", "", "node name")
 	bind := flag.String("bind", "127.0.0.1:7946", "address:port for UDP and TCP")
 	join := flag.String("join", "", "comma-separated seed addresses (none: start alone)")
+	key := flag.String("key", "", "base64 of a 32-byte gossip key (none: plaintext)")
 	flag.Parse()
 	out.enc = json.NewEncoder(os.Stdout)
-	if err := run(*name, *bind, *join); err != nil {
+	if err := run(*name, *bind, *join, *key); err != nil {
 		fmt.Fprintln(os.Stderr, "memberlist peer:", err)
 		os.Exit(1)
 	}
 }
 
-func run(name, bind, join string) error {
+func run(name, bind, join, key string) error {
 	host, portText, err := net.SplitHostPort(bind)
 	if err != nil {
 		return err
@@ -161,6 +166,13 @@ func run(name, bind, join string) error {
 	config.BindAddr = host
 	config.BindPort = port
 	config.Events = ev
+	if key != "" {
+		secret, err := base64.StdEncoding.DecodeString(key)
+		if err != nil {
+			return fmt.Errorf("-key: %w", err)
+		}
+		config.SecretKey = secret
+	}
 	list, err := memberlist.Create(config)
 	if err != nil {
 		return err

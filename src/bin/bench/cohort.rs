@@ -42,19 +42,35 @@ pub struct MembershipArgs {
     cohort: Option<PathBuf>,
 }
 
-/// The agents' gossip timing.
+/// The agents' gossip timing and protection.
 pub struct Gossip {
     pub protocol_period: String,
     pub ack_timeout: String,
+    /// No key file, `allow_plaintext` (the bench's `--plaintext`).
+    pub plaintext: bool,
 }
 
 impl Gossip {
     /// memberlist's `DefaultLANConfig` probe interval and probe timeout.
-    pub fn memberlist_lan() -> Gossip {
+    pub fn memberlist_lan(plaintext: bool) -> Gossip {
         Gossip {
             protocol_period: "1s".into(),
             ack_timeout: "500ms".into(),
+            plaintext,
         }
+    }
+
+    /// The node config's `gossip:` line.
+    fn yaml(&self, key_file: &Path) -> String {
+        let protection = if self.plaintext {
+            "allow_plaintext: true".to_string()
+        } else {
+            format!("key_file: {}", key_file.display())
+        };
+        format!(
+            "gossip: {{ {protection}, protocol_period: {}, ack_timeout: {} }}",
+            self.protocol_period, self.ack_timeout
+        )
     }
 }
 
@@ -70,6 +86,7 @@ pub fn membership(args: MembershipArgs, root: &Path) -> anyhow::Result<()> {
     let gossip = Gossip {
         protocol_period: args.protocol_period.clone(),
         ack_timeout: args.ack_timeout.clone(),
+        plaintext: args.run.plaintext,
     };
     let outcome = common::in_scratch(root, false, || run(&args.run, seed, &gossip, &cohort, root))?;
     let report = outcome.to_json();
@@ -97,11 +114,9 @@ fn start_agent(
     // `socket: null`: 500 agents cannot share the default unix socket.
     let config = format!(
         "node: {name}\ncluster: bench\nbind: {bind}\ndata_dir: {data}\ntopology: {data}/topology.yaml\njoin: [{join}]\n\
-         gossip: {{ key_file: {key}, protocol_period: {period}, ack_timeout: {ack} }}\napi: {{ http: {api}, socket: null }}\nlog: {{ level: warn, format: text }}\n",
+         {gossip}\napi: {{ http: {api}, socket: null }}\nlog: {{ level: warn, format: text }}\n",
         data = dir.join("data").display(),
-        key = root.join("gossip.key").display(),
-        period = gossip.protocol_period,
-        ack = gossip.ack_timeout,
+        gossip = gossip.yaml(&root.join("gossip.key")),
     );
     fs::write(dir.join("cohort.yaml"), config)?;
     let child = common::spawn_agent(cohort, &dir)?;
@@ -636,6 +651,7 @@ pub fn run(
         nodes: n,
         seed,
         network: net.report,
+        encrypted: !args.plaintext,
         waves: waves.len() + 1,
         convergence_s: convergence,
         idle,

@@ -54,6 +54,13 @@ pub struct SwimArgs {
     /// Write SVG charts (the detection CDF) into this directory.
     #[arg(long)]
     pub chart_dir: Option<PathBuf>,
+    /// Gossip in the clear on both sides: memberlist's LAN defaults
+    /// exactly, cohort with `gossip.allow_plaintext`. Without it both
+    /// encrypt with AES-256-GCM under one 32-byte key (memberlist's
+    /// `SecretKey`, cohort's key file): like for like, as cohort runs in
+    /// production.
+    #[arg(long)]
+    pub plaintext: bool,
 }
 
 impl SwimArgs {
@@ -179,6 +186,8 @@ pub struct SwimOutcome {
     pub nodes: usize,
     pub seed: u64,
     pub network: Value,
+    /// Gossip sealed with AES-256-GCM (not `--plaintext`).
+    pub encrypted: bool,
     pub waves: usize,
     pub convergence_s: f64,
     pub idle: Idle,
@@ -250,6 +259,7 @@ impl SwimOutcome {
             "nodes": self.nodes,
             "seed": self.seed,
             "network": self.network,
+            "encryption": if self.encrypted { "AES-256-GCM" } else { "none" },
             "waves": self.waves,
             "convergence_s": self.convergence_s,
             "first_detection_s": spread(&self.first_detection()),
@@ -293,6 +303,13 @@ fn figures(o: &SwimOutcome) -> Vec<(&'static str, Option<f64>, String)> {
     let full = o.full();
     let rows: Vec<(&'static str, (Option<f64>, String))> = vec![
         ("nodes", count(o.nodes as f64)),
+        (
+            "encryption",
+            (
+                None,
+                (if o.encrypted { "AES-256-GCM" } else { "none" }).to_string(),
+            ),
+        ),
         (
             "loss % / delay ms",
             (
@@ -473,7 +490,7 @@ pub fn compare(args: CompareArgs, root: &Path) -> anyhow::Result<()> {
     let peer = crate::memberlist::peer_binary(args.peer.as_deref())?;
     let seed = args.run.resolve_seed();
     eprintln!("bench: compare, seed {seed}: cohort first, then memberlist");
-    let gossip = crate::cohort::Gossip::memberlist_lan();
+    let gossip = crate::cohort::Gossip::memberlist_lan(args.run.plaintext);
     let cohort = common::in_scratch(&root.join("cohort"), false, || {
         crate::cohort::run(
             &args.run,
@@ -561,6 +578,7 @@ mod tests {
             sample_seconds: 10,
             detection_timeout_seconds: 1,
             chart_dir: None,
+            plaintext: false,
         };
         assert_eq!(args.waves(), vec![1..51, 51..101, 101..120]);
     }

@@ -103,16 +103,15 @@ fn start_peer(
     root: &Path,
     index: usize,
     name: &str,
-    seed: Option<&str>,
+    // `-join SEED`, `-key KEY`, as the run needs them.
+    flags: &[&str],
     taken: &mut BTreeSet<u16>,
     out: &mpsc::Sender<Line>,
 ) -> anyhow::Result<(Peer, String)> {
     let bind = format!("127.0.0.1:{}", common::free_port(taken)?);
     let mut command = Command::new(binary);
     command.args(["-name", name, "-bind", &bind]);
-    if let Some(seed) = seed {
-        command.args(["-join", seed]);
-    }
+    command.args(flags);
     let mut child = common::spawn(
         command
             .stdin(Stdio::piped())
@@ -444,7 +443,23 @@ pub fn run(
     };
     // The first node alone (every other node's seed), then the waves.
     let mut taken = BTreeSet::new();
-    let (first, join) = start_peer(binary, root, 0, "n1", None, &mut taken, &tx)?;
+    // One key for every peer: memberlist's SecretKey, base64 like cohort's.
+    let mut key_flags: Vec<String> = Vec::new();
+    if !args.plaintext {
+        common::write_gossip_key(root)?;
+        let key = fs::read_to_string(root.join("gossip.key"))?;
+        key_flags = vec!["-key".into(), key.trim().to_string()];
+    }
+    let flags = |join: Option<&str>| -> Vec<String> {
+        let join = join.map(|seed| ["-join".to_string(), seed.to_string()]);
+        join.into_iter()
+            .flatten()
+            .chain(key_flags.iter().cloned())
+            .collect()
+    };
+    let first_flags = flags(None);
+    let first_flags: Vec<&str> = first_flags.iter().map(String::as_str).collect();
+    let (first, join) = start_peer(binary, root, 0, "n1", &first_flags, &mut taken, &tx)?;
     cluster.peers.push(first);
     // memberlist's Join does not retry: the seed must listen first. It
     // reports itself (NotifyJoin) once bound.
@@ -454,7 +469,9 @@ pub fn run(
     for (w, wave) in waves.iter().enumerate() {
         for i in wave.clone() {
             let name = format!("n{}", i + 1);
-            let (peer, _) = start_peer(binary, root, i, &name, Some(&join), &mut taken, &tx)?;
+            let peer_flags = flags(Some(&join));
+            let peer_flags: Vec<&str> = peer_flags.iter().map(String::as_str).collect();
+            let (peer, _) = start_peer(binary, root, i, &name, &peer_flags, &mut taken, &tx)?;
             cluster.peers.push(peer);
         }
         last_started = Instant::now();
@@ -615,10 +632,11 @@ pub fn run(
     Ok(SwimOutcome {
         scenario: "memberlist-peer",
         label: "memberlist",
-        implementation: format!("hashicorp/memberlist {version}, DefaultLANConfig (name, bind address/port and an event delegate changed)"),
+        implementation: format!("hashicorp/memberlist {version}, DefaultLANConfig (name, bind address/port and an event delegate changed{})", if args.plaintext { "" } else { "; SecretKey set" }),
         nodes: n,
         seed,
         network: net.report,
+        encrypted: !args.plaintext,
         waves: waves.len() + 1,
         convergence_s: convergence,
         idle,
