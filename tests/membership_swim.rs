@@ -341,7 +341,7 @@ fn datagrams_never_exceed_the_packet_size_even_with_big_payloads() {
             .collect();
         let head_of = |message: &Message| {
             wire::encode(&PacketHead {
-                cluster: "test",
+                cluster: wire::cluster_in_body(&security, "test"),
                 from: id(500),
                 generation: GEN,
                 message,
@@ -353,7 +353,7 @@ fn datagrams_never_exceed_the_packet_size_even_with_big_payloads() {
         a.handle_datagram(
             now,
             addr(200),
-            &wire::seal(&security, [2; 12], &hello).expect("seals"),
+            &wire::seal_gossip(&security, "test", [2; 12], &hello).expect("seals"),
         );
         // Sent as a push-pull stream: big state arrives in one piece.
         let head = head_of(&Message::PushPull { reply: true });
@@ -361,7 +361,8 @@ fn datagrams_never_exceed_the_packet_size_even_with_big_payloads() {
             .into_iter()
             .map(|r| wire::encode(&Gossip::Member(r)).expect("encodes"))
             .collect();
-        let bytes = wire::seal(&security, [3; 12], &wire::assemble(&head, &items)).expect("seals");
+        let bytes = wire::seal_gossip(&security, "test", [3; 12], &wire::assemble(&head, &items))
+            .expect("seals");
         a.handle_stream(now, addr(200), &bytes);
         assert_eq!(a.count(MemberStatus::Alive), 398);
         let reply = drain(&mut a);
@@ -506,23 +507,28 @@ fn undecodable_foreign_and_undecryptable_packets_are_counted_by_reason() {
         a.member(id(2)).is_none(),
         "a node with the wrong key is never admitted"
     );
-    // Same key, another cluster.
+    // Same key, another cluster: the cluster name is associated data of
+    // an encrypted frame, so it does not authenticate here.
+    let other_cluster = SwimConfig {
+        cluster: "other".into(),
+        ..config()
+    };
     let same_key = PacketSecurity::Encrypted(Keyring::new(&[[1; 32]]).expect("key"));
-    let mut foreign = node_with(
-        4,
-        now,
-        SwimConfig {
-            cluster: "other".into(),
-            ..config()
-        },
-        same_key,
-    );
+    let mut foreign = node_with(4, now, other_cluster.clone(), same_key);
     foreign.join(now, addr(1));
     let join = drain(&mut foreign).pop().expect("join");
     a.handle_stream(now, addr(4), &join.bytes);
-    assert_eq!(a.stats().dropped.foreign_cluster, 1);
+    assert_eq!(a.stats().dropped.decrypt, 2);
     assert_eq!(a.stats().dropped.total(), 5);
     assert_eq!(a.table_len(), 0);
+    // In the clear, the name in the body tells another cluster apart.
+    let mut plain = node_with(5, now, config(), PacketSecurity::Plaintext);
+    let mut foreign = node_with(6, now, other_cluster, PacketSecurity::Plaintext);
+    foreign.join(now, addr(5));
+    let join = drain(&mut foreign).pop().expect("join");
+    plain.handle_stream(now, addr(6), &join.bytes);
+    assert_eq!(plain.stats().dropped.foreign_cluster, 1);
+    assert_eq!(plain.table_len(), 0);
 }
 
 /// Moves every transmit between the given nodes until all is quiet.

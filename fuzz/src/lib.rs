@@ -98,6 +98,18 @@ pub fn check_packet(packet: &Packet) {
     );
 }
 
+/// A body of our cluster as a sealed frame carries it (no cluster name);
+/// anything else as it is.
+fn without_cluster(body: &[u8]) -> Vec<u8> {
+    match wire::decode_packet(body) {
+        Ok(mut packet) if packet.cluster == CLUSTER => {
+            packet.cluster = String::new();
+            body_of(&packet)
+        }
+        _ => body.to_vec(),
+    }
+}
+
 /// A packet's body as `Swim` builds one (head, then items).
 pub fn body_of(packet: &Packet) -> Vec<u8> {
     let head = wire::encode(&PacketHead {
@@ -379,7 +391,12 @@ impl Harness {
             Mode::Plaintext => &PacketSecurity::Plaintext,
             Mode::Sealed => sealed_with(key),
         };
-        wire::seal(security, nonce, body).expect("seals")
+        // Sealed, the cluster name is associated data, not in the body.
+        let body = match self.mode {
+            Mode::Sealed => without_cluster(body),
+            Mode::Plaintext => body.to_vec(),
+        };
+        wire::seal_gossip(security, CLUSTER, nonce, &body).expect("seals")
     }
 
     /// Runs every op of `data` (see `encode_op`), checking the node's
@@ -485,9 +502,10 @@ impl Harness {
                 Mode::Plaintext => &PacketSecurity::Plaintext,
                 Mode::Sealed => sealed_with(KEY_A),
             };
-            let body = wire::open(security, &transmit.bytes).expect("own frame opens");
+            let body =
+                wire::open_gossip(security, CLUSTER, &transmit.bytes).expect("own frame opens");
             let packet = wire::decode_packet(&body).expect("own packet decodes");
-            assert_eq!(packet.cluster, CLUSTER);
+            assert_eq!(packet.cluster, wire::cluster_in_body(security, CLUSTER));
             assert_eq!(packet.from, me);
             assert_eq!(packet.generation, GEN);
             let is_push_pull = matches!(packet.message, Message::PushPull { .. });

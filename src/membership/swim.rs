@@ -247,7 +247,10 @@ impl Swim {
                 min: SwimConfig::MIN_PACKET_SIZE,
             });
         }
-        swim.next_seq = swim.rng.random();
+        // A random start, so that a late ack to an earlier life's probe is
+        // unlikely to match; a small one, because seq is a varint in every
+        // ping and ack (2 bytes for hours, 3 for weeks, not 5 from the start).
+        swim.next_seq = swim.rng.random_range(0..1 << 13);
         // Random phases so that nodes started together do not probe in step.
         let period = swim.config.protocol_period;
         let first_probe = now + period.mul_f64(swim.rng.random_range(0.0..1.0));
@@ -515,7 +518,7 @@ impl Swim {
     // ---- packet handling ------------------------------------------------
 
     fn handle_frame(&mut self, now: Instant, from: SocketAddr, bytes: &[u8], via_stream: bool) {
-        let body = match wire::open(&self.security, bytes) {
+        let body = match wire::open_gossip(&self.security, &self.config.cluster, bytes) {
             Ok(body) => body,
             Err(FrameError::Decode(_)) => return self.stats.dropped.decode += 1,
             Err(FrameError::Decrypt) => {
@@ -529,7 +532,7 @@ impl Swim {
         let Ok(packet) = wire::decode_packet(&body) else {
             return self.stats.dropped.decode += 1;
         };
-        if packet.cluster != self.config.cluster {
+        if packet.cluster != wire::cluster_in_body(&self.security, &self.config.cluster) {
             return self.stats.dropped.foreign_cluster += 1;
         }
         let sender = packet.from;
@@ -1374,7 +1377,7 @@ impl Swim {
 
     fn encode_head(&self, message: &Message) -> Result<Vec<u8>, wire::EncodeError> {
         wire::encode(&PacketHead {
-            cluster: &self.config.cluster,
+            cluster: wire::cluster_in_body(&self.security, &self.config.cluster),
             from: self.me.id,
             generation: self.me.incarnation.generation,
             message,
@@ -1518,7 +1521,8 @@ impl Swim {
     fn push_frame(&mut self, dst: SocketAddr, body: &[u8], kind: TransmitKind) {
         let mut nonce = [0u8; NONCE_LEN];
         self.rng.fill_bytes(&mut nonce);
-        let Some(bytes) = wire::seal(&self.security, nonce, body) else {
+        let Some(bytes) = wire::seal_gossip(&self.security, &self.config.cluster, nonce, body)
+        else {
             return;
         };
         match kind {

@@ -13,8 +13,10 @@ use super::user_event::UserEvent;
 
 /// Bumped on any incompatible change of the body; older peers drop ours
 /// (counted as decode errors) rather than misread them. 3: acks carry the
-/// sender's wall clock (clock-skew estimates).
-pub const WIRE_VERSION: u8 = 3;
+/// sender's wall clock (clock-skew estimates). 4: an encrypted gossip
+/// packet binds its cluster name as associated data instead of carrying
+/// it (`seal_gossip`).
+pub const WIRE_VERSION: u8 = 4;
 const MODE_PLAINTEXT: u8 = 0;
 const MODE_AES_GCM: u8 = 1;
 const HEADER_LEN: usize = 2;
@@ -61,7 +63,7 @@ pub enum Message {
     /// incarnation, status) the sender knows, itself included. A receiver
     /// whose view hashes the same does nothing; one that differs starts a
     /// full `PushPull`. Settled clusters then exchange 16 bytes, not every
-    /// record. Last, so v3 peers without it still decode the rest.
+    /// record.
     PushPullDigest { digest: [u8; 16] },
 }
 
@@ -153,8 +155,56 @@ pub fn decode_packet(body: &[u8]) -> Result<Packet, DecodeError> {
     Ok(packet)
 }
 
+/// The cluster name as a gossip packet's body carries it: the name in the
+/// clear; nothing when encrypted, where `seal_gossip` binds it as
+/// associated data instead. Every ping and ack is that much smaller, and a
+/// packet of another cluster under the same key fails authentication.
+pub fn cluster_in_body<'a>(security: &PacketSecurity, cluster: &'a str) -> &'a str {
+    match security {
+        PacketSecurity::Plaintext => cluster,
+        PacketSecurity::Encrypted(_) => "",
+    }
+}
+
+/// `seal` for a gossip packet of `cluster` (see `cluster_in_body`).
+pub fn seal_gossip(
+    security: &PacketSecurity,
+    cluster: &str,
+    nonce: [u8; NONCE_LEN],
+    body: &[u8],
+) -> Option<Vec<u8>> {
+    seal_with(security, cluster.as_bytes(), nonce, body)
+}
+
+/// `open` for a gossip packet of `cluster`.
+pub fn open_gossip(
+    security: &PacketSecurity,
+    cluster: &str,
+    frame: &[u8],
+) -> Result<Vec<u8>, FrameError> {
+    open_with(security, cluster.as_bytes(), frame)
+}
+
 /// Wraps a body into a frame; `nonce` must be fresh from a CSPRNG.
 pub fn seal(security: &PacketSecurity, nonce: [u8; NONCE_LEN], body: &[u8]) -> Option<Vec<u8>> {
+    seal_with(security, &[], nonce, body)
+}
+
+/// The frame header, then `context`: what an encrypted frame authenticates
+/// besides its body.
+fn associated_data(header: &[u8; HEADER_LEN], context: &[u8]) -> Vec<u8> {
+    let mut aad = Vec::with_capacity(HEADER_LEN + context.len());
+    aad.extend_from_slice(header);
+    aad.extend_from_slice(context);
+    aad
+}
+
+fn seal_with(
+    security: &PacketSecurity,
+    context: &[u8],
+    nonce: [u8; NONCE_LEN],
+    body: &[u8],
+) -> Option<Vec<u8>> {
     match security {
         PacketSecurity::Plaintext => {
             let mut frame = Vec::with_capacity(HEADER_LEN + body.len());
@@ -164,7 +214,7 @@ pub fn seal(security: &PacketSecurity, nonce: [u8; NONCE_LEN], body: &[u8]) -> O
         }
         PacketSecurity::Encrypted(keyring) => {
             let header = [WIRE_VERSION, MODE_AES_GCM];
-            let sealed = keyring.seal(&nonce, &header, body)?;
+            let sealed = keyring.seal(&nonce, &associated_data(&header, context), body)?;
             let mut frame = Vec::with_capacity(HEADER_LEN + NONCE_LEN + sealed.len());
             frame.extend_from_slice(&header);
             frame.extend_from_slice(&nonce);
@@ -176,6 +226,14 @@ pub fn seal(security: &PacketSecurity, nonce: [u8; NONCE_LEN], body: &[u8]) -> O
 
 /// The body of a frame, checked against how this node is configured.
 pub fn open(security: &PacketSecurity, frame: &[u8]) -> Result<Vec<u8>, FrameError> {
+    open_with(security, &[], frame)
+}
+
+fn open_with(
+    security: &PacketSecurity,
+    context: &[u8],
+    frame: &[u8],
+) -> Result<Vec<u8>, FrameError> {
     let Some((header, rest)) = frame.split_first_chunk::<HEADER_LEN>() else {
         return Err(FrameError::Decode("shorter than the frame header"));
     };
@@ -194,7 +252,7 @@ pub fn open(security: &PacketSecurity, frame: &[u8]) -> Result<Vec<u8>, FrameErr
                 return Err(FrameError::Decode("shorter than the tag"));
             }
             keyring
-                .open(nonce, header, ciphertext)
+                .open(nonce, &associated_data(header, context), ciphertext)
                 .ok_or(FrameError::Decrypt)
         }
         _ => Err(FrameError::Decode("unknown frame mode")),
@@ -305,6 +363,33 @@ mod tests {
     }
 
     #[test]
+    fn an_encrypted_gossip_frame_binds_its_cluster_instead_of_carrying_it() {
+        let ring = PacketSecurity::Encrypted(Keyring::new(&[[5; 32]]).unwrap());
+        let mut p = packet();
+        p.cluster = cluster_in_body(&ring, "orders").into();
+        assert_eq!(p.cluster, "");
+        let body = body_of(&p);
+        let sealed = seal_gossip(&ring, "orders", [1; 12], &body).unwrap();
+        assert_eq!(open_gossip(&ring, "orders", &sealed).unwrap(), body);
+        // Same key, another cluster: not authentic there.
+        assert_eq!(
+            open_gossip(&ring, "billing", &sealed),
+            Err(FrameError::Decrypt)
+        );
+        assert_eq!(open(&ring, &sealed), Err(FrameError::Decrypt));
+        // In the clear the name stays in the body, checked by the receiver.
+        assert_eq!(
+            cluster_in_body(&PacketSecurity::Plaintext, "orders"),
+            "orders"
+        );
+        let plain = seal_gossip(&PacketSecurity::Plaintext, "orders", [0; 12], &body).unwrap();
+        assert_eq!(
+            plain,
+            seal(&PacketSecurity::Plaintext, [0; 12], &body).unwrap()
+        );
+    }
+
+    #[test]
     fn acks_carry_the_wall_clock_and_older_wire_versions_are_dropped() {
         let mut p = packet();
         p.message = Message::Ack {
@@ -312,7 +397,7 @@ mod tests {
             wall_ms: Some(1_795_420_666_175),
         };
         assert_eq!(decode_packet(&body_of(&p)).unwrap(), p);
-        // A v2 peer's frame (acks without the clock) is not misread.
+        // An older peer's frame (v2: acks without the clock) is not misread.
         let mut old = seal(&PacketSecurity::Plaintext, [0; 12], &body_of(&p)).unwrap();
         old[0] = 2;
         assert_eq!(
