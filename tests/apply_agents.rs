@@ -922,3 +922,409 @@ fn with_raft_voters_a_dead_coordinator_blocks_nobody() {
     cluster.assert_unchanged(&v);
     eprintln!("raft decision log test: {:?}", started.elapsed());
 }
+
+// ---- a full disk under one node's 2PC store -----------------------------
+
+const SIGSTOP: i32 = 19;
+const SIGCONT: i32 = 18;
+
+fn require_root() {
+    support::require_root("this test mounts a tmpfs in a namespace of its own");
+}
+
+/// Three agents; n3's `DATA_DIR/twophase` is a 1 MiB tmpfs that only it
+/// sees (its own mount namespace), which the test fills and empties.
+struct FullDisk {
+    nodes: Vec<Agent>,
+    /// n3's 2PC store, the tmpfs's mount point.
+    store: PathBuf,
+    /// Kept when `APPLY_AGENTS_KEEP` is set, as `Cluster` does.
+    root: Option<tempfile::TempDir>,
+}
+
+impl FullDisk {
+    fn start() -> FullDisk {
+        let root = tempfile::tempdir().unwrap();
+        let mut nodes: Vec<Agent> = ["n1", "n2", "n3"]
+            .iter()
+            .map(|name| Agent::new(root.path(), name))
+            .collect();
+        let join: Vec<u16> = nodes.iter().map(|n| n.port).collect();
+        for node in &nodes {
+            node.write_config(&Config {
+                join: &join,
+                ..Config::default()
+            });
+        }
+        let store = nodes[2].dir.join("data").join("twophase");
+        fs::create_dir_all(&store).unwrap();
+        let mut cluster = FullDisk {
+            nodes: Vec::new(),
+            store,
+            root: Some(root),
+        };
+        let first = cluster.text_of(&nodes, "first version");
+        for node in &nodes {
+            fs::write(&node.topology, &first).unwrap();
+        }
+        for node in &mut nodes[..2] {
+            node.start(WAIT);
+        }
+        start_with_tmpfs(&mut nodes[2], &cluster.store);
+        cluster.nodes = nodes;
+        cluster.on_version(&cluster.nodes.iter().collect::<Vec<_>>(), 1, &first);
+        cluster
+    }
+
+    fn text(&self, note: &str) -> String {
+        self.text_of(&self.nodes, note)
+    }
+
+    fn text_of(&self, nodes: &[Agent], note: &str) -> String {
+        let mut text = format!(
+            "# Test topology: {note}\ncluster: test\nreplicasets:\n  s1:\n    roles: [storage]\n    nodes:\n"
+        );
+        for node in nodes {
+            text.push_str(&format!(
+                "      {}: {{ address: {} }}\n",
+                node.name,
+                addr(node.port)
+            ));
+        }
+        text
+    }
+
+    /// Runs `script` in n3's mount namespace (where its tmpfs is).
+    fn in_n3_mounts(&self, script: &str) {
+        let pid = self.nodes[2].proc.as_ref().expect("n3 runs").pid();
+        let out = std::process::Command::new("nsenter")
+            .args(["-t", &pid.to_string(), "-m", "--", "sh", "-c", script])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{script}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    /// Fills n3's tmpfs to the last byte: every write there fails with
+    /// ENOSPC.
+    fn fill(&self) {
+        let d = quoted(&self.store);
+        self.in_n3_mounts(&format!(
+            "fallocate -l $(( $(stat -f -c '%a * %S' {d}) )) {d}/ballast"
+        ));
+    }
+
+    fn free(&self) {
+        self.in_n3_mounts(&format!("rm {}/ballast", quoted(&self.store)));
+    }
+
+    /// Waits until each of `nodes` runs `version` with `text`: its status,
+    /// its committed text, its topology file, its lock free.
+    fn on_version(&self, nodes: &[&Agent], version: u64, text: &str) {
+        let mut last = String::new();
+        let done = wait_until_or(WAIT, || {
+            last.clear();
+            let mut all = true;
+            for node in nodes {
+                let status = node.status().unwrap_or_default();
+                let apply = &status["apply"];
+                let ok = apply["version"].as_u64() == Some(version)
+                    && apply["lock"] == FREE
+                    && committed_text(node).as_deref() == Some(text)
+                    && node.file() == text.as_bytes();
+                last.push_str(&format!(
+                    "{}: version {}, lock {}, stopped {}; ",
+                    node.name, apply["version"], apply["lock"], apply["stopped"]
+                ));
+                all &= ok;
+            }
+            all.then_some(())
+        });
+        assert!(
+            done.is_some(),
+            "not all of {:?} run version {version}: {last}",
+            nodes.iter().map(|n| &n.name).collect::<Vec<_>>()
+        );
+    }
+
+    /// Waits until no node coordinates a txn: every participant
+    /// acknowledged every decision.
+    fn finished(&self) {
+        let mut last = Vec::new();
+        let done = wait_until_or(WAIT, || {
+            last = self
+                .nodes
+                .iter()
+                .map(|n| n.status().map(|s| s["apply"]["coordinating"].clone()))
+                .collect();
+            last.iter()
+                .all(|c| {
+                    c.as_ref()
+                        .is_some_and(|c| c.as_array().is_none_or(Vec::is_empty))
+                })
+                .then_some(())
+        });
+        assert!(done.is_some(), "txns left unfinished: {last:?}");
+    }
+
+    /// n3's `apply.disk_error` once it says its writes fail (its driver
+    /// is not reported as stopped: it retries).
+    fn wait_failing(&self) -> String {
+        let n3 = &self.nodes[2];
+        wait_until(WAIT, "n3 to say its 2PC writes fail", || {
+            let apply = &n3.status()?["apply"];
+            let failing = apply["disk_error"].as_str()?.to_string();
+            (failing.starts_with("retrying after a disk error since ")
+                && apply["stopped"].is_null())
+            .then_some(failing)
+        })
+    }
+
+    /// Waits until n3 lists (or no longer lists) `data-dir-unwritable`
+    /// on its store.
+    fn wait_store_issue(&self, listed: bool) {
+        let n3 = &self.nodes[2];
+        let subject = self.store.display().to_string();
+        let mut last = Value::Null;
+        let seen = wait_until_or(WAIT, || {
+            last = serde_json::from_str(&http_get(n3.api(), "/v1/issues?local")?).ok()?;
+            let found = last["issues"].as_array()?.iter().any(|i| {
+                i["kind"] == "data-dir-unwritable"
+                    && i["subject"] == subject.as_str()
+                    && i["level"] == "critical"
+            });
+            (found == listed).then_some(())
+        });
+        assert!(
+            seen.is_some(),
+            "n3 {} data-dir-unwritable {subject}: {last:#}",
+            if listed {
+                "never listed"
+            } else {
+                "still lists"
+            }
+        );
+    }
+}
+
+impl Drop for FullDisk {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            for node in &self.nodes {
+                eprintln!("---- {} ({}) ----", node.name, node.log().display());
+                eprintln!("{}", node.log_tail(60));
+            }
+        }
+        // A stopped n3 must not keep the test waiting: SIGKILL reaps it.
+        for node in &mut self.nodes {
+            node.proc.take();
+        }
+        if std::env::var_os("APPLY_AGENTS_KEEP").is_some() {
+            if let Some(root) = self.root.take() {
+                eprintln!("kept {}", root.keep().display());
+            }
+        }
+    }
+}
+
+/// Starts `agent` in a mount namespace of its own with a 1 MiB tmpfs on
+/// `store`, and waits until its API answers.
+fn start_with_tmpfs(agent: &mut Agent, store: &Path) {
+    let mut command = std::process::Command::new("unshare");
+    command
+        .args(["-m", "--propagation", "private", "--", "sh", "-c"])
+        .arg(format!(
+            "mount -t tmpfs -o size=1m cohort-apply-agents {} && exec \"$@\"",
+            quoted(store)
+        ))
+        .arg("sh")
+        .arg(env!("CARGO_BIN_EXE_cohort"));
+    let log = fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(agent.log())
+        .unwrap();
+    let config = agent.dir.join("cohort.yaml");
+    let api = agent.api();
+    let proc = agent
+        .proc
+        .insert(support::agents::spawn_agent(command, &config, log));
+    let answered = wait_until_or(WAIT, || {
+        if proc.child.try_wait().unwrap().is_some() {
+            return Some(false);
+        }
+        status(api).map(|_| true)
+    });
+    assert_eq!(
+        answered,
+        Some(true),
+        "{} did not answer; its log:\n{}",
+        agent.name,
+        agent.log_tail(60)
+    );
+}
+
+/// `PUT /v1/topology` on `node`, answered at the decision (not waiting
+/// for every acknowledgement: a node that cannot write holds its own
+/// back): the HTTP code and the JSON answer.
+fn put_now(node: &Agent, text: &str) -> (u16, Value) {
+    let (code, body) = http_with_body(node.api(), "PUT", "/v1/topology?timeout=30s", text, WAIT)
+        .unwrap_or_else(|| panic!("{} answers PUT /v1/topology", node.name));
+    let json = serde_json::from_str(&body)
+        .unwrap_or_else(|e| panic!("PUT /v1/topology answered {code} with {body:?}: {e}"));
+    (code, json)
+}
+
+/// The reason the aborted `answer` gives for `node`.
+fn reason_of(answer: &Value, node: &str) -> String {
+    answer["reasons"]
+        .as_array()
+        .and_then(|r| r.iter().find(|r| r["node"] == node))
+        .and_then(|r| r["reason"].as_str())
+        .unwrap_or_else(|| panic!("no reason from {node}: {answer:#}"))
+        .to_string()
+}
+
+/// n3's 2PC store on a full disk, with no restart anywhere:
+///
+/// - a change n3 cannot stage aborts at once with n3's reason (the disk
+///   error), nobody silent; n3 says in its status and its issues that
+///   its writes fail, and refuses to coordinate; freed, it writes what
+///   it held back by itself and the change commits on all three;
+/// - n3 stopped (SIGSTOP) while a version is committed without it, its
+///   disk filled, then let go: it cannot catch up, and a change aborts
+///   with its reason; freed, it catches up by itself (the time from
+///   freeing to caught up is printed) and the next change commits on all
+///   three.
+#[test]
+fn a_node_whose_disk_fills_votes_no_and_catches_up_once_it_is_freed() {
+    require_root();
+    let started = Instant::now();
+    let cluster = FullDisk::start();
+    let [n1, n2, n3] = [&cluster.nodes[0], &cluster.nodes[1], &cluster.nodes[2]];
+    let no_space = "No space left on device";
+
+    // A change n3 cannot stage.
+    cluster.fill();
+    let v2 = cluster.text("version 2");
+    let (code, answer) = put_now(n1, &v2);
+    assert_eq!(
+        (code, &answer["outcome"]),
+        (409, &"aborted".into()),
+        "{answer:#}"
+    );
+    assert_eq!(
+        answer["silent"],
+        Value::Null,
+        "nobody is silent: {answer:#}"
+    );
+    let why = reason_of(&answer, "n3");
+    assert!(
+        why.starts_with("this node cannot stage the change: cannot write ")
+            && why.contains(no_space),
+        "{why}"
+    );
+    let stopped = cluster.wait_failing();
+    assert!(stopped.contains(no_space), "{stopped}");
+    cluster.wait_store_issue(true);
+    // It coordinates nothing meanwhile, and says why at once: 503, its
+    // disk and not the request.
+    let (code, answer) = put_now(n3, &v2);
+    assert_eq!(code, 503, "{answer:#}");
+    assert_eq!(answer["code"], "unavailable", "{answer:#}");
+    let message = answer["message"].as_str().unwrap_or_default();
+    assert!(
+        message.starts_with("this node cannot write its 2PC state") && message.contains(no_space),
+        "{answer:#}"
+    );
+    cluster.on_version(&[n1, n2], 1, &cluster.text("first version"));
+
+    cluster.free();
+    let freed = Instant::now();
+    wait_until(WAIT, "n3's writes to work again", || {
+        n3.status()?["apply"]["disk_error"].is_null().then_some(())
+    });
+    eprintln!(
+        "n3 writes again {:?} after its disk was freed",
+        freed.elapsed()
+    );
+    cluster.wait_store_issue(false);
+    // The abort it could not record is recorded and acknowledged.
+    cluster.finished();
+    let (code, answer) = put_now(n1, &v2);
+    assert_eq!(
+        (code, &answer["outcome"]),
+        (200, &"committed".into()),
+        "{answer:#}"
+    );
+    cluster.on_version(&[n1, n2, n3], 2, &v2);
+    cluster.finished();
+
+    // A version n3 misses, then cannot catch up on.
+    let n3_pid = n3.proc.as_ref().unwrap().pid();
+    signal_pid(n3_pid, SIGSTOP);
+    wait_until(WAIT, "n1 and n2 to see n3 dead", || {
+        [n1, n2]
+            .iter()
+            .all(|n| n.sees("n3").as_deref() == Some("dead"))
+            .then_some(())
+    });
+    let v3 = cluster.text("version 3, without n3");
+    let (code, answer) = put_now(n1, &v3);
+    assert_eq!(
+        (code, &answer["outcome"]),
+        (200, &"committed".into()),
+        "{answer:#}"
+    );
+    cluster.on_version(&[n1, n2], 3, &v3);
+    cluster.fill();
+    signal_pid(n3_pid, SIGCONT);
+    let stopped = cluster.wait_failing();
+    assert!(stopped.contains(no_space), "{stopped}");
+    assert_eq!(
+        n3.status().unwrap()["apply"]["version"],
+        2,
+        "n3 cannot install version 3"
+    );
+    wait_until(WAIT, "n1 to see n3 alive", || {
+        (n1.sees("n3").as_deref() == Some("alive")).then_some(())
+    });
+    let v4 = cluster.text("version 4");
+    let (code, answer) = put_now(n1, &v4);
+    assert_eq!(
+        (code, &answer["outcome"]),
+        (409, &"aborted".into()),
+        "{answer:#}"
+    );
+    assert_eq!(
+        answer["silent"],
+        Value::Null,
+        "nobody is silent: {answer:#}"
+    );
+    let why = reason_of(&answer, "n3");
+    assert!(
+        why.starts_with("this node cannot write its 2PC state: ") && why.contains(no_space),
+        "{why}"
+    );
+
+    cluster.free();
+    let freed = Instant::now();
+    cluster.on_version(&[n3], 3, &v3);
+    eprintln!(
+        "n3 caught up on version 3 {:?} after its disk was freed",
+        freed.elapsed()
+    );
+    cluster.wait_store_issue(false);
+    let (code, answer) = put_now(n1, &v4);
+    assert_eq!(
+        (code, &answer["outcome"]),
+        (200, &"committed".into()),
+        "{answer:#}"
+    );
+    cluster.on_version(&[n1, n2, n3], 4, &v4);
+    cluster.finished();
+    eprintln!("full disk test: {:?}", started.elapsed());
+}

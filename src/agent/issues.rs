@@ -506,13 +506,13 @@ fn data_dir(s: &Snapshot, found: &mut Vec<Found>) {
             format!("the data dir {} takes no writes: {why}", dir.path),
         ));
     }
-    if let Some(why) = s.status.apply.as_ref().and_then(|a| a.stopped.as_ref()) {
+    if let Some(why) = s.status.apply.as_ref().and_then(|a| a.disk_error.as_ref()) {
         let store = format!("{}/{}", dir.path.trim_end_matches('/'), "twophase");
         found.push(Found::new(
             IssueKind::DataDirUnwritable,
             IssueLevel::Critical,
             store,
-            format!("the apply driver stopped ({why}): topology changes and catch-up wait until the agent restarts on a working disk"),
+            format!("the apply driver cannot write its 2PC state ({why}): this node votes no on every topology change and catches up only once a write works again; it retries by itself"),
         ));
     }
     if let Some(space) = dir.space.filter(|s| s.total > 0) {
@@ -1346,7 +1346,7 @@ mod tests {
     }
 
     #[test]
-    fn a_data_dir_that_takes_no_writes_and_an_apply_driver_that_stopped() {
+    fn a_data_dir_that_takes_no_writes_and_an_apply_driver_held_up_by_its_disk() {
         let mut w = World::healthy();
         w.dir.write = Some(Err("Read-only file system".into()));
         let found = w.found();
@@ -1359,11 +1359,21 @@ mod tests {
             "the data dir /var/lib/cohort takes no writes: Read-only file system"
         );
         let mut w = World::healthy();
-        w.status.apply.as_mut().unwrap().stopped = Some("disk error, 2PC stopped: EIO".into());
+        let why = "retrying after a disk error since 2026-11-23T07:57:46.176Z: cannot write \
+                   /var/lib/cohort/twophase/state.bin: No space left on device";
+        w.status.apply.as_mut().unwrap().disk_error = Some(why.into());
+        let found = w.found();
         assert_eq!(
-            summary(&w.found()),
+            summary(&found),
             one("data-dir-unwritable", Critical, "/var/lib/cohort/twophase")
         );
+        assert_eq!(
+            found[0].message,
+            format!("the apply driver cannot write its 2PC state ({why}): this node votes no on every topology change and catches up only once a write works again; it retries by itself")
+        );
+        // A write worked: the driver clears the field, and the issue goes.
+        w.status.apply.as_mut().unwrap().disk_error = None;
+        assert_eq!(w.found(), Vec::new());
     }
 
     #[test]

@@ -186,6 +186,9 @@ pub fn status_line(status: &Status, members: &Members) -> String {
     if let Some(stopped) = status.apply.as_ref().and_then(|a| a.stopped.as_ref()) {
         parts.push(format!("apply stopped: {stopped}"));
     }
+    if let Some(failing) = status.apply.as_ref().and_then(|a| a.disk_error.as_ref()) {
+        parts.push(format!("2PC writes failing {failing}"));
+    }
     match status.warnings.len() {
         0 => {}
         1 => parts.push("1 warning".to_string()),

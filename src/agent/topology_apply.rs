@@ -356,7 +356,12 @@ fn on_done(
                 Phase::Idle
             }
             Outcome::Aborted { reasons } => {
-                let contention = reasons.values().all(|r| r.starts_with("locked by"))
+                // Another change holding the lock, or a node whose 2PC
+                // writes fail (it retries them and recovers by itself):
+                // worth trying again, a bounded number of times.
+                let contention = reasons
+                    .values()
+                    .all(|r| r.starts_with("locked by") || super::apply::is_disk_vote(r))
                     && (!reasons.is_empty() || !report.result.silent.is_empty());
                 // Without a first version nothing runs: never give it up.
                 if contention && (first_version || contended + 1 < MAX_CONTENDED) {
@@ -369,8 +374,10 @@ fn on_done(
             }
         },
         Err(ApplyError::Unchanged(_)) => Phase::Idle,
-        // Too few nodes are up to commit safely: wait for them.
+        // Too few nodes are up to commit safely, or this node's 2PC writes
+        // fail (it retries them): wait, the file is applied once they work.
         Err(ApplyError::Start(e)) => retry(contended, e.to_string()),
+        Err(e @ ApplyError::Disk(_)) => retry(contended, e.to_string()),
         Err(e) => {
             warn!("the topology file was not applied: {e}");
             set_pending(state, Some(e.to_string()));
@@ -448,7 +455,10 @@ fn api_state(s: &ApplyStatus) -> ApplyState {
             .iter()
             .map(|p| p.display().to_string())
             .collect(),
-        stopped: s.stopped.clone(),
+        // The driver reports a disk error in `stopped` too; the API keeps
+        // the two apart (one recovers by itself, the other does not).
+        stopped: s.stopped.clone().filter(|_| s.disk_error.is_none()),
+        disk_error: s.disk_error.as_ref().map(ToString::to_string),
     }
 }
 
@@ -491,6 +501,13 @@ pub async fn apply_for_api(
             return Err(api::ApiError {
                 code: "unavailable".into(),
                 message: format!("the apply driver is not running: {why}"),
+            })
+        }
+        // This node's disk, not the request: try again once it works.
+        Err(e @ ApplyError::Disk(_)) => {
+            return Err(api::ApiError {
+                code: "unavailable".into(),
+                message: e.to_string(),
             })
         }
         Err(e) => {

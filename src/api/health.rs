@@ -44,13 +44,14 @@ type Outcome = Result<(), Failure>;
 /// Every check runs each time; the answer is 503 with the first failure's
 /// code when any fails.
 pub(super) async fn get_health(State(state): State<Arc<NodeState>>) -> Response {
-    let (node, uuid, data_dir, apply_stopped) = {
+    let (node, uuid, data_dir, apply_stopped, apply_disk_error) = {
         let status = read(&state.status);
         (
             status.node.clone(),
             status.uuid,
             PathBuf::from(&status.data_dir),
             status.apply.as_ref().and_then(|a| a.stopped.clone()),
+            status.apply.as_ref().and_then(|a| a.disk_error.clone()),
         )
     };
     let stopping: Outcome = if *state.stopping.borrow() {
@@ -77,12 +78,16 @@ pub(super) async fn get_health(State(state): State<Arc<NodeState>>) -> Response 
     } else {
         Ok(())
     };
-    let apply: Outcome = match apply_stopped {
-        Some(why) => Err(Failure::new(
+    let apply: Outcome = match (apply_stopped, apply_disk_error) {
+        (Some(why), _) => Err(Failure::new(
             "apply_stopped",
             format!("the apply driver stopped: {why}"),
         )),
-        None => Ok(()),
+        (None, Some(failing)) => Err(Failure::new(
+            "apply_disk_error",
+            format!("this node cannot write its 2PC state ({failing}): it votes no on every topology change until a write works; it retries by itself"),
+        )),
+        (None, None) => Ok(()),
     };
     let checks = [
         ("stopping", stopping),

@@ -103,9 +103,13 @@ pub struct ApplyState {
     /// them): where each was kept.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub kept_edits: Vec<String>,
-    /// Set when the driver stopped (a disk error): why.
+    /// Set when the driver is not running (the agent is stopping): why.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stopped: Option<String>,
+    /// Set while this node's 2PC writes fail: since when and the last
+    /// error. It votes no on every change and retries by itself.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub disk_error: Option<String>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]

@@ -552,6 +552,9 @@ fn apply_rows(apply: &api::ApplyState) -> Vec<(&'static str, String)> {
     if let Some(stopped) = &apply.stopped {
         rows.push(("apply stopped", stopped.clone()));
     }
+    if let Some(failing) = &apply.disk_error {
+        rows.push(("2PC writes failing", failing.clone()));
+    }
     rows
 }
 
@@ -642,6 +645,7 @@ mod tests {
                 "/var/lib/cohort/kept/topology.yaml.2".into(),
             ],
             stopped: Some("cannot write /var/lib/cohort/apply: disk full".into()),
+            disk_error: None,
         }
     }
 

@@ -291,6 +291,29 @@ impl Coordinator {
         Ok(txn)
     }
 
+    /// The driver could not carry out `Persist(Started)` for `txn` (a full
+    /// or read-only disk) and has carried out nothing after it: the txn is
+    /// dropped with the PREPAREs queued behind it, as if never started
+    /// (nobody heard of it; its number is not used again by this run).
+    /// Returns whether it was dropped: false unless `txn` is collecting
+    /// and none of its PREPAREs has been taken yet.
+    pub fn start_failed(&mut self, txn: TxnId) -> bool {
+        let is_prepare = |a: &Action| matches!(a, Action::Send { message: Message::Prepare(p), .. } if p.proposal.txn == txn);
+        let Some(t) = self.txns.get(&txn) else {
+            return false;
+        };
+        let queued = self.actions.iter().filter(|a| is_prepare(a)).count();
+        let unheard = matches!(&t.phase, Phase::Collecting { votes, .. } if votes.is_empty());
+        if !unheard || queued < t.participants.len() {
+            return false;
+        }
+        self.actions.retain(|a| !is_prepare(a));
+        self.txns.remove(&txn);
+        self.disk.started.remove(&txn);
+        self.stats.started = self.stats.started.saturating_sub(1);
+        true
+    }
+
     // ---- inputs ---------------------------------------------------------
 
     pub fn handle_message(&mut self, now: Instant, from: NodeId, message: Message) {
@@ -746,6 +769,32 @@ mod tests {
 
     fn vote(c: &mut Coordinator, now: Instant, from: u128, txn: TxnId, vote: Vote) {
         c.handle_message(now, node(from), Message::Vote { txn, vote });
+    }
+
+    #[test]
+    fn a_start_that_cannot_be_written_is_dropped_before_any_prepare() {
+        let now = Instant::now();
+        let mut c = coordinator(now);
+        let txn = c.start(now, start()).unwrap_or_else(|e| panic!("{e}"));
+        assert!(matches!(
+            c.poll_action(),
+            Some(Action::Persist(Record::Started { .. }))
+        ));
+        assert!(c.start_failed(txn));
+        assert!(drain(&mut c).is_empty(), "no PREPARE goes out");
+        assert!(c.is_idle());
+        assert_eq!(c.poll_timeout(), None);
+        // The next start works as usual, under a new number.
+        let next = c.start(now, start()).unwrap_or_else(|e| panic!("{e}"));
+        assert_ne!(next, txn);
+        let actions = drain(&mut c);
+        assert_eq!(
+            sent_to(&actions, |m| matches!(m, Message::Prepare(_))).len(),
+            3
+        );
+        // Once a PREPARE is out the txn exists for others: not dropped.
+        assert!(!c.start_failed(next));
+        assert!(!c.is_idle());
     }
 
     #[test]

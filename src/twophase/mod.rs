@@ -102,6 +102,19 @@
 //! alone while a participant had the log record abort would split the
 //! cluster).
 //!
+//! # A write that fails
+//!
+//! The driver carries out a `Persist` before anything queued after it. If
+//! it cannot (a full disk), two records may be given up, since nothing
+//! of them has left the node yet: `Staged` (`Participant::stage_failed`:
+//! the queued yes becomes a no, as after a failed validation) and
+//! `Started` (`Coordinator::start_failed`: the txn is dropped with its
+//! queued PREPAREs). Any other record must be written before the actions
+//! after it, so the driver retries it and holds them; the machines may
+//! run ahead in memory meanwhile, but nothing reaches another node or the
+//! caller, exactly as on a slow disk. The simulator plays this
+//! (`SimConfig::disk_failure`, `Sim::set_disk_full`).
+//!
 //! # Safety, in one paragraph
 //!
 //! A node installs txn T only on a commit that originates in the decision
@@ -145,7 +158,7 @@ pub struct TxnId {
 }
 
 impl fmt::Display for TxnId {
-    /// "txn 7 from node <uuid>", the form every message uses.
+    /// `txn 7 from node <uuid>`, the form every message uses.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "txn {} from node {}", self.seq, self.coordinator)
     }

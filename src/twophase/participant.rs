@@ -120,6 +120,8 @@ pub struct ParticipantStats {
     /// Versions installed by catch-up.
     pub caught_up: u64,
     pub anomalies: u64,
+    /// Yes votes withdrawn because `Staged` could not be written.
+    pub stage_failures: u64,
 }
 
 /// One node's participant. See the module doc.
@@ -212,6 +214,39 @@ impl Participant {
                 );
             }
         }
+    }
+
+    /// The driver could not carry out `Persist(Staged)` for `txn` (a full
+    /// or read-only disk) and has carried out nothing after it: the yes
+    /// queued behind it is withdrawn, the lock freed, and the coordinator
+    /// hears no with `why`. Nothing was promised, so this is the refusal of
+    /// a failed validation. (Should a half-done write have left the staged
+    /// txn on disk after all, a restart finds this node prepared for a txn
+    /// it voted no for: it asks, and hears the abort that no vote forced.)
+    /// Returns whether it did: not unless this node is prepared for `txn`
+    /// and its yes is still queued (else the driver must write `Staged`
+    /// after all: the promise may be out).
+    pub fn stage_failed(&mut self, txn: TxnId, why: String) -> bool {
+        if !matches!(self.lock, Lock::Prepared { txn: t, .. } if t == txn) {
+            return false;
+        }
+        let yes = Message::Vote {
+            txn,
+            vote: Vote::Yes,
+        };
+        let before = self.actions.len();
+        self.actions.retain(|a| {
+            !matches!(a, Action::Send { to, message } if *to == txn.coordinator && *message == yes)
+        });
+        if self.actions.len() == before {
+            return false;
+        }
+        self.disk.staged.take_if(|s| s.proposal.txn == txn);
+        self.lock = Lock::Free;
+        self.stats.prepared = self.stats.prepared.saturating_sub(1);
+        self.stats.stage_failures += 1;
+        self.vote_no(txn, why);
+        true
     }
 
     /// Catch-up: installs `committed`, a newer version that a peer
@@ -692,6 +727,41 @@ mod tests {
         assert!(matches!(actions[0], Action::Persist(Record::Staged(_))));
         assert_eq!(votes(&actions), vec![Vote::Yes]);
         assert_eq!(actions.len(), 2);
+        assert!(matches!(p.status(), LockStatus::Prepared { .. }));
+    }
+
+    #[test]
+    fn a_stage_that_cannot_be_written_becomes_a_no_and_frees_the_lock() {
+        let now = Instant::now();
+        let mut p = participant(now);
+        p.handle_message(now, node(1), prepare(1, 0));
+        drain(&mut p);
+        p.validated(now, txn(1), Ok(()));
+        // The driver takes the persist, fails to write it, and says so
+        // before taking anything else.
+        assert!(matches!(
+            p.poll_action(),
+            Some(Action::Persist(Record::Staged(_)))
+        ));
+        assert!(p.stage_failed(txn(1), "disk full".into()));
+        assert_eq!(votes(&drain(&mut p)), vec![Vote::No("disk full".into())]);
+        assert_eq!(p.status(), LockStatus::Free);
+        assert_eq!(p.stats().stage_failures, 1);
+        // The next PREPARE is taken as on any free node (the disk works
+        // again, say): validated, staged, yes.
+        p.handle_message(now, node(1), prepare(2, 0));
+        p.validated(now, txn(2), Ok(()));
+        let actions = drain(&mut p);
+        assert!(matches!(actions[1], Action::Persist(Record::Staged(_))));
+        assert_eq!(votes(&actions), vec![Vote::Yes]);
+    }
+
+    #[test]
+    fn a_stage_failure_after_the_yes_went_out_changes_nothing() {
+        let now = Instant::now();
+        let mut p = prepared(now);
+        assert!(!p.stage_failed(txn(1), "disk full".into()));
+        assert!(drain(&mut p).is_empty());
         assert!(matches!(p.status(), LockStatus::Prepared { .. }));
     }
 

@@ -2,7 +2,9 @@
 //! `Coordinator` and a `Participant` over a durable store, on virtual time.
 //! Links lose, delay, duplicate and reorder messages; a node may crash right
 //! after any action it carries out (losing its memory and the actions not yet
-//! carried out) and restarts from its store; clocks run at different rates.
+//! carried out) and restarts from its store; a write to its store may fail
+//! (a full disk), which its driver handles as the agent's does; clocks run
+//! at different rates.
 //! The simulator is also the oracle: it checks the invariants at every step
 //! and lists what it saw broken (`violations`).
 
@@ -62,6 +64,14 @@ pub struct SimConfig {
     /// Generous for 30 % loss with 4–5 s backoffs; a stuck lock shows up
     /// as a minute or more. Tests print the longest seen.
     pub grace: Duration,
+    /// Probability a `Persist` fails (a full disk; while faults are on).
+    /// The node's driver does what the agent's does (`agent::apply`): a
+    /// failed `Staged` becomes a no vote, a failed `Started` drops its txn,
+    /// and any other record holds back every action after it and is tried
+    /// again every `disk_retry` (failing again with this probability);
+    /// meanwhile PREPAREs get a no at once and no txn is started there.
+    pub disk_failure: f64,
+    pub disk_retry: Duration,
     /// Catch-up as the agent does it over gossip: every this often each
     /// running node with a free lock compares its committed version with a
     /// random running peer's and installs the peer's if it is newer. Off
@@ -92,6 +102,8 @@ impl SimConfig {
             validation_delay_max: Duration::from_millis(50),
             log_delay_max: Duration::from_millis(30),
             grace: Duration::from_secs(20),
+            disk_failure: 0.0,
+            disk_retry: Duration::from_millis(200),
             catch_up_interval: None,
         }
     }
@@ -134,6 +146,10 @@ pub struct SimStats {
     pub waiting_checks: u64,
     /// Versions installed by catch-up.
     pub caught_up: u64,
+    /// Writes that failed (`disk_failure`), retries included.
+    pub write_failures: u64,
+    /// PREPAREs answered no at once by a node whose write was blocked.
+    pub refused_while_blocked: u64,
 }
 
 enum Input {
@@ -166,6 +182,11 @@ enum Input {
     CatchUp {
         node: usize,
     },
+    /// The node tries its blocked write again.
+    RetryWrite {
+        node: usize,
+        life: u64,
+    },
 }
 
 struct Running {
@@ -194,6 +215,11 @@ struct SimNode {
     /// Down intervals (virtual), the last one open while down.
     downs: Vec<(Duration, Option<Duration>)>,
     hold: Option<Hold>,
+    /// A write that failed and that every later action waits for (lost
+    /// with the node's memory in a crash).
+    blocked: Option<Record>,
+    /// Its retry is due: the next action carried out.
+    retry: Option<Record>,
 }
 
 /// The simulated cluster. Node indexes are stable across restarts.
@@ -208,6 +234,8 @@ pub struct Sim {
     chaos: bool,
     /// Directed links that lose everything.
     cut: BTreeSet<(usize, usize)>,
+    /// Nodes every write of which fails (`set_disk_full`).
+    disk_full: BTreeSet<usize>,
     /// The replicated log (`DecisionLog::Replicated`): first decision wins.
     register: BTreeMap<TxnId, Decision>,
     /// The log each txn was started with.
@@ -289,6 +317,8 @@ impl Sim {
                 crash_at: None,
                 downs: Vec::new(),
                 hold: None,
+                blocked: None,
+                retry: None,
             });
         }
         let mut sim = Sim {
@@ -301,6 +331,7 @@ impl Sim {
             queue: EventQueue::default(),
             chaos: true,
             cut: BTreeSet::new(),
+            disk_full: BTreeSet::new(),
             register: BTreeMap::new(),
             logs: BTreeMap::new(),
             decisions: BTreeMap::new(),
@@ -357,6 +388,9 @@ impl Sim {
             false => self.config.log,
         };
         self.texts += 1;
+        if self.nodes.get(node).is_some_and(|n| n.blocked.is_some()) {
+            return Err(format!("node {node} cannot write its 2PC state"));
+        }
         let Some(running) = self.nodes.get_mut(node).and_then(|n| n.running.as_mut()) else {
             return Err(format!("node {node} is down"));
         };
@@ -421,10 +455,26 @@ impl Sim {
         }
     }
 
+    /// Makes every write of `node` fail (or work again), whatever the
+    /// chaos setting.
+    pub fn set_disk_full(&mut self, node: usize, full: bool) {
+        if full {
+            self.disk_full.insert(node);
+        } else {
+            self.disk_full.remove(&node);
+        }
+    }
+
+    /// Whether `node` holds back its actions behind a failed write.
+    pub fn is_blocked(&self, node: usize) -> bool {
+        self.nodes.get(node).is_some_and(|n| n.blocked.is_some())
+    }
+
     /// No more faults, and every crashed node restarts now.
     pub fn heal(&mut self) {
         self.chaos = false;
         self.cut.clear();
+        self.disk_full.clear();
         for i in 0..self.nodes.len() {
             self.nodes[i].crash_at = None;
             if self.nodes[i].running.is_none() {
@@ -537,7 +587,8 @@ impl Sim {
         self.nodes.iter().all(|n| {
             n.running.as_ref().is_some_and(|r| {
                 r.participant.status() == LockStatus::Free && r.coordinator.is_idle()
-            }) && n.disk.participant.committed == *first
+            }) && n.blocked.is_none()
+                && n.disk.participant.committed == *first
         })
     }
 
@@ -618,8 +669,29 @@ impl Sim {
                 let now = self.node_now(to);
                 let from_id = self.nodes[from].id;
                 let me = self.nodes[to].id;
-                let Some(running) = self.nodes[to].running.as_mut() else {
+                if self.nodes[to].running.is_none() {
                     self.stats.undeliverable += 1;
+                    return;
+                }
+                if let Message::Prepare(prepare) = &message {
+                    let txn = prepare.proposal.txn;
+                    if self.nodes[to].blocked.is_some() && to != from && from_id == txn.coordinator
+                    {
+                        // As the agent's driver: a no needs nothing on disk.
+                        self.stats.refused_while_blocked += 1;
+                        let vote = super::Vote::No("this node cannot write its 2PC state".into());
+                        let message = Message::Vote { txn, vote };
+                        self.execute(
+                            to,
+                            Action::Send {
+                                to: from_id,
+                                message,
+                            },
+                        );
+                        return;
+                    }
+                }
+                let Some(running) = self.nodes[to].running.as_mut() else {
                     return;
                 };
                 match message.role(me) {
@@ -682,6 +754,18 @@ impl Sim {
             }
             Input::Restart { node } => self.boot(node),
             Input::CatchUp { node } => self.catch_up(node),
+            Input::RetryWrite { node, life } => {
+                let n = &mut self.nodes[node];
+                if n.life != life || n.running.is_none() {
+                    return;
+                }
+                let Some(record) = n.blocked.take() else {
+                    return;
+                };
+                n.retry = Some(record);
+                self.note(7000 + node as u64);
+                self.after_input(node);
+            }
         }
     }
 
@@ -744,6 +828,8 @@ impl Sim {
         let n = &mut self.nodes[node];
         n.running = None;
         n.wake = None;
+        n.blocked = None;
+        n.retry = None;
         n.downs.push((elapsed, None));
         // A lock that is not staged dies with the process.
         if n.disk.participant.staged.is_none() {
@@ -758,14 +844,32 @@ impl Sim {
     /// short), then takes its events, tracks its lock and its next wake.
     fn after_input(&mut self, node: usize) {
         loop {
-            let action = match self.nodes[node].running.as_mut() {
+            if self.nodes[node].blocked.is_some() {
+                // Events wait for the write too: nothing not on disk is told.
+                self.track_lock(node);
+                self.schedule_wake(node);
+                return;
+            }
+            let n = &mut self.nodes[node];
+            let action = match n.running.as_mut() {
                 None => return,
-                Some(r) => r
-                    .coordinator
-                    .poll_action()
-                    .or_else(|| r.participant.poll_action()),
+                Some(r) => n.retry.take().map(Action::Persist).or_else(|| {
+                    r.coordinator
+                        .poll_action()
+                        .or_else(|| r.participant.poll_action())
+                }),
             };
             let Some(action) = action else { break };
+            if let Action::Persist(record) = &action {
+                let fails = self.disk_full.contains(&node)
+                    || (self.chaos
+                        && self.config.disk_failure > 0.0
+                        && self.rng.random_bool(self.config.disk_failure.min(1.0)));
+                if fails {
+                    self.write_failed(node, record.clone());
+                    continue;
+                }
+            }
             let scripted = self.execute(node, action);
             let n = &mut self.nodes[node];
             n.actions_done += 1;
@@ -820,6 +924,34 @@ impl Sim {
         }
         self.track_lock(node);
         self.schedule_wake(node);
+    }
+
+    /// A `Persist` could not be written: what the agent's driver does.
+    fn write_failed(&mut self, node: usize, record: Record) {
+        self.stats.write_failures += 1;
+        self.note(8000 + node as u64);
+        let n = &mut self.nodes[node];
+        let Some(running) = n.running.as_mut() else {
+            return;
+        };
+        // Given up (nothing of it left the node), or held until written.
+        let given_up = match &record {
+            Record::Staged(prepare) => running.participant.stage_failed(
+                prepare.proposal.txn,
+                "this node cannot stage the change: disk full".into(),
+            ),
+            Record::Started { txn, .. } => running.coordinator.start_failed(*txn),
+            _ => false,
+        };
+        if given_up {
+            return;
+        }
+        n.blocked = Some(record);
+        let life = n.life;
+        self.schedule(
+            self.now + self.config.disk_retry,
+            Input::RetryWrite { node, life },
+        );
     }
 
     fn schedule_wake(&mut self, node: usize) {
@@ -1199,6 +1331,120 @@ impl Sim {
                 past.as_secs_f64(),
                 unexcused.as_secs_f64()
             ));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::twophase::Outcome;
+
+    const WAIT: Duration = Duration::from_secs(60);
+
+    /// The reason `node` gave in the abort of `txn`, if it gave one.
+    fn reason(sim: &Sim, txn: TxnId, node: usize) -> Option<String> {
+        let (_, _, result) = sim.results().iter().find(|(_, _, r)| r.txn == txn)?;
+        assert!(result.silent.is_empty(), "nobody is silent: {result}");
+        match &result.outcome {
+            Outcome::Aborted { reasons } => reasons.get(&sim.id(node)).cloned(),
+            Outcome::Committed(_) => None,
+        }
+    }
+
+    fn decided(sim: &mut Sim, txn: TxnId) {
+        sim.run_until_true(WAIT, |s| s.decision(txn).is_some())
+            .unwrap_or_else(|| panic!("{txn} undecided: {}", sim.describe_unsettled()));
+    }
+
+    /// A node whose every write fails votes no on the change it cannot
+    /// stage (named, not silent), holds back what follows a write it
+    /// cannot skip (the abort it must record), and meanwhile refuses
+    /// PREPAREs at once; once its disk works it writes what it held back
+    /// by itself and the next change commits everywhere.
+    #[test]
+    fn a_full_disk_votes_no_and_a_freed_one_takes_part_again() {
+        let mut sim = Sim::new(SimConfig::new(1, 3));
+        sim.set_chaos(false);
+        sim.set_disk_full(2, true);
+        let first = sim.start_txn(0).unwrap();
+        decided(&mut sim, first);
+        let why = reason(&sim, first, 2).expect("node 2 says why");
+        assert!(why.contains("cannot stage the change"), "{why}");
+        sim.run_until_true(WAIT, |s| s.is_blocked(2))
+            .expect("node 2 cannot record the abort");
+        let second = sim.start_txn(1).unwrap();
+        decided(&mut sim, second);
+        let why = reason(&sim, second, 2).expect("node 2 says why");
+        assert!(why.contains("cannot write its 2PC state"), "{why}");
+        assert!(sim.start_txn(2).is_err(), "a blocked node starts nothing");
+        assert!(!sim.settled());
+
+        sim.set_disk_full(2, false);
+        sim.run_until_true(WAIT, Sim::settled)
+            .unwrap_or_else(|| panic!("{}", sim.describe_unsettled()));
+        let third = sim.start_txn(2).unwrap();
+        sim.run_until_true(WAIT, Sim::settled)
+            .unwrap_or_else(|| panic!("{}", sim.describe_unsettled()));
+        assert_eq!(sim.decision(third), Some(Decision::Commit));
+        sim.final_check().unwrap();
+        assert!(sim.stats().write_failures > 0);
+        assert_eq!(sim.stats().refused_while_blocked, 1);
+    }
+
+    /// Random applies for a minute while 5 % of writes fail (a failed
+    /// write fails again as often), with loss, crashes and failed
+    /// validations; then the faults end: the invariants hold throughout,
+    /// the cluster settles, and the next change commits.
+    fn chaos_with_failing_writes(seed: u64) -> Result<(), String> {
+        let mut config = SimConfig::new(seed, 3 + (seed % 5) as usize);
+        config.loss = 0.1;
+        config.duplicate = 0.05;
+        config.delay_max = Duration::from_millis(150);
+        config.crash_per_action = 0.005;
+        config.downtime_max = Duration::from_secs(15);
+        config.clock_skew = 0.1;
+        config.validation_failure = 0.05;
+        config.disk_failure = 0.05;
+        config.mixed_logs = seed % 2 == 1;
+        config.catch_up_interval = Some(Duration::from_secs(1));
+        let n = config.nodes;
+        let mut sim = Sim::new(config);
+        let mut rng = SmallRng::seed_from_u64(mix(seed ^ 0xd15c));
+        while sim.elapsed() < Duration::from_secs(60) {
+            sim.run_for(rng.random_range(Duration::from_millis(300)..=Duration::from_secs(3)));
+            let _ = sim.start_txn(rng.random_range(0..n));
+        }
+        sim.heal();
+        sim.run_until_true(Duration::from_secs(120), Sim::settled)
+            .ok_or_else(|| sim.describe_unsettled())?;
+        sim.final_check()?;
+        if std::env::var_os("TWOPC_DISK_VERBOSE").is_some() {
+            eprintln!("seed {seed}: {:?}", sim.stats());
+        }
+        if sim.stats().write_failures == 0 {
+            return Err("no write failed: the scenario tests nothing".into());
+        }
+        let next = sim.start_txn(rng.random_range(0..n))?;
+        sim.run_until_true(Duration::from_secs(30), Sim::settled)
+            .ok_or_else(|| sim.describe_unsettled())?;
+        sim.final_check()?;
+        match sim.decision(next) {
+            Some(Decision::Commit) => Ok(()),
+            other => Err(format!("the apply after the heal: {other:?}")),
+        }
+    }
+
+    #[test]
+    fn chaos_with_failing_writes_over_seeds() {
+        let seeds: u64 = std::env::var("TWOPC_DISK_SEEDS")
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(200);
+        for seed in 0..seeds {
+            if let Err(e) = chaos_with_failing_writes(seed) {
+                panic!("seed {seed}: {e}");
+            }
         }
     }
 }

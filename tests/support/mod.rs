@@ -16,6 +16,15 @@ use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
+/// Fails the test unless it runs as root; `why` says what it needs root
+/// for.
+pub fn require_root(why: &str) {
+    assert!(
+        nix::unistd::geteuid().is_root(),
+        "{why}: run it as root (CI does), with util-linux installed"
+    );
+}
+
 /// The cohort binary; as a CLI it sends the tests' API token
 /// (`COHORT_TOKEN_FILE`), which a harness agent takes (`api.token_file`).
 pub fn cohort() -> Command {

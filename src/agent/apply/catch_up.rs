@@ -38,21 +38,24 @@ pub(super) async fn run(
             _ = ticks.tick() => {}
             changed = status.changed() => if changed.is_err() { return },
         }
-        let (me, have, stopped, locked) = {
+        let (me, have, stopped, failing, locked) = {
             let s = status.borrow_and_update();
             (
                 s.node,
                 s.version,
                 s.stopped.is_some(),
+                s.disk_error.is_some(),
                 s.lock.txn().is_some(),
             )
         };
-        if stopped {
+        if stopped && !failing {
             return;
         }
-        if locked {
-            // The driver would refuse it (see `Participant::catch_up`);
-            // the lock's release is a status change that wakes us.
+        if locked || failing {
+            // The driver would refuse it (see `Participant::catch_up`), or
+            // could not write it (it retries what it holds); the lock's
+            // release, or the first write that works, is a status change
+            // that wakes us.
             continue;
         }
         let peers = directory.peers().await;

@@ -4,7 +4,7 @@
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
-use std::time::{Instant, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use tokio::sync::{mpsc, oneshot, watch};
 use tracing::{debug, error, info, warn};
@@ -14,8 +14,8 @@ use crate::config::{Diagnostic, Diagnostics, Pos, Topology};
 use crate::rpc::RpcClient;
 use crate::storage::{describe, write_atomic};
 use crate::twophase::{
-    Action, Committed, Coordinator, Decision, DecisionLog, Event, Message, NodeId, Participant,
-    Proposal, Start, TxnId, Version,
+    Action, Committed, ConfigHash, Coordinator, Decision, DecisionLog, Event, Message, NodeId,
+    Participant, Prepare, Proposal, Record, Start, TxnId, Version, Vote,
 };
 
 use super::decision_log::ReplicatedLog;
@@ -24,13 +24,23 @@ use super::hooks::{Installed, RoleHooks};
 use super::rpc::{Envelope, METHOD};
 use super::store::{ApplyStore, StoreError};
 use super::{
-    ApplyConfig, ApplyError, ApplyHandle, ApplyInbox, ApplyReport, ApplyStatus, InstallStatus,
-    LastApply,
+    ApplyConfig, ApplyError, ApplyHandle, ApplyInbox, ApplyReport, ApplyStatus, DiskError,
+    InstallStatus, LastApply,
 };
 use crate::agent::topology_watch::config_hash;
 use crate::membership::by_name;
 
 type Reply = oneshot::Sender<Result<ApplyReport, ApplyError>>;
+
+/// The first pause before a failed 2PC write is tried again; it doubles up
+/// to `RETRY_MAX`, so a disk freed after a long while is noticed within
+/// a few seconds, and a failing one is not hammered.
+const RETRY_FIRST: Duration = Duration::from_millis(100);
+const RETRY_MAX: Duration = Duration::from_millis(3200);
+
+/// What a persist did besides the store: the topology file of a new
+/// version (a copy of an operator's edit kept, or why the file failed).
+type Written = Option<(Version, Result<Option<PathBuf>, String>)>;
 
 pub(super) enum Input {
     /// A 2PC message from a peer (or from this node, through the rpc).
@@ -83,6 +93,16 @@ struct InstallJob {
     file_error: Option<String>,
 }
 
+/// A streak of failed 2PC writes.
+struct Failing {
+    since: SystemTime,
+    started: Instant,
+    error: String,
+    failures: u64,
+    interval: Duration,
+    retry_at: Instant,
+}
+
 struct Waiter {
     reply: Reply,
     not_reached: Vec<(String, String)>,
@@ -114,6 +134,14 @@ struct Driver {
     committed: Option<Arc<Topology>>,
     /// The cluster's Raft group, once it runs.
     replicated: Option<Arc<dyn ReplicatedLog>>,
+    /// Set while 2PC writes fail; cleared by the first one that works.
+    failing: Option<Failing>,
+    /// A record that could not be written and that the actions after it
+    /// wait for (they stay queued in the state machines): retried with
+    /// `failing`'s backoff. Meanwhile the machines may run ahead of the
+    /// disk in memory, but nothing they do leaves the node, exactly as on
+    /// a slow disk; a crash finds the state before the record.
+    blocked: Option<Record>,
 }
 
 /// Loads the node's 2PC state and starts its driver.
@@ -144,6 +172,7 @@ pub fn spawn(
         last: None,
         install: None,
         stopped: None,
+        disk_error: None,
         text: disk.participant.committed.text.as_str().into(),
         txn: disk.participant.committed.txn,
         topology: committed.clone(),
@@ -195,6 +224,8 @@ pub fn spawn(
         file_error: None,
         committed,
         replicated: None,
+        failing: None,
+        blocked: None,
     };
     info!(uuid = %driver.config.me, %version, %hash, "apply driver started");
     let task = tokio::spawn(driver.run(rx));
@@ -220,18 +251,17 @@ fn parse_committed(config: &ApplyConfig, text: &str, version: Version) -> Option
 
 impl Driver {
     async fn run(mut self, mut rx: mpsc::Receiver<Input>) {
-        let why = loop {
-            if let Err(e) = self.drain().await {
-                break format!("disk error, 2PC stopped: {e}");
-            }
+        loop {
+            self.drain().await;
             self.publish();
-            let deadline = match (
+            let deadline = [
                 self.coordinator.poll_timeout(),
                 self.participant.poll_timeout(),
-            ) {
-                (Some(a), Some(b)) => Some(a.min(b)),
-                (a, b) => a.or(b),
-            };
+                self.failing.as_ref().map(|f| f.retry_at),
+            ]
+            .into_iter()
+            .flatten()
+            .min();
             let sleep = async {
                 match deadline {
                     Some(at) => tokio::time::sleep_until(at.into()).await,
@@ -240,22 +270,25 @@ impl Driver {
             };
             tokio::select! {
                 input = rx.recv() => match input {
-                    None | Some(Input::Stop) => break "stopped".to_string(),
+                    None | Some(Input::Stop) => break,
                     Some(input) => self.handle(input),
                 },
                 () = sleep => {
                     let now = Instant::now();
+                    if self.failing.as_ref().is_some_and(|f| f.retry_at <= now) {
+                        self.retry().await;
+                    }
                     self.coordinator.handle_timeout(now);
                     self.participant.handle_timeout(now);
                 }
             }
-        };
-        if why != "stopped" {
-            error!(uuid = %self.config.me, "{why}");
-        } else {
-            info!(uuid = %self.config.me, "apply driver stopped");
         }
-        self.status.send_modify(|s| s.stopped = Some(why.clone()));
+        info!(uuid = %self.config.me, "apply driver stopped");
+        let why = "stopped".to_string();
+        self.status.send_modify(|s| {
+            s.stopped = Some(why.clone());
+            s.disk_error = None;
+        });
         for (_, waiter) in std::mem::take(&mut self.waiting) {
             let _ = waiter.reply.send(Err(ApplyError::Stopped(why.clone())));
         }
@@ -269,7 +302,14 @@ impl Driver {
                     debug!(to = %envelope.to, from = %envelope.from, "2PC message for another node dropped");
                     return;
                 }
-                self.deliver(now, envelope.from, envelope.message);
+                match envelope.message {
+                    Message::Prepare(prepare)
+                        if self.blocked.is_some() && envelope.from != self.config.me =>
+                    {
+                        self.refuse_prepare(envelope.from, &prepare)
+                    }
+                    message => self.deliver(now, envelope.from, message),
+                }
             }
             Input::Validated { txn, result } => {
                 if let Err(why) = &result {
@@ -277,7 +317,9 @@ impl Driver {
                 }
                 self.participant.validated(now, txn, result);
             }
+            Input::Apply { reply, .. } if self.blocked.is_some() => self.refuse_apply(reply),
             Input::Apply { text, base, reply } => self.resolve(now, text, base, reply),
+            Input::Resolved { reply, .. } if self.blocked.is_some() => self.refuse_apply(reply),
             Input::Resolved {
                 text,
                 topology,
@@ -321,15 +363,23 @@ impl Driver {
     }
 
     /// Carries out every pending action in order, then takes the events,
-    /// then delivers what this node sent itself; until nothing is left.
-    async fn drain(&mut self) -> Result<(), StoreError> {
+    /// then delivers what this node sent itself; until nothing is left, or
+    /// until a write fails that the rest must wait for (`blocked`: events
+    /// wait too, since the caller must never hear of what is not on disk).
+    async fn drain(&mut self) {
         loop {
-            while let Some(action) = self
-                .coordinator
-                .poll_action()
-                .or_else(|| self.participant.poll_action())
-            {
-                self.execute(action).await?;
+            while self.blocked.is_none() {
+                let Some(action) = self
+                    .coordinator
+                    .poll_action()
+                    .or_else(|| self.participant.poll_action())
+                else {
+                    break;
+                };
+                self.execute(action).await;
+            }
+            if self.blocked.is_some() {
+                return;
             }
             while let Some(event) = self
                 .coordinator
@@ -339,52 +389,15 @@ impl Driver {
                 self.on_event(event);
             }
             let Some(message) = self.local.pop_front() else {
-                return Ok(());
+                return;
             };
             self.deliver(Instant::now(), self.config.me, message);
         }
     }
 
-    async fn execute(&mut self, action: Action) -> Result<(), StoreError> {
+    async fn execute(&mut self, action: Action) {
         match action {
-            Action::Persist(record) => {
-                let store = self.store.clone();
-                let path = self.config.topology_path.clone();
-                let written = tokio::task::spawn_blocking(move || {
-                    let mut store = store.lock().unwrap_or_else(|p| p.into_inner());
-                    let before = store.state().participant.committed.clone();
-                    store.persist(&record)?;
-                    let after = &store.state().participant.committed;
-                    if after.version == before.version {
-                        return Ok(None);
-                    }
-                    // A new version: the topology file follows before the
-                    // participant acknowledges (DESIGN step 5), so an
-                    // acknowledged node has the file too.
-                    let previous = (before.version > Version(0)).then_some(before.text.as_bytes());
-                    Ok::<_, StoreError>(Some((
-                        after.version,
-                        write_topology(&path, after.text.as_bytes(), previous, after.version),
-                    )))
-                })
-                .await
-                .map_err(|e| StoreError::Corrupt {
-                    path: PathBuf::from(super::store::DIR),
-                    why: format!("the write did not finish: {e}"),
-                })??;
-                match written {
-                    Some((_, Ok(Some(kept)))) => {
-                        self.status.send_modify(|s| s.kept_edits.push(kept));
-                    }
-                    // The version is committed whatever happens to the
-                    // file; the install status says the file failed.
-                    Some((version, Err(why))) => {
-                        error!(%version, "{why}");
-                        self.file_error = Some((version, why));
-                    }
-                    _ => {}
-                }
-            }
+            Action::Persist(record) => self.persist(record).await,
             Action::Send { to, message } if to == self.config.me => self.local.push_back(message),
             Action::Send { to, message } => self.send(to, message),
             Action::Validate(proposal) => self.validate(proposal),
@@ -394,7 +407,190 @@ impl Driver {
                 installs,
             } => self.propose(txn, decision, installs),
         }
-        Ok(())
+    }
+
+    /// `Action::Persist`. A failed write of `Staged` becomes a no vote and
+    /// one of `Started` an error for the caller (nothing had left the node
+    /// for either); any other record is retried until it is written, and
+    /// the actions after it wait (`blocked`).
+    async fn persist(&mut self, record: Record) {
+        let why = match self.write(record.clone()).await {
+            Ok(written) => return self.written(written),
+            Err(e) => e.to_string(),
+        };
+        self.write_failed(&why);
+        match &record {
+            Record::Staged(prepare) => {
+                let txn = prepare.proposal.txn;
+                let no = format!("{}: {why}", super::NO_VOTE_CANNOT_STAGE);
+                if self.participant.stage_failed(txn, no) {
+                    return warn!(%txn, "this node votes no: it cannot stage the change: {why}");
+                }
+            }
+            // Dropped by the coordinator (when it can be) before the guard
+            // lets this arm run.
+            Record::Started { txn, .. } if self.coordinator.start_failed(*txn) => {
+                let e = ApplyError::Disk(why);
+                warn!(%txn, "topology change not started: {e}");
+                self.last(None, None, e.to_string());
+                if let Some(waiter) = self.waiting.remove(txn) {
+                    let _ = waiter.reply.send(Err(e));
+                }
+                return;
+            }
+            _ => {}
+        }
+        self.blocked = Some(record);
+    }
+
+    /// Writes `record` (off the loop: fsyncs take their time) and, when it
+    /// installs a new version, the topology file after it.
+    async fn write(&self, record: Record) -> Result<Written, StoreError> {
+        let store = self.store.clone();
+        let path = self.config.topology_path.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut store = store.lock().unwrap_or_else(|p| p.into_inner());
+            let before = store.state().participant.committed.clone();
+            store.persist(&record)?;
+            let after = &store.state().participant.committed;
+            if after.version == before.version {
+                return Ok(None);
+            }
+            // A new version: the topology file follows before the
+            // participant acknowledges (DESIGN step 5), so an
+            // acknowledged node has the file too.
+            let previous = (before.version > Version(0)).then_some(before.text.as_bytes());
+            Ok(Some((
+                after.version,
+                write_topology(&path, after.text.as_bytes(), previous, after.version),
+            )))
+        })
+        .await
+        .map_err(|e| StoreError::Corrupt {
+            path: self.config.data_dir.join(super::store::DIR),
+            why: format!("the write did not finish: {e}"),
+        })?
+    }
+
+    /// A persist worked: the disk is back if it was failing.
+    fn written(&mut self, written: Written) {
+        self.recovered();
+        match written {
+            Some((_, Ok(Some(kept)))) => {
+                self.status.send_modify(|s| s.kept_edits.push(kept));
+            }
+            // The version is committed whatever happens to the
+            // file; the install status says the file failed.
+            Some((version, Err(why))) => {
+                error!(%version, "{why}");
+                self.file_error = Some((version, why));
+            }
+            _ => {}
+        }
+    }
+
+    /// Due while writes fail: the blocked record again, or (nothing
+    /// blocked: the failed write was given up) `state.bin` as it is.
+    async fn retry(&mut self) {
+        if let Some(record) = self.blocked.take() {
+            match self.write(record.clone()).await {
+                Ok(written) => self.written(written),
+                Err(e) => {
+                    self.blocked = Some(record);
+                    self.write_failed(&e.to_string());
+                }
+            }
+            return;
+        }
+        let store = self.store.clone();
+        let probe = tokio::task::spawn_blocking(move || {
+            store.lock().unwrap_or_else(|p| p.into_inner()).rewrite()
+        })
+        .await;
+        match probe {
+            Ok(Ok(())) => self.recovered(),
+            Ok(Err(e)) => self.write_failed(&e.to_string()),
+            Err(e) => self.write_failed(&format!("the write did not finish: {e}")),
+        }
+    }
+
+    /// Once per streak the error is logged, the status says it, and the
+    /// retries start; later failures only push the next retry back.
+    fn write_failed(&mut self, why: &str) {
+        let now = Instant::now();
+        match &mut self.failing {
+            Some(f) => {
+                f.failures += 1;
+                f.interval = f.interval.saturating_mul(2).min(RETRY_MAX);
+                f.retry_at = now + f.interval;
+                if f.error != why {
+                    debug!("2PC write failed again: {why}");
+                    f.error = why.to_string();
+                }
+            }
+            None => {
+                error!(
+                    "a 2PC write failed: {why}; until one works again (tried again from {} ms, \
+                     up to every {} s) this node votes no on every topology change and starts none",
+                    RETRY_FIRST.as_millis(),
+                    RETRY_MAX.as_secs_f64()
+                );
+                self.failing = Some(Failing {
+                    since: SystemTime::now(),
+                    started: now,
+                    error: why.to_string(),
+                    failures: 1,
+                    interval: RETRY_FIRST,
+                    retry_at: now + RETRY_FIRST,
+                });
+            }
+        }
+        let Some(f) = &self.failing else { return };
+        let error = DiskError {
+            since: f.since,
+            error: f.error.clone(),
+        };
+        self.status.send_if_modified(|s| {
+            let changed = s.disk_error.as_ref() != Some(&error);
+            s.stopped = Some(error.to_string());
+            s.disk_error = Some(error);
+            changed
+        });
+    }
+
+    fn recovered(&mut self) {
+        let Some(f) = self.failing.take() else {
+            return;
+        };
+        info!(
+            failures = f.failures,
+            "2PC writes work again, {:.1} s after the first failure; this node takes part in topology changes again",
+            f.started.elapsed().as_secs_f64()
+        );
+        self.status.send_modify(|s| {
+            s.stopped = None;
+            s.disk_error = None;
+        });
+    }
+
+    /// While a write is blocked: a no, at once, to a PREPARE (validating
+    /// it would only queue behind the write). A no needs nothing on disk.
+    fn refuse_prepare(&mut self, from: NodeId, prepare: &Prepare) {
+        let txn = prepare.proposal.txn;
+        if from != txn.coordinator {
+            return;
+        }
+        let why = self.failing.as_ref().map_or("", |f| f.error.as_str());
+        debug!(%txn, "this node votes no: it cannot write its 2PC state: {why}");
+        let vote = Vote::No(format!("{}: {why}", super::NO_VOTE_CANNOT_WRITE));
+        self.send(txn.coordinator, Message::Vote { txn, vote });
+    }
+
+    fn refuse_apply(&self, reply: Reply) {
+        let why = self.failing.as_ref().map_or("", |f| f.error.as_str());
+        let e = ApplyError::Disk(why.to_string());
+        self.last(None, None, e.to_string());
+        let _ = reply.send(Err(e));
     }
 
     /// Off the loop: the log answers once a quorum has the entry.
@@ -721,8 +917,16 @@ impl Driver {
         });
     }
 
+    /// The committed version on disk: the participant's in memory may be
+    /// ahead while a write is blocked, and only what is on disk is told.
+    fn durable(&self) -> (Version, ConfigHash) {
+        let store = self.store.lock().unwrap_or_else(|p| p.into_inner());
+        let committed = &store.state().participant.committed;
+        (committed.version, committed.hash)
+    }
+
     fn publish(&self) {
-        let (version, hash) = self.participant.committed();
+        let (version, hash) = self.durable();
         let lock = self.participant.status();
         let coordinating: Vec<TxnId> = self.coordinator.txns().map(|(txn, _)| txn).collect();
         self.status.send_if_modified(|s| {

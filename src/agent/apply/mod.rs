@@ -23,6 +23,18 @@
 //! not know, or knows dead or left, is reported as not reached), and
 //! starts the txn. The caller gets the `TxnResult`, and the status shows
 //! it.
+//!
+//! A write that fails (a full or read-only disk) never stops the driver.
+//! A failed `Staged` becomes a no vote naming the error, and a failed
+//! `Started` an [`ApplyError::Disk`] for the caller: nothing of either had
+//! left the node. Any other record is written again (after 100 ms,
+//! doubling up to 3.2 s) and every action after it waits, as on a slow
+//! disk, while PREPAREs get a no at once and applies are refused. The
+//! store changes only once every file of a step is on disk, so writing
+//! the same record again is safe. Meanwhile the status says "retrying
+//! after a disk error since …" ([`ApplyStatus::stopped`],
+//! [`ApplyStatus::disk_error`]); the first write that works clears it, and
+//! the driver goes on by itself (the held record, then catch-up).
 
 mod catch_up;
 pub mod decision_log;
@@ -60,6 +72,18 @@ pub use crate::roles::BoxFuture;
 
 /// Inputs waiting for the driver at most; the rpc handler waits beyond.
 const INBOX: usize = 1024;
+
+/// How a no vote cast for a failing 2PC write begins (the error follows):
+/// a change this node could not stage...
+pub const NO_VOTE_CANNOT_STAGE: &str = "this node cannot stage the change";
+/// ...or any change asked while its 2PC writes fail.
+pub const NO_VOTE_CANNOT_WRITE: &str = "this node cannot write its 2PC state";
+
+/// A no vote for a disk error: worth trying the change again later, since
+/// the node retries its writes and recovers by itself.
+pub fn is_disk_vote(reason: &str) -> bool {
+    reason.starts_with(NO_VOTE_CANNOT_STAGE) || reason.starts_with(NO_VOTE_CANNOT_WRITE)
+}
 
 #[derive(Clone, Debug)]
 pub struct ApplyConfig {
@@ -207,9 +231,13 @@ pub enum ApplyError {
     },
     #[error("{0}")]
     Start(#[from] StartError),
-    /// The driver is not running (stopped, or its disk failed).
+    /// The driver is not running (the agent is stopping).
     #[error("the apply driver is not running: {0}")]
     Stopped(String),
+    /// This node's 2PC writes fail (a full or read-only disk): it starts
+    /// no change until one works again (the driver retries by itself).
+    #[error("this node cannot write its 2PC state, so it starts no change until it can: {0}")]
+    Disk(String),
 }
 
 /// The last apply this node coordinated (or rejected).
@@ -245,8 +273,13 @@ pub struct ApplyStatus {
     pub coordinating: Vec<TxnId>,
     pub last: Option<LastApply>,
     pub install: Option<InstallStatus>,
-    /// Set when the driver stopped (why).
+    /// Set when the driver cannot go on, and why: it stopped (the agent is
+    /// stopping), or its 2PC writes fail and it retries them ("retrying
+    /// after a disk error since …", from `disk_error`; cleared by the
+    /// first write that works).
     pub stopped: Option<String>,
+    /// Set while this node's 2PC writes fail.
+    pub disk_error: Option<DiskError>,
     /// The committed text (empty at version 0) and the txn that
     /// committed it.
     pub text: Arc<str>,
@@ -257,6 +290,27 @@ pub struct ApplyStatus {
     /// Operator edits found in the topology file when a version was
     /// installed over them: where each was kept.
     pub kept_edits: Vec<PathBuf>,
+}
+
+/// 2PC writes failing on this node: meanwhile it votes no on every
+/// change, starts none, and holds whatever waits for the failed write.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DiskError {
+    /// The first failure of this streak.
+    pub since: SystemTime,
+    /// The last failure.
+    pub error: String,
+}
+
+impl fmt::Display for DiskError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "retrying after a disk error since {}: {}",
+            crate::api::rfc3339(self.since),
+            self.error
+        )
+    }
 }
 
 impl ApplyStatus {
@@ -313,10 +367,14 @@ impl ApplyHandle {
     pub async fn wait_finished(&self, txn: TxnId, timeout: Duration) -> bool {
         let mut status = self.status.clone();
         let done = async {
+            // A driver held up by a failing disk still runs: wait on.
             status
-                .wait_for(|s| !s.coordinating.contains(&txn) || s.stopped.is_some())
+                .wait_for(|s| {
+                    !s.coordinating.contains(&txn)
+                        || (s.stopped.is_some() && s.disk_error.is_none())
+                })
                 .await
-                .is_ok_and(|s| s.stopped.is_none())
+                .is_ok_and(|s| !s.coordinating.contains(&txn))
         };
         tokio::time::timeout(timeout, done).await.unwrap_or(false)
     }

@@ -115,7 +115,9 @@ impl ApplyStore {
         &self.dir
     }
 
-    /// Applies `record` and makes it durable before returning.
+    /// Applies `record` and makes it durable before returning. On an error
+    /// nothing changed (a text file the new state would name may be left,
+    /// unnamed): the caller may persist the same record again.
     pub fn persist(&mut self, record: &Record) -> Result<(), StoreError> {
         let mut next = self.state.clone();
         next.apply(record);
@@ -149,7 +151,28 @@ impl ApplyStore {
                 committed.text.as_bytes(),
             )?;
         }
-        let mut slim = next.clone();
+        // The step takes effect here, once every file it names is on
+        // disk: a failure before leaves the old state (in memory too), and
+        // the same record persisted again writes every file again.
+        self.write_state(&next)?;
+        self.state = next;
+        self.remove_unnamed();
+        Ok(())
+    }
+
+    /// Writes `state.bin` again as it is: whether the disk takes a write
+    /// after one failed (the durable state stays what it was).
+    pub fn rewrite(&self) -> Result<(), StoreError> {
+        fs::create_dir_all(&self.dir).map_err(|source| StoreError::Io {
+            action: "create",
+            path: self.dir.clone(),
+            source,
+        })?;
+        self.write_state(&self.state)
+    }
+
+    fn write_state(&self, state: &DurableState) -> Result<(), StoreError> {
+        let mut slim = state.clone();
         slim.participant.committed.text.clear();
         if let Some(staged) = slim.participant.staged.as_mut() {
             staged.proposal.text.clear();
@@ -162,10 +185,7 @@ impl ApplyStore {
             path: self.dir.join(STATE),
             why: format!("cannot encode: {e}"),
         })?;
-        self.write(STATE, &bytes)?;
-        self.state = next;
-        self.remove_unnamed();
-        Ok(())
+        self.write(STATE, &bytes)
     }
 
     fn write(&self, name: &str, bytes: &[u8]) -> Result<(), StoreError> {
@@ -329,6 +349,33 @@ mod tests {
         let reopened = ApplyStore::open(data.path()).unwrap();
         assert_eq!(reopened.state(), store.state());
         assert_eq!(reopened.state().participant.staged, None);
+        assert_eq!(names(store.dir()), ["committed-1.yaml", "state.bin"]);
+    }
+
+    #[test]
+    fn a_failed_persist_changes_nothing_and_the_same_record_completes_it() {
+        let data = tempfile::tempdir().unwrap();
+        let mut store = ApplyStore::open(data.path()).unwrap();
+        store.persist(&staged(0, 0, "cluster: a\n")).unwrap();
+        let before = store.state().clone();
+        // The committed text cannot be written (a directory in its way
+        // stands for a full disk; root ignores permissions).
+        let blocker = store.dir().join("committed-1.yaml");
+        fs::create_dir(&blocker).unwrap();
+        let commit = Record::Committed { txn: txn(0) };
+        let err = store.persist(&commit).unwrap_err();
+        assert!(matches!(err, StoreError::Io { .. }), "{err}");
+        assert_eq!(store.state(), &before, "in memory");
+        assert_eq!(ApplyStore::open(data.path()).unwrap().state(), &before);
+        // Writes work again: the same record, once more.
+        fs::remove_dir(&blocker).unwrap();
+        store.rewrite().unwrap();
+        assert_eq!(ApplyStore::open(data.path()).unwrap().state(), &before);
+        store.persist(&commit).unwrap();
+        let after = ApplyStore::open(data.path()).unwrap().state().clone();
+        assert_eq!(&after, store.state());
+        assert_eq!(after.participant.committed.version, Version(1));
+        assert_eq!(after.participant.committed.text, "cluster: a\n");
         assert_eq!(names(store.dir()), ["committed-1.yaml", "state.bin"]);
     }
 

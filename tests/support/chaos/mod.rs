@@ -135,8 +135,6 @@ pub struct Cluster {
     stopped: Mutex<BTreeSet<usize>>,
     /// The replica sets and their hosts.
     sets: Vec<(String, Vec<usize>)>,
-    /// Agents restarted because a disk error stopped their applies.
-    pub operator_restarts: Mutex<Vec<String>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -158,7 +156,6 @@ impl Cluster {
             down: Mutex::new(BTreeSet::new()),
             stopped: Mutex::new(BTreeSet::new()),
             sets: sets(nodes),
-            operator_restarts: Mutex::new(Vec::new()),
         };
         for i in 0..nodes {
             // The veth `Hosts` made is swapped for a wire of the same names.
@@ -345,38 +342,11 @@ impl Cluster {
                 lock(&self.down).remove(h);
             }
             Action::FillDisk(h) => fill(&self.mounted[*h]),
+            // The agent retries its failed writes and goes on by itself.
             Action::FreeDisk(h) => {
                 let _ = fs::remove_file(self.mounted[*h].join(FILLER));
-                self.restart_if_apply_stopped(*h);
             }
         }
-    }
-
-    /// Does what the agent asks of its operator after a disk error
-    /// (issue `data-dir-unwritable`: "topology changes and catch-up wait
-    /// until the agent restarts on a working disk"): restarts it, once
-    /// its disk takes writes again. `CHAOS_STRICT_DISK=1` leaves it be, to
-    /// show what happens then (docs/chaos.md, "Known issues").
-    fn restart_if_apply_stopped(&self, i: usize) {
-        if std::env::var("CHAOS_STRICT_DISK").as_deref() == Ok("1")
-            || !self.hosts.running(i)
-            || lock(&self.stopped).contains(&i)
-        {
-            return;
-        }
-        let status = self.get(i, "/v1/status");
-        let Some(why) = status.as_ref().and_then(|s| s["apply"]["stopped"].as_str()) else {
-            return;
-        };
-        eprintln!(
-            "          {}'s apply driver stopped ({why}): restarting the agent, as it asks",
-            self.hosts.name(i)
-        );
-        lock(&self.operator_restarts).push(self.hosts.name(i).to_string());
-        lock(&self.down).insert(i);
-        self.hosts.kill(i);
-        self.hosts.start(i, WAIT);
-        lock(&self.down).remove(&i);
     }
 
     fn pid(&self, i: usize) -> i32 {
@@ -424,7 +394,6 @@ impl Cluster {
             if !self.hosts.running(h) {
                 self.act(&Action::Restart(h));
             }
-            self.restart_if_apply_stopped(h);
         }
     }
 
@@ -549,8 +518,6 @@ pub struct Run {
     pub settled_ms: Option<u64>,
     pub wires: Value,
     pub disk_used: Vec<u64>,
-    /// Agents restarted after a disk error stopped their applies.
-    pub operator_restarts: Vec<String>,
     /// The end of every agent's log, kept when something broke.
     pub logs: Vec<(String, String)>,
 }
@@ -599,7 +566,6 @@ impl Run {
             "settled_ms": self.settled_ms,
             "wires": self.wires,
             "disk_used_max": self.disk_used.iter().max(),
-            "restarts_after_disk_error": self.operator_restarts,
             "violations": self.violations.len(),
         })
     }
@@ -687,7 +653,6 @@ pub fn run(schedule: &Schedule, tag: &str) -> Run {
                 settled_ms: None,
                 wires: Value::Null,
                 disk_used: Vec::new(),
-                operator_restarts: Vec::new(),
                 logs: Vec::new(),
             }
         }
@@ -787,7 +752,6 @@ fn play(schedule: &Schedule, tag: &str) -> Run {
         last,
     };
     let violations = check::violations(&record);
-    let restarts = lock(&cluster.operator_restarts).clone();
     let logs = if violations.is_empty() {
         Vec::new()
     } else {
@@ -808,7 +772,6 @@ fn play(schedule: &Schedule, tag: &str) -> Run {
         settled_ms,
         wires: cluster.wire_totals(),
         disk_used: cluster.disk_used(),
-        operator_restarts: restarts,
         logs,
         record,
     }
