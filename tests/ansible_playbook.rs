@@ -583,29 +583,32 @@ impl Cluster<'_> {
     }
 
     /// When systemd began stopping node `i`'s unit after `since` (µs since
-    /// the epoch), and when it had it started again (µs).
+    /// the epoch), and when it had it started again (µs). Waited for: the
+    /// agent answers (new generation) a moment before systemd logs
+    /// "Started" (it does once READY=1 is processed), and CI read the
+    /// journal in between once.
     fn restart(&self, i: usize, since: u64) -> (u64, u64) {
-        let mut stopping = None;
-        let mut started = None;
-        for entry in self.machine(i).journal("cohort.service") {
-            let at: u64 = entry["__REALTIME_TIMESTAMP"]
-                .as_str()
-                .and_then(|t| t.parse().ok())
-                .unwrap_or(0);
-            let message = entry["MESSAGE"].as_str().unwrap_or("");
-            if at <= since {
-                continue;
+        let what = format!("a restart of {} in its journal", HOSTS[i]);
+        support::wait_until(Duration::from_secs(30), &what, || {
+            let mut stopping = None;
+            let mut started = None;
+            for entry in self.machine(i).journal("cohort.service") {
+                let at: u64 = entry["__REALTIME_TIMESTAMP"]
+                    .as_str()
+                    .and_then(|t| t.parse().ok())
+                    .unwrap_or(0);
+                let message = entry["MESSAGE"].as_str().unwrap_or("");
+                if at <= since {
+                    continue;
+                }
+                if message.starts_with("Stopping cohort.service") && stopping.is_none() {
+                    stopping = Some(at);
+                } else if message.starts_with("Started cohort.service") && stopping.is_some() {
+                    started = Some(at);
+                }
             }
-            if message.starts_with("Stopping cohort.service") && stopping.is_none() {
-                stopping = Some(at);
-            } else if message.starts_with("Started cohort.service") && stopping.is_some() {
-                started = Some(at);
-            }
-        }
-        match (stopping, started) {
-            (Some(stopping), Some(started)) => (stopping, started),
-            _ => panic!("no restart of {} in its journal", HOSTS[i]),
-        }
+            Some((stopping?, started?))
+        })
     }
 
     /// The names of the members node `i` sees alive, sorted.

@@ -351,6 +351,28 @@ struct Driver {
     started: tokio::time::Instant,
 }
 
+/// Resolves when the instance's leader or term differs from what it was at
+/// the call; never without an instance. Other metrics (replication
+/// progress, every heartbeat on a leader) do not wake the driver.
+async fn leader_or_term_changed(
+    metrics: Option<watch::Receiver<openraft::RaftMetrics<NodeId, Peer>>>,
+) {
+    let Some(mut metrics) = metrics else {
+        return std::future::pending().await;
+    };
+    let seen = {
+        let m = metrics.borrow_and_update();
+        (m.current_term, m.current_leader)
+    };
+    while metrics.changed().await.is_ok() {
+        let m = metrics.borrow_and_update();
+        if (m.current_term, m.current_leader) != seen {
+            return;
+        }
+    }
+    std::future::pending().await
+}
+
 impl Driver {
     async fn run(
         mut self,
@@ -365,6 +387,7 @@ impl Driver {
             if let Some(topology) = &topology {
                 self.step(topology).await;
             }
+            let metrics = self.running.as_ref().map(|r| r.raft.metrics());
             tokio::select! {
                 changed = self.topology.changed() => {
                     if changed.is_err() {
@@ -383,6 +406,10 @@ impl Driver {
                 Some(call) = control.recv() => self.control(call).await,
                 // News from the group, seen from outside: shown at once.
                 Ok(()) = self.fetched.changed() => {}
+                // A new leader or term here: published at once, not at the
+                // next round, so that nodes outside the group long-polling
+                // this one hear of it without waiting for the round.
+                () = leader_or_term_changed(metrics) => {}
                 _ = tokio::time::sleep(tick) => {}
             }
         }
@@ -1050,7 +1077,8 @@ impl Driver {
             WATCH_METHOD => match postcard::from_bytes::<ViewStamp>(&call.body) {
                 Ok(have) => {
                     // Held off the loop: answered when the published view
-                    // moves on (a round after the change) or at the hold.
+                    // moves on (at once for a leader or term change, else
+                    // at the next round) or at the hold.
                     let mut views = self.view.subscribe();
                     tokio::spawn(async move {
                         let news = views.wait_for(|view| ViewStamp::of(view) != have);
@@ -1192,9 +1220,10 @@ impl ViewStamp {
 /// Outside the group: long-polls one alive member after another
 /// ([`WATCH_METHOD`]) and keeps the newest view (by applied index: a
 /// member cut off from the others answers an older one). A member answers
-/// as soon as it sees a change, so a new leader reaches nodes outside the
-/// group within a round of a member's; each node costs a member one call
-/// per [`WATCH_HOLD`] when nothing happens.
+/// as soon as it publishes a change (a new leader or term at once, the
+/// rest at its round), so a new leader reaches nodes outside the group
+/// within a call of a member's; each node costs a member one call per
+/// [`WATCH_HOLD`] when nothing happens.
 async fn watch_group(
     me: NodeId,
     topology: watch::Receiver<Option<Arc<Topology>>>,
@@ -1203,6 +1232,10 @@ async fn watch_group(
     out: Arc<watch::Sender<Option<GroupView>>>,
 ) {
     let mut turn: usize = rand::random_range(0..1024);
+    // Members that failed in a row: the next one is asked at once (the one
+    // polled may be the leader just killed, whose connection fails at the
+    // kill); a pause only once every member failed.
+    let mut failed: usize = 0;
     loop {
         let current = topology.borrow().clone();
         let members: Vec<SocketAddr> = match current {
@@ -1256,9 +1289,15 @@ async fn watch_group(
             Ok(_) => tokio::time::sleep(pause).await,
             Err(e) => {
                 debug!(%addr, "no view of the group from this member: {e}");
-                tokio::time::sleep(pause).await;
+                failed += 1;
+                if failed >= members.len() {
+                    failed = 0;
+                    tokio::time::sleep(pause).await;
+                }
+                continue;
             }
         }
+        failed = 0;
     }
 }
 
