@@ -455,9 +455,7 @@ fn api_state(s: &ApplyStatus) -> ApplyState {
             .iter()
             .map(|p| p.display().to_string())
             .collect(),
-        // The driver reports a disk error in `stopped` too; the API keeps
-        // the two apart (one recovers by itself, the other does not).
-        stopped: s.stopped.clone().filter(|_| s.disk_error.is_none()),
+        stopped: s.stopped.clone(),
         disk_error: s.disk_error.as_ref().map(ToString::to_string),
     }
 }

@@ -48,7 +48,7 @@ pub(super) async fn run(
                 s.lock.txn().is_some(),
             )
         };
-        if stopped && !failing {
+        if stopped {
             return;
         }
         if locked || failing {

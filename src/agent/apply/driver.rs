@@ -552,7 +552,6 @@ impl Driver {
         };
         self.status.send_if_modified(|s| {
             let changed = s.disk_error.as_ref() != Some(&error);
-            s.stopped = Some(error.to_string());
             s.disk_error = Some(error);
             changed
         });
@@ -567,10 +566,7 @@ impl Driver {
             "2PC writes work again, {:.1} s after the first failure; this node takes part in topology changes again",
             f.started.elapsed().as_secs_f64()
         );
-        self.status.send_modify(|s| {
-            s.stopped = None;
-            s.disk_error = None;
-        });
+        self.status.send_modify(|s| s.disk_error = None);
     }
 
     /// While a write is blocked: a no, at once, to a PREPARE (validating

@@ -32,8 +32,8 @@
 //! disk, while PREPAREs get a no at once and applies are refused. The
 //! store changes only once every file of a step is on disk, so writing
 //! the same record again is safe. Meanwhile the status says "retrying
-//! after a disk error since …" ([`ApplyStatus::stopped`],
-//! [`ApplyStatus::disk_error`]); the first write that works clears it, and
+//! after a disk error since …" ([`ApplyStatus::disk_error`]); the first
+//! write that works clears it, and
 //! the driver goes on by itself (the held record, then catch-up).
 
 mod catch_up;
@@ -273,12 +273,10 @@ pub struct ApplyStatus {
     pub coordinating: Vec<TxnId>,
     pub last: Option<LastApply>,
     pub install: Option<InstallStatus>,
-    /// Set when the driver cannot go on, and why: it stopped (the agent is
-    /// stopping), or its 2PC writes fail and it retries them ("retrying
-    /// after a disk error since …", from `disk_error`; cleared by the
-    /// first write that works).
+    /// Set when the driver stopped (the agent is stopping): why.
     pub stopped: Option<String>,
-    /// Set while this node's 2PC writes fail.
+    /// Set while this node's 2PC writes fail (the driver runs on and
+    /// retries them); cleared by the first write that works.
     pub disk_error: Option<DiskError>,
     /// The committed text (empty at version 0) and the txn that
     /// committed it.
@@ -369,12 +367,9 @@ impl ApplyHandle {
         let done = async {
             // A driver held up by a failing disk still runs: wait on.
             status
-                .wait_for(|s| {
-                    !s.coordinating.contains(&txn)
-                        || (s.stopped.is_some() && s.disk_error.is_none())
-                })
+                .wait_for(|s| !s.coordinating.contains(&txn) || s.stopped.is_some())
                 .await
-                .is_ok_and(|s| !s.coordinating.contains(&txn))
+                .is_ok_and(|s| s.stopped.is_none())
         };
         tokio::time::timeout(timeout, done).await.unwrap_or(false)
     }
