@@ -970,7 +970,12 @@ impl FullDisk {
         for node in &mut nodes[..2] {
             node.start(WAIT);
         }
-        start_with_tmpfs(&mut nodes[2], &cluster.store);
+        // A 1 MiB tmpfs on n3's store, in a mount namespace of its own.
+        let mount = format!(
+            "mount -t tmpfs -o size=1m cohort-apply-agents {}",
+            quoted(&cluster.store)
+        );
+        nodes[2].start_in_own_mounts(&mount, WAIT);
         cluster.nodes = nodes;
         cluster.on_version(&cluster.nodes.iter().collect::<Vec<_>>(), 1, &first);
         cluster
@@ -994,31 +999,17 @@ impl FullDisk {
         text
     }
 
-    /// Runs `script` in n3's mount namespace (where its tmpfs is).
-    fn in_n3_mounts(&self, script: &str) {
-        let pid = self.nodes[2].proc.as_ref().expect("n3 runs").pid();
-        let out = std::process::Command::new("nsenter")
-            .args(["-t", &pid.to_string(), "-m", "--", "sh", "-c", script])
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{script}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-
     /// Fills n3's tmpfs to the last byte: every write there fails with
     /// ENOSPC.
     fn fill(&self) {
         let d = quoted(&self.store);
-        self.in_n3_mounts(&format!(
+        self.nodes[2].in_own_mounts(&format!(
             "fallocate -l $(( $(stat -f -c '%a * %S' {d}) )) {d}/ballast"
         ));
     }
 
     fn free(&self) {
-        self.in_n3_mounts(&format!("rm {}/ballast", quoted(&self.store)));
+        self.nodes[2].in_own_mounts(&format!("rm {}/ballast", quoted(&self.store)));
     }
 
     /// Waits until each of `nodes` runs `version` with `text`: its status,
@@ -1130,43 +1121,6 @@ impl Drop for FullDisk {
     }
 }
 
-/// Starts `agent` in a mount namespace of its own with a 1 MiB tmpfs on
-/// `store`, and waits until its API answers.
-fn start_with_tmpfs(agent: &mut Agent, store: &Path) {
-    let mut command = std::process::Command::new("unshare");
-    command
-        .args(["-m", "--propagation", "private", "--", "sh", "-c"])
-        .arg(format!(
-            "mount -t tmpfs -o size=1m cohort-apply-agents {} && exec \"$@\"",
-            quoted(store)
-        ))
-        .arg("sh")
-        .arg(env!("CARGO_BIN_EXE_cohort"));
-    let log = fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(agent.log())
-        .unwrap();
-    let config = agent.dir.join("cohort.yaml");
-    let api = agent.api();
-    let proc = agent
-        .proc
-        .insert(support::agents::spawn_agent(command, &config, log));
-    let answered = wait_until_or(WAIT, || {
-        if proc.child.try_wait().unwrap().is_some() {
-            return Some(false);
-        }
-        status(api).map(|_| true)
-    });
-    assert_eq!(
-        answered,
-        Some(true),
-        "{} did not answer; its log:\n{}",
-        agent.name,
-        agent.log_tail(60)
-    );
-}
-
 /// `PUT /v1/topology` on `node`, answered at the decision (not waiting
 /// for every acknowledgement: a node that cannot write holds its own
 /// back): the HTTP code and the JSON answer.
@@ -1179,6 +1133,34 @@ fn put_now(node: &Agent, text: &str) -> (u16, Value) {
 }
 
 /// The reason the aborted `answer` gives for `node`.
+/// What a full disk gives as its error.
+const NO_SPACE: &str = "No space left on device";
+
+/// A change that n3's full disk aborted: 409, nobody silent (n3 answered
+/// at once), and n3's reason beginning with `reason` and naming ENOSPC.
+fn aborted_by_n3(code: u16, answer: &Value, reason: &str) {
+    assert_eq!(
+        (code, &answer["outcome"]),
+        (409, &"aborted".into()),
+        "{answer:#}"
+    );
+    assert_eq!(
+        answer["silent"],
+        Value::Null,
+        "nobody is silent: {answer:#}"
+    );
+    let why = reason_of(answer, "n3");
+    assert!(why.starts_with(reason) && why.contains(NO_SPACE), "{why}");
+}
+
+fn assert_committed(code: u16, answer: &Value) {
+    assert_eq!(
+        (code, &answer["outcome"]),
+        (200, &"committed".into()),
+        "{answer:#}"
+    );
+}
+
 fn reason_of(answer: &Value, node: &str) -> String {
     answer["reasons"]
         .as_array()
@@ -1205,30 +1187,18 @@ fn a_node_whose_disk_fills_votes_no_and_catches_up_once_it_is_freed() {
     let started = Instant::now();
     let cluster = FullDisk::start();
     let [n1, n2, n3] = [&cluster.nodes[0], &cluster.nodes[1], &cluster.nodes[2]];
-    let no_space = "No space left on device";
 
     // A change n3 cannot stage.
     cluster.fill();
     let v2 = cluster.text("version 2");
     let (code, answer) = put_now(n1, &v2);
-    assert_eq!(
-        (code, &answer["outcome"]),
-        (409, &"aborted".into()),
-        "{answer:#}"
+    aborted_by_n3(
+        code,
+        &answer,
+        "this node cannot stage the change: cannot write ",
     );
-    assert_eq!(
-        answer["silent"],
-        Value::Null,
-        "nobody is silent: {answer:#}"
-    );
-    let why = reason_of(&answer, "n3");
-    assert!(
-        why.starts_with("this node cannot stage the change: cannot write ")
-            && why.contains(no_space),
-        "{why}"
-    );
-    let stopped = cluster.wait_failing();
-    assert!(stopped.contains(no_space), "{stopped}");
+    let failing = cluster.wait_failing();
+    assert!(failing.contains(NO_SPACE), "{failing}");
     cluster.wait_store_issue(true);
     // It coordinates nothing meanwhile, and says why at once: 503, its
     // disk and not the request.
@@ -1237,7 +1207,7 @@ fn a_node_whose_disk_fills_votes_no_and_catches_up_once_it_is_freed() {
     assert_eq!(answer["code"], "unavailable", "{answer:#}");
     let message = answer["message"].as_str().unwrap_or_default();
     assert!(
-        message.starts_with("this node cannot write its 2PC state") && message.contains(no_space),
+        message.starts_with("this node cannot write its 2PC state") && message.contains(NO_SPACE),
         "{answer:#}"
     );
     cluster.on_version(&[n1, n2], 1, &cluster.text("first version"));
@@ -1255,11 +1225,7 @@ fn a_node_whose_disk_fills_votes_no_and_catches_up_once_it_is_freed() {
     // The abort it could not record is recorded and acknowledged.
     cluster.finished();
     let (code, answer) = put_now(n1, &v2);
-    assert_eq!(
-        (code, &answer["outcome"]),
-        (200, &"committed".into()),
-        "{answer:#}"
-    );
+    assert_committed(code, &answer);
     cluster.on_version(&[n1, n2, n3], 2, &v2);
     cluster.finished();
 
@@ -1274,16 +1240,12 @@ fn a_node_whose_disk_fills_votes_no_and_catches_up_once_it_is_freed() {
     });
     let v3 = cluster.text("version 3, without n3");
     let (code, answer) = put_now(n1, &v3);
-    assert_eq!(
-        (code, &answer["outcome"]),
-        (200, &"committed".into()),
-        "{answer:#}"
-    );
+    assert_committed(code, &answer);
     cluster.on_version(&[n1, n2], 3, &v3);
     cluster.fill();
     signal_pid(n3_pid, SIGCONT);
-    let stopped = cluster.wait_failing();
-    assert!(stopped.contains(no_space), "{stopped}");
+    let failing = cluster.wait_failing();
+    assert!(failing.contains(NO_SPACE), "{failing}");
     assert_eq!(
         n3.status().unwrap()["apply"]["version"],
         2,
@@ -1294,21 +1256,7 @@ fn a_node_whose_disk_fills_votes_no_and_catches_up_once_it_is_freed() {
     });
     let v4 = cluster.text("version 4");
     let (code, answer) = put_now(n1, &v4);
-    assert_eq!(
-        (code, &answer["outcome"]),
-        (409, &"aborted".into()),
-        "{answer:#}"
-    );
-    assert_eq!(
-        answer["silent"],
-        Value::Null,
-        "nobody is silent: {answer:#}"
-    );
-    let why = reason_of(&answer, "n3");
-    assert!(
-        why.starts_with("this node cannot write its 2PC state: ") && why.contains(no_space),
-        "{why}"
-    );
+    aborted_by_n3(code, &answer, "this node cannot write its 2PC state: ");
 
     cluster.free();
     let freed = Instant::now();
@@ -1319,11 +1267,7 @@ fn a_node_whose_disk_fills_votes_no_and_catches_up_once_it_is_freed() {
     );
     cluster.wait_store_issue(false);
     let (code, answer) = put_now(n1, &v4);
-    assert_eq!(
-        (code, &answer["outcome"]),
-        (200, &"committed".into()),
-        "{answer:#}"
-    );
+    assert_committed(code, &answer);
     cluster.on_version(&[n1, n2, n3], 4, &v4);
     cluster.finished();
     eprintln!("full disk test: {:?}", started.elapsed());

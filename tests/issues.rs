@@ -30,11 +30,11 @@ use std::fs;
 use std::io::Read;
 use std::net::UdpSocket;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::{Output, Stdio};
 use std::time::Duration;
 
 use serde_json::Value;
-use support::agents::{spawn_agent, Agent, Config};
+use support::agents::{quoted, Agent, Config};
 use support::*;
 
 /// Starting, gossiping, committing, electing on a loaded 2-core machine:
@@ -97,65 +97,6 @@ fn agents(root: &Path, specs: &[Spec]) -> (Vec<Agent>, String) {
         fs::write(&agent.topology, &text).unwrap();
     }
     (agents, text)
-}
-
-/// Starts `agent` as `command` runs it (with `agent --config FILE`
-/// appended), and waits until its API answers.
-fn start_as(agent: &mut Agent, command: Command) {
-    let log = fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(agent.log())
-        .unwrap();
-    let config = agent.dir.join("cohort.yaml");
-    let api = agent.api();
-    let proc = agent.proc.insert(spawn_agent(command, &config, log));
-    let mut exited = None;
-    let answered = wait_until_or(WAIT, || {
-        exited = proc.child.try_wait().unwrap();
-        if exited.is_some() {
-            return Some(false);
-        }
-        status(api).map(|_| true)
-    });
-    assert_eq!(
-        answered,
-        Some(true),
-        "{} did not answer (exit {exited:?}); its log:\n{}",
-        agent.name,
-        agent.log_tail(60)
-    );
-}
-
-/// The agent in a mount namespace of its own, after `setup` (a shell
-/// command) ran in it: what a test mounts there only the agent sees, and
-/// it goes away with the process.
-fn start_in_own_mounts(agent: &mut Agent, setup: &str) {
-    let mut command = Command::new("unshare");
-    command
-        .args(["-m", "--propagation", "private", "--", "sh", "-c"])
-        .arg(format!("{setup} && exec \"$@\""))
-        .arg("sh")
-        .arg(env!("CARGO_BIN_EXE_cohort"));
-    start_as(agent, command);
-}
-
-/// Runs `script` in `agent`'s mount namespace.
-fn in_mounts_of(agent: &Agent, script: &str) {
-    let pid = agent.proc.as_ref().expect("the agent runs").pid();
-    let out = Command::new("nsenter")
-        .args(["-t", &pid.to_string(), "-m", "--", "sh", "-c", script])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{script}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
-fn quote(path: &Path) -> String {
-    format!("'{}'", path.display())
 }
 
 fn data_dir(agent: &Agent) -> PathBuf {
@@ -468,12 +409,12 @@ fn config_mismatch_catching_up_and_an_unwritable_data_dir() {
     }
     let store = data_dir(&nodes[2]).join("twophase");
     assert!(store.is_dir(), "n3 installed version 1 there");
-    start_in_own_mounts(
-        &mut nodes[2],
+    nodes[2].start_in_own_mounts(
         &format!(
             "mount --bind {s} {s} && mount -o remount,bind,ro {s}",
-            s = quote(&store)
+            s = quoted(&store)
         ),
+        WAIT,
     );
     // Each reporter lists it after its own grace: wait for both.
     let mismatch = wait_raised(&nodes[0], "config-mismatch", "n3", |issue, answer| {
@@ -507,22 +448,19 @@ fn config_mismatch_catching_up_and_an_unwritable_data_dir() {
 
     // The store writable again under the running agent: its driver's
     // retry works, it catches up, every issue clears; no restart.
-    in_mounts_of(&nodes[2], &format!("umount {}", quote(&store)));
+    nodes[2].in_own_mounts(&format!("umount {}", quoted(&store)));
     wait_no_issues(&nodes[0], 3);
     assert_eq!(nodes[2].status().unwrap()["apply"]["version"], 2);
 
     // Its data dir read-only under it (a bind mount only it sees).
     nodes[2].stop(WAIT);
-    start_in_own_mounts(&mut nodes[2], "true");
+    nodes[2].start_in_own_mounts("true", WAIT);
     wait_no_issues(&nodes[0], 3);
     let dir = data_dir(&nodes[2]);
-    in_mounts_of(
-        &nodes[2],
-        &format!(
-            "mount --bind {d} {d} && mount -o remount,bind,ro {d}",
-            d = quote(&dir)
-        ),
-    );
+    nodes[2].in_own_mounts(&format!(
+        "mount --bind {d} {d} && mount -o remount,bind,ro {d}",
+        d = quoted(&dir)
+    ));
     let subject = dir.display().to_string();
     let unwritable = wait_raised(&nodes[0], "data-dir-unwritable", &subject, |_, _| true);
     assert_eq!(unwritable["level"], "critical");
@@ -543,7 +481,7 @@ fn config_mismatch_catching_up_and_an_unwritable_data_dir() {
         "{health}"
     );
     assert_eq!(health["message"], unwritable["message"], "{health}");
-    in_mounts_of(&nodes[2], &format!("umount {}", quote(&dir)));
+    nodes[2].in_own_mounts(&format!("umount {}", quoted(&dir)));
     wait_cleared(&nodes[0], "data-dir-unwritable", &subject, WAIT);
     wait_no_issues(&nodes[0], 3);
     let (code, body) = http(addr(nodes[2].api), "GET", "/v1/health").expect("health answers");
@@ -561,10 +499,10 @@ fn a_nearly_full_disk() {
     let (mut nodes, _) = agents(root.path(), &[("n1", "s1", "candidate")]);
     let dir = data_dir(&nodes[0]);
     fs::create_dir_all(&dir).unwrap();
-    let d = quote(&dir);
-    start_in_own_mounts(
-        &mut nodes[0],
+    let d = quoted(&dir);
+    nodes[0].start_in_own_mounts(
         &format!("mount -t tmpfs -o size=100m cohort-issues {d}"),
+        WAIT,
     );
     wait_ready(&nodes);
     let node = &nodes[0];
@@ -572,10 +510,9 @@ fn a_nearly_full_disk() {
     let subject = dir.display().to_string();
     // Leaves `free` bytes available (blocks free to non-root × block size).
     let fill_leaving = |name: &str, free: u64| {
-        in_mounts_of(
-            node,
-            &format!("fallocate -l $(( $(stat -f -c '%a * %S' {d}) - {free} )) {d}/{name}"),
-        )
+        node.in_own_mounts(&format!(
+            "fallocate -l $(( $(stat -f -c '%a * %S' {d}) - {free} )) {d}/{name}"
+        ))
     };
     fill_leaving("ballast-1", 3 << 20);
     let warning = wait_raised(node, "disk-full", &subject, |_, _| true);
@@ -591,7 +528,7 @@ fn a_nearly_full_disk() {
     wait_raised(node, "disk-full", &subject, |issue, _| {
         issue["level"] == "critical"
     });
-    in_mounts_of(node, &format!("rm {d}/ballast-1 {d}/ballast-2"));
+    node.in_own_mounts(&format!("rm {d}/ballast-1 {d}/ballast-2"));
     wait_cleared(node, "disk-full", &subject, WAIT);
     wait_no_issues(node, 1);
 }
@@ -612,7 +549,7 @@ fn clock_skew_a_rejected_topology_and_undecryptable_packets() {
     nodes[1].start(WAIT);
     let mut skewed = cohort();
     skewed.env("COHORT_TEST_CLOCK_OFFSET_MS", "5000");
-    start_as(&mut nodes[2], skewed);
+    nodes[2].start_as(skewed, WAIT);
     wait_ready(&nodes);
     assert!(
         read(&nodes[2].log()).contains("COHORT_TEST_CLOCK_OFFSET_MS is set"),

@@ -121,13 +121,19 @@ impl Agent {
     /// exit status and the end of its log if it exits or stays silent
     /// for `timeout`.
     pub fn start(&mut self, timeout: Duration) {
+        self.start_as(cohort(), timeout);
+    }
+
+    /// `start`, with `command` running the binary (a wrapper that execs
+    /// it, `agent --config FILE` appended).
+    pub fn start_as(&mut self, command: Command, timeout: Duration) {
         let log = fs::OpenOptions::new()
             .create(true)
             .append(true)
             .open(self.log())
             .unwrap();
         let (config, api) = (self.dir.join("cohort.yaml"), self.api());
-        let proc = self.proc.insert(spawn_agent(cohort(), &config, log));
+        let proc = self.proc.insert(spawn_agent(command, &config, log));
         let mut exited = None;
         let answered = wait_until_or(timeout, || {
             exited = proc.child.try_wait().unwrap();
@@ -143,6 +149,34 @@ impl Agent {
                 self.log_tail(80)
             );
         }
+    }
+
+    /// `start` in a mount namespace of its own, after `setup` (a shell
+    /// command) ran in it: what a test mounts there only the agent sees,
+    /// and it goes away with the process.
+    pub fn start_in_own_mounts(&mut self, setup: &str, timeout: Duration) {
+        let mut command = Command::new("unshare");
+        command
+            .args(["-m", "--propagation", "private", "--", "sh", "-c"])
+            .arg(format!("{setup} && exec \"$@\""))
+            .arg("sh")
+            .arg(env!("CARGO_BIN_EXE_cohort"));
+        self.start_as(command, timeout);
+    }
+
+    /// Runs `script` in the agent's mount namespace; panics with its
+    /// stderr if it fails.
+    pub fn in_own_mounts(&self, script: &str) {
+        let pid = self.proc.as_ref().expect("the agent runs").pid();
+        let out = Command::new("nsenter")
+            .args(["-t", &pid.to_string(), "-m", "--", "sh", "-c", script])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{script}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
 
     /// SIGTERM, and the clean exit that follows.

@@ -292,64 +292,68 @@ pub fn nothing_lost(record: &Record) -> Vec<String> {
     found
 }
 
-/// (c) Never two masters of one replica set in one fencing generation.
-pub fn one_master_per_generation(observations: &[Obs]) -> Vec<String> {
-    let mut seen: BTreeMap<(&str, u64), (&str, &Obs)> = BTreeMap::new();
-    let mut found = Vec::new();
+/// The first pair of observations that give one key two values, once per
+/// key: `(key, value, who saw it)` in observation order, and `say` words
+/// a conflict from the key, the first value and its observation, then the
+/// other value and its observation.
+fn one_value_per_key<'a, K: Ord + Clone, V: PartialEq>(
+    seen_as: impl Iterator<Item = (K, V, &'a Obs)>,
+    say: impl Fn(&K, &V, &Obs, &V, &Obs) -> String,
+) -> Vec<String> {
+    let mut first: BTreeMap<K, (V, &Obs)> = BTreeMap::new();
     let mut told = BTreeSet::new();
-    for obs in observations {
-        for (set, (master, generation)) in &obs.masters {
-            match seen.get(&(set.as_str(), *generation)) {
-                Some((other, first)) if other != master => {
-                    if told.insert((set.clone(), *generation)) {
-                        found.push(format!(
-                            "(c) two masters of {set} in fencing generation {generation}: {other} (seen by {} at {}) and {master} (seen by {} at {})",
-                            first.node,
-                            at(first.at_ms),
-                            obs.node,
-                            at(obs.at_ms)
-                        ));
-                    }
+    let mut found = Vec::new();
+    for (key, value, obs) in seen_as {
+        match first.get(&key) {
+            Some((v, o)) if *v != value => {
+                if told.insert(key.clone()) {
+                    found.push(say(&key, v, o, &value, obs));
                 }
-                Some(_) => {}
-                None => {
-                    seen.insert((set, *generation), (master, obs));
-                }
+            }
+            Some(_) => {}
+            None => {
+                first.insert(key, (value, obs));
             }
         }
     }
     found
 }
 
+/// (c) Never two masters of one replica set in one fencing generation.
+pub fn one_master_per_generation(observations: &[Obs]) -> Vec<String> {
+    let seen_as = observations.iter().flat_map(|obs| {
+        obs.masters
+            .iter()
+            .map(move |(set, (master, generation))| ((set.as_str(), *generation), master, obs))
+    });
+    one_value_per_key(seen_as, |(set, generation), other, first, master, obs| {
+        format!(
+            "(c) two masters of {set} in fencing generation {generation}: {other} (seen by {} at {}) and {master} (seen by {} at {})",
+            first.node,
+            at(first.at_ms),
+            obs.node,
+            at(obs.at_ms)
+        )
+    })
+}
+
 /// Never two leaders in one Raft term (what makes (c) hold).
 pub fn one_leader_per_term(observations: &[Obs]) -> Vec<String> {
-    let mut seen: BTreeMap<u64, &Obs> = BTreeMap::new();
-    let mut found = Vec::new();
-    let mut told = BTreeSet::new();
-    for obs in observations {
+    let seen_as = observations.iter().filter_map(|obs| {
         let (Some(term), Some(leader)) = (obs.term, obs.leader.as_deref()) else {
-            continue;
+            return None;
         };
-        match seen.get(&term) {
-            Some(first) if first.leader.as_deref() != Some(leader) => {
-                if told.insert(term) {
-                    found.push(format!(
-                        "two leaders in term {term}: {:?} (seen by {} at {}) and {leader} (seen by {} at {})",
-                        first.leader,
-                        first.node,
-                        at(first.at_ms),
-                        obs.node,
-                        at(obs.at_ms)
-                    ));
-                }
-            }
-            Some(_) => {}
-            None => {
-                seen.insert(term, obs);
-            }
-        }
-    }
-    found
+        Some((term, leader, obs))
+    });
+    one_value_per_key(seen_as, |term, first_leader, first, leader, obs| {
+        format!(
+            "two leaders in term {term}: {first_leader:?} (seen by {} at {}) and {leader} (seen by {} at {})",
+            first.node,
+            at(first.at_ms),
+            obs.node,
+            at(obs.at_ms)
+        )
+    })
 }
 
 /// (d) Every node is `alive` in every node's membership.
