@@ -772,3 +772,60 @@ fn user_events_with_impossible_names_are_dropped() {
     assert_eq!(delivered, vec!["deploy".to_string()]);
     assert_eq!(b.stats().user_events_invalid, 2);
 }
+
+#[test]
+fn a_periodic_push_pull_is_a_digest_and_only_a_different_view_gets_full_state() {
+    let mut now = Instant::now();
+    let mut nodes: Vec<Swim> = (1..=3).map(|n| node(n, now)).collect();
+    for n in nodes.iter_mut().skip(1) {
+        n.join(now, addr(1));
+    }
+    exchange(&mut nodes, now);
+    for _ in 0..100 {
+        now += Duration::from_millis(100);
+        tick(&mut nodes, now, |_| {});
+    }
+    assert!(nodes.iter().all(|n| n.count(MemberStatus::Alive) == 2));
+    // The same view, learnt in different orders, sums to the same digest.
+    let digest = nodes[0].view_digest();
+    assert!(nodes.iter().all(|n| n.view_digest() == digest));
+
+    // Settled: every push-pull period (30 s ± 25 %) each node opens one,
+    // and each is answered by nothing at all.
+    let streams = |nodes: &[Swim]| nodes.iter().map(|n| n.stats().streams_sent).sum::<u64>();
+    let equal = |nodes: &[Swim]| {
+        nodes
+            .iter()
+            .map(|n| n.stats().push_pull_digests_equal)
+            .sum::<u64>()
+    };
+    let (streams_before, equal_before) = (streams(&nodes), equal(&nodes));
+    for _ in 0..800 {
+        now += Duration::from_millis(100);
+        tick(&mut nodes, now, |_| {});
+    }
+    let opened = streams(&nodes) - streams_before;
+    assert!(opened >= 3, "{opened} push-pulls in 80 s");
+    assert_eq!(
+        equal(&nodes) - equal_before,
+        opened,
+        "a stream other than an equal digest"
+    );
+
+    // A digest that differs gets the receiver's full state, asking for ours.
+    let other = packet(1, GEN, Message::PushPullDigest { digest: [0; 16] }, &[]);
+    nodes[1].handle_stream(now, addr(1), &other);
+    let answer = drain(&mut nodes[1]);
+    let [reply] = &answer[..] else {
+        panic!("one answer expected: {answer:?}");
+    };
+    assert_eq!(reply.kind, TransmitKind::Stream);
+    let body = wire::open(&PacketSecurity::Plaintext, &reply.bytes).expect("opens");
+    let p = wire::decode_packet(&body).expect("decodes");
+    assert_eq!(p.message, Message::PushPull { reply: true });
+    assert_eq!(records_in(&p).count(), 3, "every member, itself included");
+    // The same digest as its own: nothing.
+    let same = packet(1, GEN, Message::PushPullDigest { digest }, &[]);
+    nodes[1].handle_stream(now, addr(1), &same);
+    assert!(drain(&mut nodes[1]).is_empty());
+}
