@@ -104,7 +104,7 @@ fn start_peer(
     index: usize,
     name: &str,
     // `-join SEED`, `-key KEY`, as the run needs them.
-    flags: &[&str],
+    flags: &[String],
     taken: &mut BTreeSet<u16>,
     out: &mpsc::Sender<Line>,
 ) -> anyhow::Result<(Peer, String)> {
@@ -457,9 +457,7 @@ pub fn run(
             .chain(key_flags.iter().cloned())
             .collect()
     };
-    let first_flags = flags(None);
-    let first_flags: Vec<&str> = first_flags.iter().map(String::as_str).collect();
-    let (first, join) = start_peer(binary, root, 0, "n1", &first_flags, &mut taken, &tx)?;
+    let (first, join) = start_peer(binary, root, 0, "n1", &flags(None), &mut taken, &tx)?;
     cluster.peers.push(first);
     // memberlist's Join does not retry: the seed must listen first. It
     // reports itself (NotifyJoin) once bound.
@@ -469,9 +467,8 @@ pub fn run(
     for (w, wave) in waves.iter().enumerate() {
         for i in wave.clone() {
             let name = format!("n{}", i + 1);
-            let peer_flags = flags(Some(&join));
-            let peer_flags: Vec<&str> = peer_flags.iter().map(String::as_str).collect();
-            let (peer, _) = start_peer(binary, root, i, &name, &peer_flags, &mut taken, &tx)?;
+            let (peer, _) =
+                start_peer(binary, root, i, &name, &flags(Some(&join)), &mut taken, &tx)?;
             cluster.peers.push(peer);
         }
         last_started = Instant::now();
