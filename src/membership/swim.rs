@@ -39,6 +39,11 @@ pub enum TransmitKind {
     Datagram,
     /// One framed message over TCP (push-pull); may be large.
     Stream,
+    /// The answer to the stream being handled: on that stream's connection
+    /// while it waits (one handshake per exchange, as memberlist does;
+    /// under loss a second handshake is a second chance to miss the
+    /// probe's deadline), else on a stream of its own to `dst`.
+    StreamReply,
 }
 
 /// Bytes to send.
@@ -276,7 +281,7 @@ impl Swim {
                     .insert((now + self.config.protocol_period, Timer::Probe));
             }
         }
-        self.send_push_pull(now, addr, true);
+        self.send_push_pull(now, addr, true, TransmitKind::Stream);
         self.arm_gossip(now);
     }
 
@@ -386,7 +391,9 @@ impl Swim {
         self.arm_gossip(now);
     }
 
-    /// One framed stream message (push-pull) arrived from `from`.
+    /// One framed stream message (a push-pull, its digest, a fallback
+    /// probe or an answer to one of ours) arrived from `from`. The direct
+    /// answer, if it has one, is the next `StreamReply` transmit.
     pub fn handle_stream(&mut self, now: Instant, from: SocketAddr, bytes: &[u8]) {
         self.stats.streams_received += 1;
         self.stats.stream_bytes_received += bytes.len() as u64;
@@ -591,7 +598,7 @@ impl Swim {
                     wall_ms: self.wall_ms,
                 };
                 if via_stream {
-                    self.send_stream_message(reply_to, &ack);
+                    self.send_stream_message(reply_to, &ack, TransmitKind::StreamReply);
                 } else {
                     self.send_datagram(now, from, ack);
                 }
@@ -661,14 +668,14 @@ impl Swim {
             Message::Gossip => {}
             Message::PushPull { reply } => {
                 if reply {
-                    self.send_push_pull(now, reply_to, false);
+                    self.send_push_pull(now, reply_to, false, TransmitKind::StreamReply);
                 }
             }
             Message::PushPullDigest { digest } => {
                 if digest == self.view_digest() {
                     self.stats.push_pull_digests_equal += 1;
                 } else if self.me.status != MemberStatus::Left {
-                    self.send_push_pull(now, reply_to, true);
+                    self.send_push_pull(now, reply_to, true, TransmitKind::StreamReply);
                 }
             }
         }
@@ -1013,7 +1020,7 @@ impl Swim {
                         let digest = Message::PushPullDigest {
                             digest: self.view_digest(),
                         };
-                        self.send_stream_message(addr, &digest);
+                        self.send_stream_message(addr, &digest, TransmitKind::Stream);
                     }
                 }
                 self.event_log.expire(now);
@@ -1148,7 +1155,7 @@ impl Swim {
                 target: probe.target,
                 buddy,
             };
-            self.send_stream_message(target_addr, &ping);
+            self.send_stream_message(target_addr, &ping, TransmitKind::Stream);
         }
     }
 
@@ -1486,7 +1493,7 @@ impl Swim {
 
     /// Our full state over a stream: every record (cached encodings) and
     /// every user event still live.
-    fn send_push_pull(&mut self, now: Instant, dst: SocketAddr, reply: bool) {
+    fn send_push_pull(&mut self, now: Instant, dst: SocketAddr, reply: bool, kind: TransmitKind) {
         let Ok(head) = self.encode_head(&Message::PushPull { reply }) else {
             return;
         };
@@ -1504,18 +1511,18 @@ impl Swim {
                 .filter_map(|event| wire::encode(&Gossip::Event(event)).ok()),
         );
         let body = wire::assemble(&head, &items);
-        self.push_frame(dst, &body, TransmitKind::Stream);
+        self.push_frame(dst, &body, kind);
     }
 
     /// One message over a stream with our own record, so the receiver
     /// knows where to answer (a stream's source port is ephemeral).
-    fn send_stream_message(&mut self, dst: SocketAddr, message: &Message) {
+    fn send_stream_message(&mut self, dst: SocketAddr, message: &Message, kind: TransmitKind) {
         let Ok(head) = self.encode_head(message) else {
             return;
         };
         let items: Vec<Vec<u8>> = self.encoded_record(self.me.id).into_iter().collect();
         let body = wire::assemble(&head, &items);
-        self.push_frame(dst, &body, TransmitKind::Stream);
+        self.push_frame(dst, &body, kind);
     }
 
     fn push_frame(&mut self, dst: SocketAddr, body: &[u8], kind: TransmitKind) {
@@ -1530,7 +1537,7 @@ impl Swim {
                 self.stats.datagrams_sent += 1;
                 self.stats.datagram_bytes_sent += bytes.len() as u64;
             }
-            TransmitKind::Stream => {
+            TransmitKind::Stream | TransmitKind::StreamReply => {
                 self.stats.streams_sent += 1;
                 self.stats.stream_bytes_sent += bytes.len() as u64;
             }

@@ -62,7 +62,7 @@ struct Counters {
 
 /// Where the port's connections go; `None` closes that kind silently.
 pub struct Routes {
-    pub gossip: Option<mpsc::Sender<(SocketAddr, Vec<u8>)>>,
+    pub gossip: Option<mpsc::Sender<driver::IncomingStream>>,
     pub rpc: Option<Arc<RpcServer>>,
 }
 
@@ -181,13 +181,13 @@ async fn route(
     match (magic, &routes.gossip, &routes.rpc) {
         (GOSSIP_STREAM_MAGIC, Some(gossip), _) => {
             let read = driver::read_stream(&mut stream);
-            match tokio::time::timeout(driver::STREAM_DEADLINE, read).await {
+            let read = tokio::time::timeout(driver::STREAM_DEADLINE, read).await;
+            match read {
                 Ok(Ok(body)) => {
-                    drop(stream);
+                    // Read: no longer pending, whatever the answer takes.
                     drop(permit);
                     counters.gossip_streams.fetch_add(1, Ordering::Relaxed);
-                    // The driver stopped: the agent is going away.
-                    let _ = gossip.send((peer, body)).await;
+                    driver::deliver_and_answer(stream, peer, body, gossip).await;
                 }
                 Ok(Err(e)) => {
                     refused();
