@@ -43,6 +43,7 @@ import (
 	"encoding/json"
 	"flag"
 	"fmt"
+	"log"
 	"net"
 	"os"
 	"os/signal"
@@ -178,8 +179,20 @@ func run(name, bind, join, key string) error {
 		return err
 	}
 	if join != "" {
-		if _, err := list.Join(strings.Split(join, ",")); err != nil {
-			return err
+		// memberlist's Join tries each seed once; under a 500-process
+		// start a seed may be slow to answer, so try again (as cohort's
+		// agent does) for a minute before giving up.
+		seeds := strings.Split(join, ",")
+		for attempt := 1; ; attempt++ {
+			_, err := list.Join(seeds)
+			if err == nil {
+				break
+			}
+			if attempt == 60 {
+				return fmt.Errorf("join %s: %w", join, err)
+			}
+			log.Printf("[WARN] peer: join attempt %d failed: %v", attempt, err)
+			time.Sleep(time.Second)
 		}
 	}
 

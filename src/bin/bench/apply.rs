@@ -207,12 +207,11 @@ fn check_alive(agents: &mut [Agent], root: &Path) -> anyhow::Result<()> {
         if let Ok(Some(exit)) = agent.child.try_wait() {
             let log =
                 fs::read_to_string(root.join(&agent.name).join("agent.log")).unwrap_or_default();
-            let tail: Vec<&str> = log.lines().rev().take(40).collect();
-            let tail: Vec<&str> = tail.into_iter().rev().collect();
+            let tail = common::last_lines(&log, 40);
             bail!(
                 "agent {} exited ({exit}); the end of its log:\n{}",
                 agent.name,
-                tail.join("\n")
+                tail
             );
         }
     }

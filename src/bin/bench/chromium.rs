@@ -147,10 +147,17 @@ impl Browser {
         };
         browser.attach().with_context(|| {
             let log = std::fs::read_to_string(log).unwrap_or_default();
-            let tail: Vec<&str> = log.lines().rev().take(20).collect();
             format!(
                 "the browser's DevTools pipe; the end of its log:\n{}",
-                tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+                // This file is shared with tests/web_ui.rs: no `common`.
+                log.lines()
+                    .rev()
+                    .take(20)
+                    .collect::<Vec<_>>()
+                    .into_iter()
+                    .rev()
+                    .collect::<Vec<_>>()
+                    .join("\n")
             )
         })?;
         Ok(browser)

@@ -267,9 +267,9 @@ fn exited(agents: &mut [Agent], root: &Path, killed: &[usize]) -> Option<String>
             let log =
                 fs::read_to_string(root.join(&agent.name).join("agent.log")).unwrap_or_default();
             return Some(format!(
-                "agent {} exited ({exit}):\n{}",
+                "agent {} exited ({exit}); the end of its log:\n{}",
                 agent.name,
-                log.trim_end()
+                common::last_lines(&log, 40)
             ));
         }
     }

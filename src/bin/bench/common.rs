@@ -876,6 +876,13 @@ pub fn report_rows(report: &serde_json::Value) -> Vec<Vec<String>> {
     rows
 }
 
+/// The last `n` lines of `text`, joined (a log's tail for an error).
+pub fn last_lines(text: &str, n: usize) -> String {
+    let mut tail: Vec<&str> = text.lines().rev().take(n).collect();
+    tail.reverse();
+    tail.join("\n")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -500,6 +500,11 @@ pub fn compare(args: CompareArgs, root: &Path) -> anyhow::Result<()> {
             &root.join("cohort"),
         )
     })?;
+    // Kept whatever memberlist's part does: at 500 nodes it may not
+    // start at all, and cohort's half hour of figures must not go with it.
+    let c = cohort.to_json();
+    print_outcomes(&[&cohort]);
+    eprintln!("bench: cohort's report: {}", serde_json::to_string(&c)?);
     eprintln!(
         "bench: cohort done; {} s before memberlist",
         args.pause_seconds
@@ -507,12 +512,9 @@ pub fn compare(args: CompareArgs, root: &Path) -> anyhow::Result<()> {
     std::thread::sleep(Duration::from_secs(args.pause_seconds));
     let memberlist = common::in_scratch(&root.join("memberlist"), false, || {
         crate::memberlist::run(&args.run, seed, &peer.0, &peer.1, &root.join("memberlist"))
-    })?;
+    });
     let _ = std::fs::remove_dir_all(root);
-    let (c, m) = (cohort.to_json(), memberlist.to_json());
-    write_charts(args.run.chart_dir.as_deref(), &[&c, &m])?;
-    print_outcomes(&[&cohort, &memberlist]);
-    let report = json!({
+    let mut report = json!({
         "scenario": "compare",
         "nodes": args.run.nodes,
         "seed": seed,
@@ -520,12 +522,28 @@ pub fn compare(args: CompareArgs, root: &Path) -> anyhow::Result<()> {
         "settle_seconds": args.run.settle_seconds,
         "idle_seconds": args.run.idle_seconds,
         "kills": args.run.kills,
-        "ratios_cohort_over_memberlist": ratios(&cohort, &memberlist),
         "cohort": c,
-        "memberlist": m,
     });
+    let failed = match &memberlist {
+        Ok(memberlist) => {
+            let m = memberlist.to_json();
+            write_charts(args.run.chart_dir.as_deref(), &[&c, &m])?;
+            print_outcomes(&[&cohort, memberlist]);
+            report["ratios_cohort_over_memberlist"] = ratios(&cohort, memberlist);
+            report["memberlist"] = m;
+            None
+        }
+        Err(e) => {
+            write_charts(args.run.chart_dir.as_deref(), &[&c])?;
+            report["memberlist"] = json!({ "error": format!("{e:#}") });
+            Some(e)
+        }
+    };
     println!("{}", serde_json::to_string_pretty(&report)?);
-    Ok(())
+    match failed {
+        Some(e) => bail!("memberlist's part failed (cohort's figures are above): {e:#}"),
+        None => Ok(()),
+    }
 }
 
 #[cfg(test)]

@@ -288,9 +288,8 @@ impl Cluster {
             if self.closed[i] || matches!(peer.child.try_wait(), Ok(Some(_))) {
                 let log =
                     fs::read_to_string(root.join(format!("{}.log", peer.name))).unwrap_or_default();
-                let tail: Vec<&str> = log.lines().rev().take(20).collect();
-                let tail: Vec<&str> = tail.into_iter().rev().collect();
-                return Some(format!("peer {} exited:\n{}", peer.name, tail.join("\n")));
+                let tail = common::last_lines(&log, 20);
+                return Some(format!("peer {} exited:\n{tail}", peer.name));
             }
         }
         None
@@ -312,7 +311,20 @@ impl Cluster {
                     bail!("{death}");
                 }
                 if Instant::now() > deadline {
-                    bail!("peers {range:?} did not join within 60 s");
+                    let late: Vec<usize> = range
+                        .clone()
+                        .filter(|&i| self.members[i] < members)
+                        .collect();
+                    let first = &self.peers[late[0]].name;
+                    let log =
+                        fs::read_to_string(root.join(format!("{first}.log"))).unwrap_or_default();
+                    bail!(
+                        "{} of the peers {}..={} saw fewer than {members} members after 60 s; {first}'s log ends:\n{}",
+                        late.len(),
+                        range.start + 1,
+                        range.end,
+                        common::last_lines(&log, 20)
+                    );
                 }
                 next_check = Instant::now() + Duration::from_millis(500);
             }
