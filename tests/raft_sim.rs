@@ -40,11 +40,11 @@ fn bound(sim: &Sim) -> Duration {
 }
 
 /// How long the majority may take to replace a leader cut off from it:
-/// twenty election timeouts. openraft 0.9's own timers take T–1.5T before
-/// the first vote (the followers' leader lease, 3T/4, then the timeout,
-/// T/4–3T/4), 1.5T more on a node that once lost an election for a shorter
-/// log (the flag is only cleared by its next election), and a split vote
-/// costs a round of T/4–3T/4.
+/// twenty election timeouts. openraft 0.9's own timers take 0.9T–1.5T
+/// before the first vote (the followers' leader lease, 0.7T, then the
+/// timeout, 0.2T–0.7T, then up to a tick), 1.5T more on a node that once
+/// lost an election for a shorter log (the flag is only cleared by its
+/// next election), and a split vote costs a round of 0.2T–0.7T.
 fn replace_bound(sim: &Sim) -> Duration {
     sim.config().election_timeout * 20
 }

@@ -78,18 +78,21 @@ const CALL_DEADLINE: Duration = Duration::from_secs(2);
 /// openraft's settings for an election timeout `t`. openraft makes a
 /// follower wait out the leader's lease (which it sets to
 /// `election_timeout_max`) and then its own random timeout from
-/// `[min, max)` before it stands. With max `3t/4` and min `t/4` a follower
-/// that stops hearing the leader stands after t to 1.5t: a follower stands
-/// once it heard nothing for `t`, as etcd's `t` means (etcd: [t, 2t)), and
-/// the timeouts keep a spread of `t/2` against split votes. Heartbeats
-/// every `t/10`, so a lease outlasts seven lost ones.
+/// `[min, max)`, and looks at that only on its tick, every 1.5 heartbeat
+/// intervals. Heartbeats every `t/15` make the tick `t/10`, etcd's at its
+/// defaults; with max `0.7t` and min `0.2t` a follower stands 0.9t–1.4t
+/// after the last heartbeat, plus up to a tick: 0.9t–1.5t. etcd counts its
+/// [t, 2t) in ticks from the one after the heartbeat, so its followers
+/// stand 0.9t–1.9t after it: the same floor, a narrower window here (a
+/// spread of t/2 is plenty against split votes). The lease outlasts ten
+/// lost heartbeats.
 pub fn raft_config(election_timeout: Duration) -> openraft::Config {
     let t = election_timeout.as_millis().max(10) as u64;
     openraft::Config {
         cluster_name: "cohort".into(),
-        election_timeout_min: (t / 4).max(3),
-        election_timeout_max: (t * 3 / 4).max(6),
-        heartbeat_interval: (t / 10).max(1),
+        election_timeout_min: (t / 5).max(3),
+        election_timeout_max: (t * 7 / 10).max(6),
+        heartbeat_interval: (t / 15).max(1),
         install_snapshot_timeout: (2 * t).max(500),
         ..Default::default()
     }
@@ -1336,13 +1339,14 @@ fn leader_hint(error: &str, view: &GroupView) -> String {
     }
 }
 
-/// On a leader that no quorum has acknowledged for longer than 3/4 of
+/// On a leader that no quorum has acknowledged for longer than 0.65 of
 /// `election_timeout`: for how long (ms). With a round every fifth of it,
-/// a cut-off leader steps down within one election timeout.
+/// a cut-off leader steps down within 0.85t, before any follower can
+/// stand (0.9t, see [`raft_config`]).
 fn lost_quorum(raft: &Raft, election_timeout: Duration) -> Option<u64> {
     let m = raft.metrics().borrow().clone();
     let silent = m.millis_since_quorum_ack?;
-    let limit = election_timeout.as_millis() * 3 / 4;
+    let limit = election_timeout.as_millis() * 13 / 20;
     (m.state == ServerState::Leader && u128::from(silent) > limit).then_some(silent)
 }
 

@@ -35,7 +35,7 @@
 //!   that), and a random node now and then misses a tick
 //!   ([`SimConfig::timer_jitter`]);
 //! - message delays beyond a LAN's: openraft's deadline for AppendEntries
-//!   is the heartbeat interval (T/10), so a round trip must stay well under
+//!   is the heartbeat interval (T/15), so a round trip must stay well under
 //!   it ([`SimConfig::delay_max`]).
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -102,8 +102,8 @@ pub struct SimConfig {
     /// off): they vote and replicate, and must never lead.
     pub voter_only: BTreeSet<usize>,
     /// `T` ([`raft_config`]): each node's election timeout is drawn from
-    /// `T/4..3T/4`, heartbeats go out every `T/10`. (A follower that heard
-    /// from a leader also waits out the leader's lease, `3T/4`, first.)
+    /// `T/5..7T/10`, heartbeats go out every `T/15`. (A follower that heard
+    /// from a leader also waits out the leader's lease, `7T/10`, first.)
     pub election_timeout: Duration,
     /// One-way delay of every message, drawn uniformly; under 1 ms it
     /// arrives at once. A round trip must stay well under the heartbeat
