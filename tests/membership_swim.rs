@@ -310,9 +310,7 @@ fn deliver_all(nodes: &mut [Swim], now: Instant, mut sent_by_first: impl FnMut(&
                 if let Some(to) = nodes.iter_mut().find(|n| n.local().addr == t.dst) {
                     match t.kind {
                         TransmitKind::Datagram => to.handle_datagram(now, from, &t.bytes),
-                        TransmitKind::Stream | TransmitKind::StreamReply => {
-                            to.handle_stream(now, from, &t.bytes)
-                        }
+                        TransmitKind::Stream => to.handle_stream(now, from, &t.bytes),
                     }
                 }
             }
@@ -370,7 +368,7 @@ fn datagrams_never_exceed_the_packet_size_even_with_big_payloads() {
         let reply = drain(&mut a);
         assert!(reply
             .iter()
-            .any(|t| t.kind == TransmitKind::StreamReply && t.bytes.len() > 1400));
+            .any(|t| t.kind == TransmitKind::Stream && t.bytes.len() > 1400));
         let mut later = now;
         let mut datagrams = 0;
         for _ in 0..100 {
@@ -821,8 +819,7 @@ fn a_periodic_push_pull_is_a_digest_and_only_a_different_view_gets_full_state() 
     let [reply] = &answer[..] else {
         panic!("one answer expected: {answer:?}");
     };
-    // On the digest's own connection.
-    assert_eq!(reply.kind, TransmitKind::StreamReply);
+    assert_eq!(reply.kind, TransmitKind::Stream);
     let body = wire::open(&PacketSecurity::Plaintext, &reply.bytes).expect("opens");
     let p = wire::decode_packet(&body).expect("decodes");
     assert_eq!(p.message, Message::PushPull { reply: true });

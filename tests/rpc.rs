@@ -1,8 +1,7 @@
 //! The rpc layer over real TCP on 127.0.0.1: calls and answers, many calls
 //! on one connection, outsiders refused before a request is read (and told
 //! nothing), deadlines, connection reuse and reconnection, fan-out with a
-//! bound, and gossip streams sharing the port through the demultiplexer
-//! (answered on their own connection).
+//! bound, and gossip streams sharing the port through the demultiplexer.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -11,7 +10,6 @@ use std::time::{Duration, Instant};
 
 use cohort::membership::driver::{self, Observer};
 use cohort::membership::swim::LocalNode;
-use cohort::membership::wire::{self, Message, PacketHead};
 use cohort::membership::{
     Keyring, MemberEvent, MemberStatus, NodeId, PacketSecurity, Swim, SwimConfig,
 };
@@ -759,76 +757,4 @@ async fn gossip_streams_reach_the_membership_driver_through_the_demultiplexer() 
         Ok(b"hi".to_vec())
     );
     assert_eq!(a.demux.stats().rpc_connections, 1);
-}
-
-/// One gossip stream as a peer sends it: `CHG1`, the length, the sealed
-/// packet of `message` from node `from` (no records).
-fn gossip_stream_frame(security: &PacketSecurity, from: u128, message: &Message) -> Vec<u8> {
-    let head = wire::encode(&PacketHead {
-        cluster: wire::cluster_in_body(security, "orders"),
-        from: NodeId(Uuid::from_u128(from)),
-        generation: 1,
-        message,
-    })
-    .expect("encodes");
-    let sealed =
-        wire::seal_gossip(security, "orders", [7; 12], &wire::assemble(&head, &[])).expect("seals");
-    let mut frame = driver::GOSSIP_STREAM_MAGIC.to_vec();
-    frame.extend_from_slice(&u32::try_from(sealed.len()).unwrap().to_be_bytes());
-    frame.extend_from_slice(&sealed);
-    frame
-}
-
-/// memberlist's way, and one handshake instead of two under loss (a
-/// second is a second chance to miss the probe's deadline): the TCP
-/// fallback ping's ack comes back on the ping's own connection.
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn a_ping_over_tcp_is_acked_on_its_own_connection() {
-    let security = PacketSecurity::Encrypted(Keyring::new(&[[9; 32]]).expect("a key"));
-    let a = gossip_node(1, &security).await;
-    let ping = Message::Ping {
-        seq: 4242,
-        target: a.id,
-        buddy: None,
-    };
-    let mut stream = TcpStream::connect(a.addr).await.expect("connect");
-    stream
-        .write_all(&gossip_stream_frame(&security, 77, &ping))
-        .await
-        .expect("write");
-    stream.shutdown().await.expect("our half closed");
-    let answer = read_until_closed(&mut stream).await;
-    assert!(answer.len() > 4, "no answer, {} bytes", answer.len());
-    let (head, sealed) = answer.split_at(4);
-    assert_eq!(
-        u32::from_be_bytes(head.try_into().unwrap()) as usize,
-        sealed.len(),
-        "one length-prefixed answer"
-    );
-    let body = wire::open_gossip(&security, "orders", sealed).expect("sealed with the key");
-    let packet = wire::decode_packet(&body).expect("decodes");
-    assert_eq!(packet.from, a.id);
-    assert!(
-        matches!(packet.message, Message::Ack { seq: 4242, .. }),
-        "{:?}",
-        packet.message
-    );
-    // Only the ping's connection: a opened none of its own to answer.
-    assert_eq!(a.demux.stats().gossip_streams, 1);
-    let sent = a.handle.inspect(|swim| swim.stats().streams_sent).await;
-    assert_eq!(sent, Some(1));
-
-    // A stream that needs no answer is closed without one.
-    let mut stream = TcpStream::connect(a.addr).await.expect("connect");
-    let ack = Message::Ack {
-        seq: 1,
-        wall_ms: None,
-    };
-    stream
-        .write_all(&gossip_stream_frame(&security, 77, &ack))
-        .await
-        .expect("write");
-    stream.shutdown().await.expect("our half closed");
-    let answer = read_until_closed(&mut stream).await;
-    assert_eq!(answer, Vec::<u8>::new());
 }

@@ -520,7 +520,7 @@ impl Harness {
                 }
                 // Streams carry push-pulls and, since the TCP fallback
                 // probe, pings and acks too: anything that decodes.
-                TransmitKind::Stream | TransmitKind::StreamReply => {}
+                TransmitKind::Stream => {}
             }
         }
         while self.swim.poll_event().is_some() {}

@@ -30,26 +30,6 @@ pub const STREAM_DEADLINE: Duration = Duration::from_secs(5);
 /// the decoder.
 const RECV_BUFFER: usize = 65_536;
 
-/// A gossip stream read off the node's TCP port.
-pub struct IncomingStream {
-    pub from: SocketAddr,
-    pub body: Vec<u8>,
-    /// The way back on the stream's connection, which waits (until
-    /// `STREAM_DEADLINE`) for the state machine's `StreamReply`; dropped
-    /// unanswered, it closes the connection. `None` for an answer read off
-    /// a connection we opened.
-    pub reply: Option<oneshot::Sender<Vec<u8>>>,
-}
-
-/// How a stream we sent ended, reported back to the driver's loop.
-enum StreamOutcome {
-    /// Not delivered (connect, write or deadline): counted by the state
-    /// machine.
-    Failed(SocketAddr),
-    /// The peer answered on the same connection.
-    Answered(IncomingStream),
-}
-
 /// What the agent asks of membership.
 pub enum Command {
     Join(SocketAddr),
@@ -164,7 +144,7 @@ pub fn spawn(swim: Swim, udp: UdpSocket, tcp: TcpListener, observer: impl Observ
 pub fn spawn_with_streams(
     swim: Swim,
     udp: UdpSocket,
-    streams: mpsc::Receiver<IncomingStream>,
+    streams: mpsc::Receiver<(SocketAddr, Vec<u8>)>,
     mut observer: impl Observer,
 ) -> Handle {
     observer.on_events(&swim, &[]);
@@ -176,18 +156,16 @@ pub fn spawn_with_streams(
 async fn run(
     mut swim: Swim,
     udp: Arc<UdpSocket>,
-    mut streams: mpsc::Receiver<IncomingStream>,
+    mut streams: mpsc::Receiver<(SocketAddr, Vec<u8>)>,
     mut commands: mpsc::Receiver<Command>,
     mut observer: impl Observer,
 ) {
-    let (outcomes_tx, mut outcomes) = mpsc::unbounded_channel::<StreamOutcome>();
+    let (failed_tx, mut failed_streams) = mpsc::unbounded_channel::<SocketAddr>();
     let mut buffer = vec![0u8; RECV_BUFFER];
     let mut events = Vec::new();
     let mut reported = Instant::now();
     loop {
         let deadline = swim.poll_timeout().map(tokio::time::Instant::from_std);
-        // The connection of the stream handled in this turn, if it waits.
-        let mut answer_slot = None;
         tokio::select! {
             received = udp.recv_from(&mut buffer) => match received {
                 Ok((len, from)) => {
@@ -200,18 +178,11 @@ async fn run(
                 // already treats silence as the signal.
                 Err(e) => debug!(error = %e, "gossip socket receive error"),
             },
-            Some(incoming) = streams.recv() => {
-                answer_slot = incoming.reply;
+            Some((from, bytes)) = streams.recv() => {
                 swim.set_wall_clock(wall_clock_ms());
-                swim.handle_stream(Instant::now(), incoming.from, &incoming.body);
+                swim.handle_stream(Instant::now(), from, &bytes);
             }
-            Some(outcome) = outcomes.recv() => match outcome {
-                StreamOutcome::Failed(dst) => swim.stream_failed(dst),
-                StreamOutcome::Answered(answer) => {
-                    swim.set_wall_clock(wall_clock_ms());
-                    swim.handle_stream(Instant::now(), answer.from, &answer.body);
-                }
-            },
+            Some(dst) = failed_streams.recv() => swim.stream_failed(dst),
             _ = sleep_until(deadline) => {
                 swim.set_wall_clock(wall_clock_ms());
                 swim.handle_timeout(Instant::now());
@@ -229,7 +200,7 @@ async fn run(
                     swim.leave(Instant::now());
                     // The announcement leaves before the answer, so the
                     // agent may exit right after.
-                    flush(&mut swim, &udp, &outcomes_tx, None).await;
+                    flush(&mut swim, &udp, &failed_tx).await;
                     let _ = done.send(());
                 }
                 Some(Command::SetPayload(payload, reply)) => {
@@ -241,7 +212,7 @@ async fn run(
                 Some(Command::Inspect(f)) => f(&swim),
             },
         }
-        flush(&mut swim, &udp, &outcomes_tx, answer_slot).await;
+        flush(&mut swim, &udp, &failed_tx).await;
         while let Some(event) = swim.poll_event() {
             events.push(event);
         }
@@ -274,67 +245,33 @@ async fn sleep_until(deadline: Option<tokio::time::Instant>) {
     }
 }
 
-/// Sends every queued transmit: datagrams at once, a reply on the
-/// connection in `answer_slot` if it still waits, other streams on their
-/// own task (which reports a failure or the peer's answer through
-/// `outcomes`).
-async fn flush(
-    swim: &mut Swim,
-    udp: &UdpSocket,
-    outcomes: &mpsc::UnboundedSender<StreamOutcome>,
-    mut answer_slot: Option<oneshot::Sender<Vec<u8>>>,
-) {
+/// Sends every queued transmit: datagrams at once, streams on their own
+/// task (which reports a failure back through `failed`).
+async fn flush(swim: &mut Swim, udp: &UdpSocket, failed: &mpsc::UnboundedSender<SocketAddr>) {
     while let Some(Transmit { dst, bytes, kind }) = swim.poll_transmit() {
-        let bytes = match kind {
+        match kind {
             TransmitKind::Datagram => {
                 if let Err(e) = udp.send_to(&bytes, dst).await {
                     debug!(%dst, error = %e, "gossip datagram not sent");
                 }
-                continue;
             }
-            TransmitKind::StreamReply => match answer_slot.take() {
-                // The connection gave up waiting: open one.
-                Some(slot) => match slot.send(bytes) {
-                    Ok(()) => continue,
-                    Err(bytes) => bytes,
-                },
-                None => bytes,
-            },
-            TransmitKind::Stream => bytes,
-        };
-        let outcomes = outcomes.clone();
-        tokio::spawn(async move {
-            let sent = tokio::time::timeout(STREAM_DEADLINE, send_stream(dst, &bytes))
-                .await
-                .unwrap_or_else(|_| Err(io::ErrorKind::TimedOut.into()));
-            let mut stream = match sent {
-                Ok(stream) => stream,
-                Err(e) => {
-                    debug!(%dst, error = %e, "gossip stream not sent");
-                    let _ = outcomes.send(StreamOutcome::Failed(dst));
-                    return;
-                }
-            };
-            match tokio::time::timeout(STREAM_DEADLINE, read_answer(&mut stream)).await {
-                Ok(Ok(Some(body))) => {
-                    let answer = IncomingStream {
-                        from: dst,
-                        body,
-                        reply: None,
-                    };
-                    let _ = outcomes.send(StreamOutcome::Answered(answer));
-                }
-                Ok(Ok(None)) => {}
-                Ok(Err(e)) => debug!(%dst, error = %e, "gossip stream's answer unreadable"),
-                Err(_) => debug!(%dst, "gossip stream's answer too slow; closed"),
+            TransmitKind::Stream => {
+                let failed = failed.clone();
+                tokio::spawn(async move {
+                    if let Err(e) = tokio::time::timeout(STREAM_DEADLINE, send_stream(dst, &bytes))
+                        .await
+                        .unwrap_or_else(|_| Err(io::ErrorKind::TimedOut.into()))
+                    {
+                        debug!(%dst, error = %e, "gossip stream not sent");
+                        let _ = failed.send(dst);
+                    }
+                });
             }
-        });
+        }
     }
 }
 
-/// Connects, sends one framed stream and closes our half; the connection
-/// stays open for the peer's answer.
-async fn send_stream(dst: SocketAddr, bytes: &[u8]) -> io::Result<TcpStream> {
+async fn send_stream(dst: SocketAddr, bytes: &[u8]) -> io::Result<()> {
     let len =
         u32::try_from(bytes.len()).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
     let mut stream = TcpStream::connect(dst).await?;
@@ -344,63 +281,13 @@ async fn send_stream(dst: SocketAddr, bytes: &[u8]) -> io::Result<TcpStream> {
     frame.extend_from_slice(&len.to_be_bytes());
     frame.extend_from_slice(bytes);
     stream.write_all(&frame).await?;
-    stream.shutdown().await?;
-    Ok(stream)
-}
-
-/// Reads the peer's answer to our stream: nothing (the peer closed
-/// without one) or one length-prefixed body, as `read_stream` reads.
-async fn read_answer(stream: &mut TcpStream) -> io::Result<Option<Vec<u8>>> {
-    let mut first = [0u8; 1];
-    if stream.read(&mut first).await? == 0 {
-        return Ok(None);
-    }
-    read_stream(&mut (&first[..]).chain(stream)).await.map(Some)
-}
-
-/// Hands a stream read off `stream` to the driver, then writes the
-/// driver's answer, if it gives one within `STREAM_DEADLINE`, back on the
-/// same connection and closes it. The rpc layer's demultiplexer calls it
-/// for the gossip streams of the shared port.
-pub async fn deliver_and_answer(
-    mut stream: TcpStream,
-    from: SocketAddr,
-    body: Vec<u8>,
-    streams: &mpsc::Sender<IncomingStream>,
-) {
-    let (reply, answer) = oneshot::channel();
-    let incoming = IncomingStream {
-        from,
-        body,
-        reply: Some(reply),
-    };
-    // A closed channel: the driver stopped, the agent is going away.
-    if streams.send(incoming).await.is_err() {
-        return;
-    }
-    let Ok(Ok(bytes)) = tokio::time::timeout(STREAM_DEADLINE, answer).await else {
-        return;
-    };
-    let Ok(len) = u32::try_from(bytes.len()) else {
-        return;
-    };
-    let write = async {
-        stream.write_all(&len.to_be_bytes()).await?;
-        stream.write_all(&bytes).await?;
-        stream.shutdown().await
-    };
-    if let Err(e) = tokio::time::timeout(STREAM_DEADLINE, write)
-        .await
-        .unwrap_or_else(|_| Err(io::ErrorKind::TimedOut.into()))
-    {
-        debug!(peer = %from, error = %e, "gossip stream's answer not sent");
-    }
+    stream.shutdown().await
 }
 
 /// Accepts connections on the node's TCP port and hands each gossip
 /// stream's body to the driver. Anything else is closed without a word.
 /// Stops (closing the port) once the driver has stopped.
-async fn accept_streams(listener: TcpListener, streams: mpsc::Sender<IncomingStream>) {
+async fn accept_streams(listener: TcpListener, streams: mpsc::Sender<(SocketAddr, Vec<u8>)>) {
     loop {
         let accepted = tokio::select! {
             accepted = listener.accept() => accepted,
@@ -428,9 +315,10 @@ async fn accept_streams(listener: TcpListener, streams: mpsc::Sender<IncomingStr
                 }
                 read_stream(&mut stream).await
             };
-            let read = tokio::time::timeout(STREAM_DEADLINE, read).await;
-            match read {
-                Ok(Ok(body)) => deliver_and_answer(stream, peer, body, &streams).await,
+            match tokio::time::timeout(STREAM_DEADLINE, read).await {
+                Ok(Ok(body)) => {
+                    let _ = streams.send((peer, body)).await;
+                }
                 Ok(Err(e)) => debug!(%peer, error = %e, "gossip stream refused"),
                 Err(_) => debug!(%peer, "gossip stream too slow; closed"),
             }

@@ -587,11 +587,7 @@ impl Sim {
                 };
                 match kind {
                     TransmitKind::Datagram => swim.handle_datagram(now, from, &bytes),
-                    // Streams are reliable here: an answer is delivered
-                    // like any stream.
-                    TransmitKind::Stream | TransmitKind::StreamReply => {
-                        swim.handle_stream(now, from, &bytes)
-                    }
+                    TransmitKind::Stream => swim.handle_stream(now, from, &bytes),
                 }
                 self.stats.delivered += 1;
             }

@@ -39,11 +39,6 @@ pub enum TransmitKind {
     Datagram,
     /// One framed message over TCP (push-pull); may be large.
     Stream,
-    /// The answer to the stream being handled: on that stream's connection
-    /// while it waits (one handshake per exchange, as memberlist does;
-    /// under loss a second handshake is a second chance to miss the
-    /// probe's deadline), else on a stream of its own to `dst`.
-    StreamReply,
 }
 
 /// Bytes to send.
@@ -281,7 +276,7 @@ impl Swim {
                     .insert((now + self.config.protocol_period, Timer::Probe));
             }
         }
-        self.send_push_pull(now, addr, true, TransmitKind::Stream);
+        self.send_push_pull(now, addr, true);
         self.arm_gossip(now);
     }
 
@@ -391,9 +386,7 @@ impl Swim {
         self.arm_gossip(now);
     }
 
-    /// One framed stream message (a push-pull, its digest, a fallback
-    /// probe or an answer to one of ours) arrived from `from`. The direct
-    /// answer, if it has one, is the next `StreamReply` transmit.
+    /// One framed stream message (push-pull) arrived from `from`.
     pub fn handle_stream(&mut self, now: Instant, from: SocketAddr, bytes: &[u8]) {
         self.stats.streams_received += 1;
         self.stats.stream_bytes_received += bytes.len() as u64;
@@ -598,7 +591,7 @@ impl Swim {
                     wall_ms: self.wall_ms,
                 };
                 if via_stream {
-                    self.send_stream_message(reply_to, &ack, TransmitKind::StreamReply);
+                    self.send_stream_message(reply_to, &ack);
                 } else {
                     self.send_datagram(now, from, ack);
                 }
@@ -668,14 +661,14 @@ impl Swim {
             Message::Gossip => {}
             Message::PushPull { reply } => {
                 if reply {
-                    self.send_push_pull(now, reply_to, false, TransmitKind::StreamReply);
+                    self.send_push_pull(now, reply_to, false);
                 }
             }
             Message::PushPullDigest { digest } => {
                 if digest == self.view_digest() {
                     self.stats.push_pull_digests_equal += 1;
                 } else if self.me.status != MemberStatus::Left {
-                    self.send_push_pull(now, reply_to, true, TransmitKind::StreamReply);
+                    self.send_push_pull(now, reply_to, true);
                 }
             }
         }
@@ -1020,7 +1013,7 @@ impl Swim {
                         let digest = Message::PushPullDigest {
                             digest: self.view_digest(),
                         };
-                        self.send_stream_message(addr, &digest, TransmitKind::Stream);
+                        self.send_stream_message(addr, &digest);
                     }
                 }
                 self.event_log.expire(now);
@@ -1155,7 +1148,7 @@ impl Swim {
                 target: probe.target,
                 buddy,
             };
-            self.send_stream_message(target_addr, &ping, TransmitKind::Stream);
+            self.send_stream_message(target_addr, &ping);
         }
     }
 
@@ -1493,7 +1486,7 @@ impl Swim {
 
     /// Our full state over a stream: every record (cached encodings) and
     /// every user event still live.
-    fn send_push_pull(&mut self, now: Instant, dst: SocketAddr, reply: bool, kind: TransmitKind) {
+    fn send_push_pull(&mut self, now: Instant, dst: SocketAddr, reply: bool) {
         let Ok(head) = self.encode_head(&Message::PushPull { reply }) else {
             return;
         };
@@ -1511,18 +1504,18 @@ impl Swim {
                 .filter_map(|event| wire::encode(&Gossip::Event(event)).ok()),
         );
         let body = wire::assemble(&head, &items);
-        self.push_frame(dst, &body, kind);
+        self.push_frame(dst, &body, TransmitKind::Stream);
     }
 
     /// One message over a stream with our own record, so the receiver
     /// knows where to answer (a stream's source port is ephemeral).
-    fn send_stream_message(&mut self, dst: SocketAddr, message: &Message, kind: TransmitKind) {
+    fn send_stream_message(&mut self, dst: SocketAddr, message: &Message) {
         let Ok(head) = self.encode_head(message) else {
             return;
         };
         let items: Vec<Vec<u8>> = self.encoded_record(self.me.id).into_iter().collect();
         let body = wire::assemble(&head, &items);
-        self.push_frame(dst, &body, kind);
+        self.push_frame(dst, &body, TransmitKind::Stream);
     }
 
     fn push_frame(&mut self, dst: SocketAddr, body: &[u8], kind: TransmitKind) {
@@ -1537,7 +1530,7 @@ impl Swim {
                 self.stats.datagrams_sent += 1;
                 self.stats.datagram_bytes_sent += bytes.len() as u64;
             }
-            TransmitKind::Stream | TransmitKind::StreamReply => {
+            TransmitKind::Stream => {
                 self.stats.streams_sent += 1;
                 self.stats.stream_bytes_sent += bytes.len() as u64;
             }

@@ -62,7 +62,7 @@ struct Counters {
 
 /// Where the port's connections go; `None` closes that kind silently.
 pub struct Routes {
-    pub gossip: Option<mpsc::Sender<driver::IncomingStream>>,
+    pub gossip: Option<mpsc::Sender<(SocketAddr, Vec<u8>)>>,
     pub rpc: Option<Arc<RpcServer>>,
 }
 
@@ -181,13 +181,13 @@ async fn route(
     match (magic, &routes.gossip, &routes.rpc) {
         (GOSSIP_STREAM_MAGIC, Some(gossip), _) => {
             let read = driver::read_stream(&mut stream);
-            let read = tokio::time::timeout(driver::STREAM_DEADLINE, read).await;
-            match read {
+            match tokio::time::timeout(driver::STREAM_DEADLINE, read).await {
                 Ok(Ok(body)) => {
-                    // Read: no longer pending, whatever the answer takes.
+                    drop(stream);
                     drop(permit);
                     counters.gossip_streams.fetch_add(1, Ordering::Relaxed);
-                    driver::deliver_and_answer(stream, peer, body, gossip).await;
+                    // The driver stopped: the agent is going away.
+                    let _ = gossip.send((peer, body)).await;
                 }
                 Ok(Err(e)) => {
                     refused();
