@@ -147,17 +147,11 @@ impl Browser {
         };
         browser.attach().with_context(|| {
             let log = std::fs::read_to_string(log).unwrap_or_default();
+            // This file is shared with tests/web_ui.rs: no `common`.
+            let lines: Vec<&str> = log.lines().collect();
             format!(
                 "the browser's DevTools pipe; the end of its log:\n{}",
-                // This file is shared with tests/web_ui.rs: no `common`.
-                log.lines()
-                    .rev()
-                    .take(20)
-                    .collect::<Vec<_>>()
-                    .into_iter()
-                    .rev()
-                    .collect::<Vec<_>>()
-                    .join("\n")
+                lines[lines.len().saturating_sub(20)..].join("\n")
             )
         })?;
         Ok(browser)

@@ -878,9 +878,8 @@ pub fn report_rows(report: &serde_json::Value) -> Vec<Vec<String>> {
 
 /// The last `n` lines of `text`, joined (a log's tail for an error).
 pub fn last_lines(text: &str, n: usize) -> String {
-    let mut tail: Vec<&str> = text.lines().rev().take(n).collect();
-    tail.reverse();
-    tail.join("\n")
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(n)..].join("\n")
 }
 
 #[cfg(test)]
