@@ -20,6 +20,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, oneshot, watch};
 use tracing::{debug, info, warn};
 
+use super::elector::Elector;
 use super::failover::{self, MemberView, MembershipStep};
 use super::network::{self, RaftEndpoint};
 use super::store::{self, Applied};
@@ -75,17 +76,16 @@ const WATCH_HOLD: Duration = Duration::from_secs(2);
 /// The longest any single rpc of the driver waits.
 const CALL_DEADLINE: Duration = Duration::from_secs(2);
 
-/// openraft's settings for an election timeout `t`. openraft makes a
-/// follower wait out the leader's lease (which it sets to
-/// `election_timeout_max`) and then its own random timeout from
-/// `[min, max)`, and looks at that only on its tick, every 1.5 heartbeat
-/// intervals. Heartbeats every `t/15` make the tick `t/10`, etcd's at its
-/// defaults; with max `0.7t` and min `0.2t` a follower stands 0.9t–1.4t
-/// after the last heartbeat, plus up to a tick: 0.9t–1.5t. etcd counts its
-/// [t, 2t) in ticks from the one after the heartbeat, so its followers
-/// stand 0.9t–1.9t after it: the same floor, a narrower window here (a
-/// spread of t/2 is plenty against split votes). The lease outlasts ten
-/// lost heartbeats.
+/// openraft's settings for an election timeout `t`. A follower that heard
+/// from a leader refuses votes for the leader's lease (openraft sets it to
+/// `election_timeout_max`, 0.7t here); our timer ([`super::election`],
+/// openraft's own is off) then waits a draw from `[min, max)` = 0.2t–0.7t,
+/// new in every term: a follower stands 0.9t–1.4t after the last
+/// heartbeat. etcd counts its [t, 2t) in ticks (t/10) from the one after
+/// the heartbeat, so its followers stand 0.9t–1.9t after it: the same
+/// floor, a narrower window here (a spread of t/2 is plenty against split
+/// votes on a LAN). Heartbeats go every t/15 (openraft's tick, 1.5 of
+/// them, is then t/10 as etcd's); the lease outlasts ten lost heartbeats.
 pub fn raft_config(election_timeout: Duration) -> openraft::Config {
     let t = election_timeout.as_millis().max(10) as u64;
     openraft::Config {
@@ -94,6 +94,8 @@ pub fn raft_config(election_timeout: Duration) -> openraft::Config {
         election_timeout_max: (t * 7 / 10).max(6),
         heartbeat_interval: (t / 15).max(1),
         install_snapshot_timeout: (2 * t).max(500),
+        // Ours stands instead, with a new draw every term (super::election).
+        enable_elect: false,
         ..Default::default()
     }
 }
@@ -330,6 +332,8 @@ pub fn spawn(
 /// This node's openraft instance and what it was started with.
 struct Running {
     raft: Raft,
+    /// Its election timer; stands while this node may lead.
+    elector: Elector,
     /// When this instance started.
     since: tokio::time::Instant,
     applied: watch::Receiver<Applied>,
@@ -484,8 +488,9 @@ impl Driver {
         }
         if let Some(running) = &self.running {
             let raft = running.raft.clone();
-            raft.runtime_config()
-                .elect(failover::may_lead(topology, &self.settings.name));
+            running
+                .elector
+                .set_may_stand(failover::may_lead(topology, &self.settings.name));
             if !raft.is_initialized().await.unwrap_or(true) {
                 note = self.maybe_form_group(&raft, topology, &peers).await;
             } else if let Some(silent) = lost_quorum(&raft, topology.election_timeout()) {
@@ -554,13 +559,16 @@ impl Driver {
         // election timeout runs out.
         let network = network::Network::new(self.settings.me, self.rpc.clone())
             .with_max_backoff(topology.election_timeout() / 2);
-        let raft = Raft::new(self.settings.me, config, network, log, sm)
+        let raft = Raft::new(self.settings.me, config.clone(), network, log, sm)
             .await
             .map_err(|e| e.to_string())?;
-        self.endpoint.set(raft.clone());
+        let may_stand = failover::may_lead(topology, &self.settings.name);
+        let (elector, inbound) = Elector::spawn(&raft, &config, may_stand);
+        self.endpoint.set(inbound);
         info!(dir = %self.settings.dir.display(), "raft started");
         self.running = Some(Running {
             raft,
+            elector,
             since: tokio::time::Instant::now(),
             applied,
             commit_index,
@@ -1038,7 +1046,7 @@ impl Driver {
         let lease = Duration::from_millis(raft_config(t).election_timeout_max);
         let config = running.raft.runtime_config();
         config.heartbeat(false);
-        config.elect(false);
+        running.elector.set_may_stand(false);
         tokio::time::sleep(lease + t / 10).await;
         let asked = self.ask_to_elect(target).await;
         let mut won = false;
@@ -1053,7 +1061,9 @@ impl Driver {
             }
         }
         config.heartbeat(true);
-        config.elect(failover::may_lead(topology, &self.settings.name));
+        running
+            .elector
+            .set_may_stand(failover::may_lead(topology, &self.settings.name));
         asked?;
         if won {
             info!(to = node, "handed the leadership over");

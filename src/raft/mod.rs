@@ -9,13 +9,19 @@
 //! - [`failover`]: what the leader should write (masters to appoint, voters
 //!   to add or remove), computed from the topology, the member table and
 //!   the replicated state (no I/O);
+//! - [`election`]: when a node stands for election (no I/O): a new random
+//!   timeout in every term, where openraft keeps one per instance;
 //! - [`store`]: the durable log, vote and snapshot in `data_dir/raft`
 //!   (fsync'd, a torn tail after kill -9 is cut off at open);
 //! - [`network`]: Raft messages over the cluster's authenticated rpc;
+//! - [`elector`]: the election timer's tokio task, and the inbound side
+//!   of Raft messages that resets it;
 //! - [`runtime`]: tokio, with a random source that a test can seed;
 //! - [`driver`]: the tokio side in the agent.
 
 pub mod driver;
+pub mod election;
+pub mod elector;
 pub mod failover;
 pub mod network;
 pub mod runtime;

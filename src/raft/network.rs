@@ -27,7 +27,8 @@ use openraft::RPCTypes;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
-use super::{NodeId, Peer, Raft, TypeConfig};
+use super::elector::Inbound;
+use super::{NodeId, Peer, TypeConfig};
 use crate::rpc::message::{codes, decode, encode};
 use crate::rpc::{CallError, HandlerFuture, RpcClient, RpcError, RpcHandler};
 
@@ -263,7 +264,7 @@ pub fn backoff(max: Duration) -> Backoff {
 /// and after [`RaftEndpoint::clear`] it answers `unavailable`.
 #[derive(Clone, Default)]
 pub struct RaftEndpoint {
-    raft: Arc<RwLock<Option<(NodeId, Raft)>>>,
+    raft: Arc<RwLock<Option<(NodeId, Inbound)>>>,
 }
 
 impl RaftEndpoint {
@@ -271,10 +272,10 @@ impl RaftEndpoint {
         RaftEndpoint::default()
     }
 
-    /// Answers with `raft` from now on (replacing any earlier one).
-    pub fn set(&self, raft: Raft) {
-        let id = raft.metrics().borrow().id;
-        *self.raft.write().unwrap_or_else(PoisonError::into_inner) = Some((id, raft));
+    /// Answers with `inbound`'s Raft from now on (replacing any earlier one).
+    pub fn set(&self, inbound: Inbound) {
+        let id = inbound.raft().metrics().borrow().id;
+        *self.raft.write().unwrap_or_else(PoisonError::into_inner) = Some((id, inbound));
     }
 
     /// Answers `unavailable` from now on.
@@ -282,7 +283,7 @@ impl RaftEndpoint {
         *self.raft.write().unwrap_or_else(PoisonError::into_inner) = None;
     }
 
-    fn raft(&self) -> Option<(NodeId, Raft)> {
+    fn raft(&self) -> Option<(NodeId, Inbound)> {
         self.raft
             .read()
             .unwrap_or_else(PoisonError::into_inner)
@@ -292,7 +293,7 @@ impl RaftEndpoint {
     /// Decodes, checks and runs one message; the answer is encoded.
     pub async fn answer(&self, body: &[u8]) -> Result<Vec<u8>, RpcError> {
         let envelope: Envelope = decode(body).map_err(RpcError::bad_request)?;
-        let Some((me, raft)) = self.raft() else {
+        let Some((me, inbound)) = self.raft() else {
             return Err(RpcError::new(
                 error_codes::UNAVAILABLE,
                 "no raft runs on this node",
@@ -308,9 +309,9 @@ impl RaftEndpoint {
             ));
         }
         Ok(match envelope.request {
-            RaftRequest::AppendEntries(rpc) => encode(&raft.append_entries(rpc).await),
-            RaftRequest::Vote(rpc) => encode(&raft.vote(rpc).await),
-            RaftRequest::InstallSnapshot(rpc) => encode(&raft.install_snapshot(rpc).await),
+            RaftRequest::AppendEntries(rpc) => encode(&inbound.append_entries(rpc).await),
+            RaftRequest::Vote(rpc) => encode(&inbound.vote(rpc).await),
+            RaftRequest::InstallSnapshot(rpc) => encode(&inbound.install_snapshot(rpc).await),
         })
     }
 }
@@ -450,7 +451,7 @@ mod tests {
     /// refused.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn three_rafts_form_a_group_over_rpc() {
-        use crate::raft::{store, Command, Response};
+        use crate::raft::{store, Command, Raft, Response};
         use crate::rpc::{Demux, DemuxConfig, Router, Routes, RpcServer, ServerConfig};
         use std::collections::BTreeMap;
         use std::sync::Arc;
@@ -481,6 +482,8 @@ mod tests {
             election_timeout_min: 200,
             election_timeout_max: 400,
             heartbeat_interval: 20,
+            // Our election timer stands, as in the agent.
+            enable_elect: false,
             ..Default::default()
         };
         let config = Arc::new(config.validate().expect("valid"));
@@ -500,8 +503,9 @@ mod tests {
             let raft = Raft::new(me, config.clone(), network, log, sm)
                 .await
                 .expect("raft starts");
-            endpoint.set(raft.clone());
-            nodes.push((raft, demux));
+            let (elector, inbound) = super::super::elector::Elector::spawn(&raft, &config, true);
+            endpoint.set(inbound);
+            nodes.push((raft, demux, elector));
         }
         nodes[0].0.initialize(peers.clone()).await.expect("formed");
         let m = nodes[0]
@@ -513,7 +517,7 @@ mod tests {
         let leader = m.current_leader.expect("a leader");
         let raft = &nodes
             .iter()
-            .find(|(r, _)| r.metrics().borrow().id == leader)
+            .find(|(r, ..)| r.metrics().borrow().id == leader)
             .expect("one of ours")
             .0;
         let written = raft
@@ -530,7 +534,7 @@ mod tests {
             "{:?}",
             written.data
         );
-        for (raft, _) in &nodes {
+        for (raft, ..) in &nodes {
             raft.wait(wait)
                 .applied_index_at_least(Some(written.log_id.index), "the write")
                 .await
@@ -557,7 +561,7 @@ mod tests {
         // ... which did not disturb the group.
         assert_eq!(nodes[0].0.metrics().borrow().current_term, m.current_term);
 
-        for (raft, demux) in nodes {
+        for (raft, demux, _elector) in nodes {
             raft.shutdown().await.expect("shuts down");
             demux.stop().await;
         }

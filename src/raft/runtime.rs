@@ -1,8 +1,8 @@
 //! openraft's async runtime: tokio, except for the random numbers. openraft
-//! draws its randomised election timeouts from `thread_rng()`; here that is
-//! a per-thread generator a simulator can seed ([`seed`]), so a run under
-//! tokio's paused clock replays the same timeouts for the same seed. In the
-//! agent every thread seeds itself from the OS.
+//! and our election timer ([`super::elector`]) draw from a per-thread
+//! generator a simulator can seed ([`seed`]), so a run under tokio's
+//! paused clock replays the same timeouts for the same seed. In the agent
+//! every thread seeds itself from the OS.
 
 use std::cell::RefCell;
 use std::future::Future;
@@ -24,7 +24,7 @@ pub fn seed(seed: u64) {
 
 /// A generator drawn from this thread's seeded one (seeded from the OS the
 /// first time, unless [`seed`] was called).
-fn next_rng() -> SmallRng {
+pub fn rng() -> SmallRng {
     RNG.with(|rng| {
         let mut rng = rng.borrow_mut();
         let parent = rng.get_or_insert_with(SmallRng::from_entropy);
@@ -83,7 +83,7 @@ impl AsyncRuntime for SeededTokio {
     }
 
     fn thread_rng() -> Self::ThreadLocalRng {
-        next_rng()
+        rng()
     }
 
     fn oneshot<T>() -> (Self::OneshotSender<T>, Self::OneshotReceiver<T>)

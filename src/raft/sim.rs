@@ -11,7 +11,7 @@
 //! `tests/raft_sim.rs`.
 //!
 //! Determinism, honestly: a seed fixes the network's draws (loss, delays),
-//! the client's writes, the test's fault schedule and openraft's election
+//! the client's writes, the test's fault schedule and the election
 //! timeouts ([`runtime::seed`]). It does not fix everything: tokio's
 //! `select!` picks among ready branches at random, and openraft's tasks
 //! race on one thread, so the same seed replays the same schedule of
@@ -26,14 +26,14 @@
 //!   [`Raft::shutdown`], and what was written before it survives in the
 //!   page cache. Torn writes and lost fsyncs are the store's own tests;
 //! - timer drift: on the paused clock every timer fires on the dot. Real
-//!   timers do not, and that matters to openraft 0.9, which draws a node's
-//!   election timeout once per start and checks it on a tick (every 1.5
-//!   heartbeats): two candidates whose ticks are less than a message delay
-//!   apart, with timeouts that round to the same number of ticks, split
-//!   the vote in every round, forever. Real clocks drift apart; here nodes
-//!   start with their ticks a few milliseconds apart ([`Sim`] waits for
-//!   that), and a random node now and then misses a tick
-//!   ([`SimConfig::timer_jitter`]);
+//!   timers do not. That once mattered here: openraft 0.9 draws a node's
+//!   election timeout once per start and checks it on a tick, and two
+//!   candidates with close draws split the vote in every round, forever.
+//!   Our election timer ([`super::election`]) draws again in every term,
+//!   which ends such a tie in a round or two; nodes still start a few
+//!   milliseconds apart ([`Sim`] waits for that), and a random node now
+//!   and then misses a tick of openraft's, which delays a leader's
+//!   heartbeats ([`SimConfig::timer_jitter`]);
 //! - message delays beyond a LAN's: openraft's deadline for AppendEntries
 //!   is the heartbeat interval (T/15), so a round trip must stay well under
 //!   it ([`SimConfig::delay_max`]).
@@ -65,6 +65,7 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use uuid::Uuid;
 
+use super::elector::{Elector, Inbound};
 use super::store::{self, Applied};
 use super::{
     network, runtime, ClusterState, Command, Entry, LogId, Master, NodeId, Peer, Raft, Response,
@@ -98,8 +99,8 @@ pub struct SimConfig {
     pub seed: u64,
     /// Voters, all of them.
     pub nodes: usize,
-    /// Voters that never stand for election (openraft's `enable_elect`
-    /// off): they vote and replicate, and must never lead.
+    /// Voters that never stand for election (their election timer may not
+    /// stand): they vote and replicate, and must never lead.
     pub voter_only: BTreeSet<usize>,
     /// `T` ([`raft_config`]): each node's election timeout is drawn from
     /// `T/5..7T/10`, heartbeats go out every `T/15`. (A follower that heard
@@ -143,9 +144,8 @@ impl SimConfig {
         }
     }
 
-    fn openraft(&self, i: usize) -> Result<Arc<openraft::Config>, String> {
+    fn openraft(&self) -> Result<Arc<openraft::Config>, String> {
         let mut config = raft_config(self.election_timeout);
-        config.enable_elect = !self.voter_only.contains(&i);
         if let Some(every) = self.snapshot_every {
             config.snapshot_policy = SnapshotPolicy::LogsSinceLast(every);
             config.max_in_snapshot_log_to_keep = every / 2;
@@ -436,7 +436,7 @@ struct Net {
     /// Directed links that carry nothing.
     cut: BTreeSet<(usize, usize)>,
     /// The running instance of each node.
-    up: Vec<Option<Raft>>,
+    up: Vec<Option<Inbound>>,
     stats: NetStats,
 }
 
@@ -478,7 +478,7 @@ impl Net {
     }
 
     /// The target's instance if `from → to` carries messages now.
-    fn reach(&mut self, from: usize, to: usize) -> Result<Raft, String> {
+    fn reach(&mut self, from: usize, to: usize) -> Result<Inbound, String> {
         if self.cut.contains(&(from, to)) {
             self.stats.cut += 1;
             return Err(format!("n{from} → n{to} is cut"));
@@ -543,7 +543,7 @@ impl SimLink {
         &self,
         action: RPCTypes,
         option: &RPCOption,
-        deliver: impl FnOnce(Raft) -> F,
+        deliver: impl FnOnce(Inbound) -> F,
     ) -> Result<T, RPCError<NodeId, Peer, RaftError<NodeId, E>>>
     where
         F: std::future::Future<Output = Result<T, RaftError<NodeId, E>>>,
@@ -589,8 +589,8 @@ impl RaftNetwork<TypeConfig> for SimLink {
         rpc: AppendEntriesRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<AppendEntriesResponse<NodeId>, RPCError<NodeId, Peer, RaftError<NodeId>>> {
-        self.exchange(RPCTypes::AppendEntries, &option, |raft| async move {
-            raft.append_entries(rpc).await
+        self.exchange(RPCTypes::AppendEntries, &option, |node| async move {
+            node.append_entries(rpc).await
         })
         .await
     }
@@ -603,8 +603,8 @@ impl RaftNetwork<TypeConfig> for SimLink {
         InstallSnapshotResponse<NodeId>,
         RPCError<NodeId, Peer, RaftError<NodeId, InstallSnapshotError>>,
     > {
-        self.exchange(RPCTypes::InstallSnapshot, &option, |raft| async move {
-            raft.install_snapshot(rpc).await
+        self.exchange(RPCTypes::InstallSnapshot, &option, |node| async move {
+            node.install_snapshot(rpc).await
         })
         .await
     }
@@ -614,8 +614,8 @@ impl RaftNetwork<TypeConfig> for SimLink {
         rpc: VoteRequest<NodeId>,
         option: RPCOption,
     ) -> Result<VoteResponse<NodeId>, RPCError<NodeId, Peer, RaftError<NodeId>>> {
-        self.exchange(RPCTypes::Vote, &option, |raft| async move {
-            raft.vote(rpc).await
+        self.exchange(RPCTypes::Vote, &option, |node| async move {
+            node.vote(rpc).await
         })
         .await
     }
@@ -729,7 +729,7 @@ async fn client(
             Some(i) => i,
             None => up[rng.random_range(0..up.len())],
         };
-        let Some(raft) = lock(&net).up[target].clone() else {
+        let Some(raft) = lock(&net).up[target].as_ref().map(|n| n.raft().clone()) else {
             continue;
         };
         let command = if rng.random_bool(0.05) {
@@ -811,7 +811,12 @@ async fn jitter(seed: u64, net: Arc<Mutex<Net>>, tick: Duration) {
             rng.random_range(Duration::from_millis(50)..=Duration::from_millis(500)),
         )
         .await;
-        let up: Vec<Raft> = lock(&net).up.iter().flatten().cloned().collect();
+        let up: Vec<Raft> = lock(&net)
+            .up
+            .iter()
+            .flatten()
+            .map(|n| n.raft().clone())
+            .collect();
         if up.is_empty() {
             continue;
         }
@@ -845,6 +850,8 @@ struct Node {
     tick_phase: Option<u64>,
     /// The state machine's published state, while the node runs.
     applied: Option<watch::Receiver<Applied>>,
+    /// Its election timer, while the node runs.
+    elector: Option<Elector>,
 }
 
 /// The simulated group. Every method runs the simulation (on its own
@@ -891,6 +898,7 @@ impl Sim {
                 dir: dir.join(format!("n{i}")),
                 tick_phase: None,
                 applied: None,
+                elector: None,
             })
             .collect();
         let mut sim = Sim {
@@ -956,7 +964,10 @@ impl Sim {
     }
 
     fn raft(&self, i: usize) -> Option<Raft> {
-        lock(&self.net).up.get(i).cloned().flatten()
+        lock(&self.net)
+            .up
+            .get(i)
+            .and_then(|n| n.as_ref().map(|n| n.raft().clone()))
     }
 
     /// Opens node `i`'s store and starts its Raft.
@@ -976,10 +987,10 @@ impl Sim {
             net: self.net.clone(),
             max_backoff: (self.config.election_timeout / 2).min(network::DEFAULT_MAX_BACKOFF),
         };
-        let config = self.config.openraft(i)?;
+        let config = self.config.openraft()?;
         let raft = self
             .rt
-            .block_on(Raft::new(node_id(i), config, network, log, sm))
+            .block_on(Raft::new(node_id(i), config.clone(), network, log, sm))
             .map_err(|e| format!("n{i}: cannot start raft: {e}"))?;
         let mut metrics = raft.metrics();
         let checker = self.checker.clone();
@@ -994,7 +1005,12 @@ impl Sim {
                 }
             }
         });
-        lock(&self.net).up[i] = Some(raft);
+        let (elector, inbound) = {
+            let _runtime = self.rt.enter();
+            Elector::spawn(&raft, &config, !self.config.voter_only.contains(&i))
+        };
+        lock(&self.net).up[i] = Some(inbound);
+        self.nodes[i].elector = Some(elector);
         self.nodes[i].applied = Some(applied);
         self.nodes[i].tick_phase = Some(phase);
         Ok(())
@@ -1040,9 +1056,12 @@ impl Sim {
     /// Crashes node `i`: its Raft is shut down and dropped, its messages
     /// in flight are refused. Its store directory stays.
     pub fn crash(&mut self, i: usize) {
-        let Some(raft) = lock(&self.net).up[i].take() else {
+        let Some(inbound) = lock(&self.net).up[i].take() else {
             return;
         };
+        let raft = inbound.raft().clone();
+        drop(inbound);
+        self.nodes[i].elector = None;
         self.crashes += 1;
         self.nodes[i].applied = None;
         self.nodes[i].tick_phase = None;
