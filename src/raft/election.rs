@@ -65,12 +65,18 @@ pub struct ElectionTimer {
 }
 
 impl ElectionTimer {
-    /// A node that starts waits as if it had just heard from a leader: one
-    /// may be leading, and its followers would refuse the votes anyway.
-    pub fn new(timeouts: ElectionTimeouts, now: Instant, rng: &mut impl Rng) -> ElectionTimer {
+    /// A node that starts (in `term`, from its store) waits as if it had
+    /// just heard from a leader: one may be leading, and its followers
+    /// would refuse the votes anyway.
+    pub fn new(
+        timeouts: ElectionTimeouts,
+        term: u64,
+        now: Instant,
+        rng: &mut impl Rng,
+    ) -> ElectionTimer {
         let mut timer = ElectionTimer {
             timeouts,
-            term: 0,
+            term,
             draw: Duration::ZERO,
             since: now,
             lease: true,
@@ -89,18 +95,21 @@ impl ElectionTimer {
     }
 
     /// The node's term and role as openraft reports them. A new term gets
-    /// a new draw; a node that just stood counts its wait from now, so that
-    /// a split vote is retried after a draw (not a lease: nobody leads).
+    /// a new draw, counted from now, as etcd does: someone just stood (this
+    /// node, or one it heard from) and gets a draw's time to win. That
+    /// matters more than it looks: openraft reports the term the moment
+    /// this node grants a vote, before the vote is on disk and answered; a
+    /// timer that ran out in that gap used to stand against the candidate
+    /// it had just voted for, and a leader of one millisecond stepped down
+    /// (the 7-second failovers of the first run of this timer).
     pub fn observe(&mut self, term: u64, state: ServerState, now: Instant, rng: &mut impl Rng) {
         let was_leading = self.leading;
         self.leading = state == ServerState::Leader;
         if term != self.term {
             self.term = term;
             self.draw = self.draw(rng);
-            if state == ServerState::Candidate {
-                self.since = now;
-                self.lease = false;
-            }
+            self.since = now;
+            self.lease = false;
         }
         // A leader that steps down has just heard from itself.
         if was_leading && !self.leading {
@@ -158,7 +167,7 @@ mod tests {
     fn waits_the_lease_and_a_draw_after_a_leader_and_a_draw_after_a_vote() {
         let mut rng = SmallRng::seed_from_u64(1);
         let t0 = Instant::now();
-        let mut timer = ElectionTimer::new(timeouts(), t0, &mut rng);
+        let mut timer = ElectionTimer::new(timeouts(), 3, t0, &mut rng);
         timer.observe(3, ServerState::Follower, t0, &mut rng);
         let wait = after(&timer, t0);
         assert!((900 * MS..1400 * MS).contains(&wait), "{wait:?}");
@@ -177,10 +186,10 @@ mod tests {
     }
 
     #[test]
-    fn every_term_draws_again() {
+    fn every_term_draws_again_from_the_moment_it_is_seen() {
         let mut rng = SmallRng::seed_from_u64(2);
         let t0 = Instant::now();
-        let mut timer = ElectionTimer::new(timeouts(), t0, &mut rng);
+        let mut timer = ElectionTimer::new(timeouts(), 0, t0, &mut rng);
         let waits: std::collections::BTreeSet<Duration> = (1..=20)
             .map(|term| {
                 timer.observe(term, ServerState::Follower, t0, &mut rng);
@@ -188,18 +197,22 @@ mod tests {
             })
             .collect();
         assert!(waits.len() > 15, "draws repeat: {waits:?}");
-        assert!(waits.iter().all(|w| (900 * MS..1400 * MS).contains(w)));
+        assert!(waits.iter().all(|w| (200 * MS..700 * MS).contains(w)));
         // Seen again in the same term: no new draw.
         let last = after(&timer, t0);
         timer.observe(20, ServerState::Follower, t0, &mut rng);
         assert_eq!(after(&timer, t0), last);
+        // A vote granted just before the timer ran out puts it off.
+        let t1 = t0 + 690 * MS;
+        timer.observe(21, ServerState::Follower, t1, &mut rng);
+        assert!(after(&timer, t1) >= 200 * MS);
     }
 
     #[test]
     fn a_candidate_retries_after_a_draw_and_a_leader_never_stands() {
         let mut rng = SmallRng::seed_from_u64(3);
         let t0 = Instant::now();
-        let mut timer = ElectionTimer::new(timeouts(), t0, &mut rng);
+        let mut timer = ElectionTimer::new(timeouts(), 4, t0, &mut rng);
         let stood = t0 + 1200 * MS;
         timer.fired(stood);
         timer.observe(5, ServerState::Candidate, stood, &mut rng);
@@ -207,9 +220,14 @@ mod tests {
         assert!((200 * MS..700 * MS).contains(&retry), "{retry:?}");
         timer.observe(5, ServerState::Leader, stood, &mut rng);
         assert_eq!(timer.deadline(), None);
+        // Deposed: it heard from a leader (itself) last.
         let down = stood + 5000 * MS;
         timer.observe(6, ServerState::Follower, down, &mut rng);
         let wait = after(&timer, down);
         assert!((900 * MS..1400 * MS).contains(&wait), "{wait:?}");
+        // A follower that sees a new term gives its candidate a draw.
+        timer.observe(7, ServerState::Follower, down, &mut rng);
+        let wait = after(&timer, down);
+        assert!((200 * MS..700 * MS).contains(&wait), "{wait:?}");
     }
 }

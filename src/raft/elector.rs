@@ -65,7 +65,8 @@ async fn run(
 ) {
     let mut rng = runtime::rng();
     let mut metrics = raft.metrics();
-    let mut timer = ElectionTimer::new(timeouts, Instant::now().into_std(), &mut rng);
+    let term = metrics.borrow().current_term;
+    let mut timer = ElectionTimer::new(timeouts, term, Instant::now().into_std(), &mut rng);
     loop {
         let (term, state) = {
             let m = metrics.borrow_and_update();
@@ -76,7 +77,10 @@ async fn run(
             timer.heard(contact, at.into_std());
         }
         let deadline = timer.deadline().map(Instant::from_std);
+        // News first: a term or a contact that came while the timer ran
+        // out puts the election off.
         tokio::select! {
+            biased;
             changed = metrics.changed() => {
                 if changed.is_err() {
                     return;
