@@ -601,3 +601,42 @@ fn i_user_events_are_delivered_exactly_once_everywhere_at_10_percent_loss() {
         user_events_delivered_once,
     );
 }
+
+// (j) ---------------------------------------------------------------------
+
+/// A node's push-pull timer is armed when it knows only itself (30 s);
+/// once it has joined 100 nodes, its first periodic exchange follows the
+/// interval for 100 (90 s ± 25 %, counted from the join), so that nodes
+/// started together do not all exchange full state in one window.
+#[test]
+fn j_first_periodic_push_pulls_follow_the_joined_clusters_interval() {
+    over_seeds(
+        "j_first_periodic_push_pulls_follow_the_joined_clusters_interval",
+        5,
+        |seed| {
+            let (mut sim, took) = converged_cluster(config(seed, 0.0), 100, 30)?;
+            let streams = |sim: &Sim| -> Vec<u64> {
+                (1..sim.len())
+                    .map(|i| sim.swim(i).map_or(0, |s| s.stats().streams_sent))
+                    .collect()
+            };
+            sim.run_for(Duration::from_secs(60) - Duration::from_secs_f64(took));
+            let early = streams(&sim);
+            if let Some((i, n)) = early.iter().enumerate().find(|(_, &n)| n != 1) {
+                return Err(format!(
+                    "node {} sent {n} streams in its first minute: only its join was due",
+                    i + 1
+                ));
+            }
+            sim.run_for(Duration::from_secs(120));
+            let later = streams(&sim);
+            if let Some((i, n)) = later.iter().enumerate().find(|(_, &n)| n < 2) {
+                return Err(format!(
+                    "node {} sent {n} streams in three minutes: its periodic exchange never came",
+                    i + 1
+                ));
+            }
+            Ok(vec![("periods to all-alive", took)])
+        },
+    );
+}

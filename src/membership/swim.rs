@@ -156,6 +156,9 @@ pub struct Swim {
     /// delivered.
     joined: bool,
     gossip_armed: bool,
+    /// When this node last started a full-state exchange (a join or its
+    /// timer).
+    last_sync: Option<Instant>,
     /// This round's probe order; reshuffled when exhausted.
     order: Vec<NodeId>,
     order_pos: usize,
@@ -228,6 +231,7 @@ impl Swim {
             order_pos: 0,
             probe: None,
             relays: BTreeMap::new(),
+            last_sync: None,
             next_seq: 0,
             timers: BTreeSet::new(),
             transmits: VecDeque::new(),
@@ -277,6 +281,7 @@ impl Swim {
             }
         }
         self.send_push_pull(now, addr, true);
+        self.last_sync = Some(now);
         self.arm_gossip(now);
     }
 
@@ -1006,9 +1011,23 @@ impl Swim {
                 }
             }
             Timer::PushPull => {
-                let next = self.jittered(self.push_pull_interval());
+                // Armed when this node knew only itself, the timer runs on
+                // the interval of one member; the cluster it joined since
+                // may call for a longer one, counted from the join. (500
+                // nodes started together otherwise all exchange full state
+                // in the same 15 s, 22-38 s after the start.)
+                let interval = self.push_pull_interval();
+                if let Some(last) = self.last_sync {
+                    if now < last + interval.mul_f64(0.75) {
+                        let next = last + self.jittered(interval);
+                        self.timers.insert((next, Timer::PushPull));
+                        return;
+                    }
+                }
+                let next = self.jittered(interval);
                 self.timers.insert((now + next, Timer::PushPull));
                 if self.me.status != MemberStatus::Left {
+                    self.last_sync = Some(now);
                     if let Some(addr) = self.random_active(1, None).first().copied() {
                         let digest = Message::PushPullDigest {
                             digest: self.view_digest(),
@@ -1040,12 +1059,17 @@ impl Swim {
         !self.broadcasts.is_empty() || !self.event_broadcasts.is_empty()
     }
 
-    /// Keeps the gossip timer running exactly while there is news.
+    /// Keeps the gossip timer running exactly while there is news. Its
+    /// interval stretches with the local health multiplier, as the probe
+    /// interval does: a node that misses acks is most likely short of CPU,
+    /// and on a host where every node is (500 agents on two cores starting
+    /// together) the extra gossip is what keeps them all late. Updates
+    /// still ride on every probe and ack.
     fn arm_gossip(&mut self, now: Instant) {
         if !self.gossip_armed && self.has_news() {
             self.gossip_armed = true;
-            self.timers
-                .insert((now + self.config.gossip_interval, Timer::Gossip));
+            let interval = self.config.gossip_interval * self.health.multiplier();
+            self.timers.insert((now + interval, Timer::Gossip));
         }
     }
 
