@@ -46,25 +46,29 @@ const MAX_CONTENDED: u32 = 10;
 /// Nodes started together with the same file would all coordinate its
 /// first version and lock each other out (100 nodes took ~100 s to settle
 /// with random pauses alone): only the first of them by name that is up
-/// does, the others wait this long for it before trying themselves.
+/// does. The others take over one at a time, in the same order, should it
+/// not commit: the k-th waits k times this long. (All of them at once
+/// after one grace, as before, was 500 coordinators sending 500 PREPAREs
+/// each the moment a 500-node start ran long.)
 const FIRST_VERSION_GRACE: Duration = Duration::from_secs(20);
 const FIRST_VERSION_POLL: Duration = Duration::from_secs(1);
 
-/// The node that should coordinate the first version of a topology naming
-/// `nodes` (sorted): the first that membership sees alive or suspect, if
-/// it is not this node (`me`).
-async fn first_version_coordinator(
+/// Where this node (`me`) stands among the nodes of a topology naming
+/// `nodes` (sorted) that membership sees alive or suspect: 0 coordinates
+/// the first version at once; also the first of those ahead of it.
+async fn first_version_rank(
     directory: &dyn PeerDirectory,
     nodes: &[String],
     me: &str,
-) -> Option<String> {
+) -> (usize, Option<String>) {
     let peers = directory.peers().await;
     let up = |name: &str| name == me || peers.iter().any(|p| p.name == name && p.takes_part());
-    nodes
+    let ahead: Vec<&String> = nodes
         .iter()
-        .find(|n| up(n))
-        .filter(|n| n.as_str() != me)
-        .cloned()
+        .filter(|n| up(n))
+        .take_while(|n| n.as_str() != me)
+        .collect();
+    (ahead.len(), ahead.first().map(|n| n.to_string()))
 }
 
 /// Full hex of a config hash (the API's form).
@@ -185,8 +189,10 @@ pub async fn follow(
             phase = Phase::Idle;
             continue;
         }
-        if current.base == Version(0) && current.seen.elapsed() < FIRST_VERSION_GRACE {
-            if let Some(first) = first_version_coordinator(&*directory, &current.nodes, &me).await {
+        if current.base == Version(0) {
+            let (rank, first) = first_version_rank(&*directory, &current.nodes, &me).await;
+            let grace = FIRST_VERSION_GRACE.saturating_mul(u32::try_from(rank).unwrap_or(u32::MAX));
+            if let Some(first) = first.filter(|_| current.seen.elapsed() < grace) {
                 set_pending(
                     &state,
                     Some(format!("waiting for {first} to commit the first version")),

@@ -1,10 +1,11 @@
 //! `apply`: starts N agents (`cohort agent`, found next to this binary)
 //! that all boot with the same topology file naming every node, in replica
 //! sets of up to three with the `storage` and `http` roles (each node's
-//! http role serves on a port of its own). Waits until every node lists
-//! all N alive, then until every node shows the same committed version
-//! with the 2PC lock free (the agents apply their file at boot
-//! themselves). Then times `--runs` applies one at a time, each a small
+//! http role serves on a port of its own), five of them `election:
+//! candidate` (the first node of sets 1-5) and the rest `off`. Waits
+//! until every node lists all N alive, then until every node shows the
+//! same committed version with the 2PC lock free (the agents apply their
+//! file at boot themselves). Then times `--runs` applies one at a time, each a small
 //! real change (a comment line naming the change, and one node's http
 //! port moved to a free port), sent as `PUT
 //! /v1/topology?wait=true&timeout=T` to a node's API, the coordinator
@@ -96,6 +97,7 @@ impl Model {
             "# {}\ncluster: bench\nfailover: {{ mode: raft, election_timeout: 1s }}\nreplicasets:\n",
             self.comment
         );
+        let sets = self.nodes.len().div_ceil(3);
         for (set, members) in self.nodes.chunks(3).enumerate() {
             let _ = writeln!(
                 text,
@@ -103,7 +105,14 @@ impl Model {
                 set + 1
             );
             for (i, (name, address)) in members.iter().enumerate() {
-                let election = if i == 0 { "candidate" } else { "voter" };
+                // The first node of each set, then the second, ..., until
+                // there are VOTERS: the group spans sets, as an operator
+                // would lay it out.
+                let election = if i * sets + set < VOTERS {
+                    "candidate"
+                } else {
+                    "off"
+                };
                 let _ = writeln!(
                     text,
                     "      {name}: {{ address: {address}, election: {election} }}"
@@ -117,6 +126,12 @@ impl Model {
         text
     }
 }
+
+/// Nodes in the Raft group (`election: candidate`); every other node is
+/// `off`. Until 2026-11-24 the bench made every node a voter (a group of
+/// N: at 500, the leader's heartbeats alone were 7,500 rpc/s), which no
+/// operator would run and which buried the apply in Raft traffic.
+const VOTERS: usize = 5;
 
 /// The bench's API token: every agent's `api.token_file` holds it.
 const API_TOKEN: &str = "cohort-bench-token";
