@@ -42,15 +42,14 @@ pub struct SwimConfig {
     /// Dead and left records are forgotten this long after the fact;
     /// `None` keeps them forever.
     pub reclaim_after: Option<Duration>,
-    /// Lifeguard: the local health score caps here; timeouts, the probe
-    /// interval and the gossip interval are multiplied by score + 1.
+    /// Lifeguard: the local health score caps here; timeouts and the probe
+    /// interval are multiplied by score + 1.
     pub max_local_health: u32,
     /// Members told directly of a graceful leave (gossip does the rest).
     pub leave_fanout: usize,
     /// While updates are pending, every this often they are also sent to
     /// `gossip_fanout` random members (besides riding on pings and acks),
     /// so news spreads in a few hundred ms rather than a period per hop.
-    /// Multiplied by the local health multiplier, like the probe interval.
     pub gossip_interval: Duration,
     pub gossip_fanout: usize,
     /// User events older than this are neither forwarded nor accepted.

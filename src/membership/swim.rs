@@ -1059,17 +1059,12 @@ impl Swim {
         !self.broadcasts.is_empty() || !self.event_broadcasts.is_empty()
     }
 
-    /// Keeps the gossip timer running exactly while there is news. Its
-    /// interval stretches with the local health multiplier, as the probe
-    /// interval does: a node that misses acks is most likely short of CPU,
-    /// and on a host where every node is (500 agents on two cores starting
-    /// together) the extra gossip is what keeps them all late. Updates
-    /// still ride on every probe and ack.
+    /// Keeps the gossip timer running exactly while there is news.
     fn arm_gossip(&mut self, now: Instant) {
         if !self.gossip_armed && self.has_news() {
             self.gossip_armed = true;
-            let interval = self.config.gossip_interval * self.health.multiplier();
-            self.timers.insert((now + interval, Timer::Gossip));
+            self.timers
+                .insert((now + self.config.gossip_interval, Timer::Gossip));
         }
     }
 
