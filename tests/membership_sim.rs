@@ -41,9 +41,8 @@ fn config(seed: u64, loss: f64) -> SimConfig {
     config
 }
 
-/// `n` nodes joining through node 0 within the first period; returns the
-/// simulation once all see all alive, or an error after `limit` periods.
-fn converged_cluster(config: SimConfig, n: usize, limit: u64) -> Result<(Sim, f64), String> {
+/// `n` nodes, each but node 0 asked to join it, spread over one period.
+fn joining_cluster(config: SimConfig, n: usize) -> Sim {
     let mut sim = Sim::new(config);
     for _ in 0..n {
         sim.add_node();
@@ -53,6 +52,13 @@ fn converged_cluster(config: SimConfig, n: usize, limit: u64) -> Result<(Sim, f6
         sim.join(i, 0);
         sim.run_for(stagger);
     }
+    sim
+}
+
+/// `n` nodes joining through node 0 within the first period; returns the
+/// simulation once all see all alive, or an error after `limit` periods.
+fn converged_cluster(config: SimConfig, n: usize, limit: u64) -> Result<(Sim, f64), String> {
+    let mut sim = joining_cluster(config, n);
     let took = sim
         .run_until_true(PERIOD * u32::try_from(limit).unwrap_or(u32::MAX), |s| {
             s.all_running_see_each_other_alive()
@@ -638,5 +644,51 @@ fn j_first_periodic_push_pulls_follow_the_joined_clusters_interval() {
             }
             Ok(vec![("periods to all-alive", took)])
         },
+    );
+}
+
+// (bench) -----------------------------------------------------------------
+
+/// Not a test: the traffic of a start, for docs/benchmarks.md. N nodes
+/// (`SWIM_BURST_NODES`, default 500) join through node 0 within one
+/// period; prints one JSON line: messages delivered per second (datagrams
+/// and streams) and KiB/s of the whole cluster in 5-second windows over
+/// the first minute, and when every node first saw every other alive.
+/// `cargo test --release --test membership_sim -- --ignored --nocapture start_burst`
+#[test]
+#[ignore = "a measurement: prints the start burst as JSON"]
+fn start_burst() {
+    let n: usize = std::env::var("SWIM_BURST_NODES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(500);
+    let mut sim = joining_cluster(config(1, 0.0), n);
+    let window = Duration::from_secs(5);
+    let step = Duration::from_millis(500);
+    let mut before = sim.stats();
+    let mut converged = None;
+    let (mut datagrams, mut kib) = (Vec::new(), Vec::new());
+    for _ in 0..12 {
+        for _ in 0..window.as_millis() / step.as_millis() {
+            sim.run_for(step);
+            if converged.is_none() && sim.all_running_see_each_other_alive() {
+                converged = Some(sim.elapsed().as_secs_f64());
+            }
+        }
+        let now = sim.stats();
+        datagrams.push((now.delivered - before.delivered) / window.as_secs());
+        kib.push((now.bytes - before.bytes) / window.as_secs() / 1024);
+        before = now;
+    }
+    println!(
+        "{}",
+        serde_json::json!({
+            "scenario": "swim start burst (simulator, no loss)",
+            "nodes": n,
+            "window_s": window.as_secs(),
+            "delivered_per_s": datagrams,
+            "kib_per_s": kib,
+            "all_alive_everywhere_s": converged,
+        })
     );
 }

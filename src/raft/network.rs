@@ -451,6 +451,7 @@ mod tests {
     /// refused.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn three_rafts_form_a_group_over_rpc() {
+        use crate::raft::elector::Elector;
         use crate::raft::{store, Command, Raft, Response};
         use crate::rpc::{Demux, DemuxConfig, Router, Routes, RpcServer, ServerConfig};
         use std::collections::BTreeMap;
@@ -503,7 +504,7 @@ mod tests {
             let raft = Raft::new(me, config.clone(), network, log, sm)
                 .await
                 .expect("raft starts");
-            let (elector, inbound) = super::super::elector::Elector::spawn(&raft, &config, true);
+            let (elector, inbound) = Elector::spawn(&raft, &config, true);
             endpoint.set(inbound);
             nodes.push((raft, demux, elector));
         }

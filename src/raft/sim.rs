@@ -477,6 +477,11 @@ impl Net {
         plan
     }
 
+    /// Node `i`'s instance, while it runs.
+    fn raft(&self, i: usize) -> Option<Raft> {
+        self.up.get(i)?.as_ref().map(|n| n.raft().clone())
+    }
+
     /// The target's instance if `from → to` carries messages now.
     fn reach(&mut self, from: usize, to: usize) -> Result<Inbound, String> {
         if self.cut.contains(&(from, to)) {
@@ -729,7 +734,7 @@ async fn client(
             Some(i) => i,
             None => up[rng.random_range(0..up.len())],
         };
-        let Some(raft) = lock(&net).up[target].as_ref().map(|n| n.raft().clone()) else {
+        let Some(raft) = lock(&net).raft(target) else {
             continue;
         };
         let command = if rng.random_bool(0.05) {
@@ -964,10 +969,7 @@ impl Sim {
     }
 
     fn raft(&self, i: usize) -> Option<Raft> {
-        lock(&self.net)
-            .up
-            .get(i)
-            .and_then(|n| n.as_ref().map(|n| n.raft().clone()))
+        lock(&self.net).raft(i)
     }
 
     /// Opens node `i`'s store and starts its Raft.
@@ -1056,11 +1058,9 @@ impl Sim {
     /// Crashes node `i`: its Raft is shut down and dropped, its messages
     /// in flight are refused. Its store directory stays.
     pub fn crash(&mut self, i: usize) {
-        let Some(inbound) = lock(&self.net).up[i].take() else {
+        let Some(raft) = lock(&self.net).up[i].take().map(|n| n.raft().clone()) else {
             return;
         };
-        let raft = inbound.raft().clone();
-        drop(inbound);
         self.nodes[i].elector = None;
         self.crashes += 1;
         self.nodes[i].applied = None;
