@@ -1011,6 +1011,7 @@ impl Swim {
                 }
             }
             Timer::PushPull => {
+                self.event_log.expire(now);
                 // Armed when this node knew only itself, the timer runs on
                 // the interval of one member; the cluster it joined since
                 // may call for a longer one, counted from the join. (500
@@ -1035,7 +1036,6 @@ impl Swim {
                         self.send_stream_message(addr, &digest);
                     }
                 }
-                self.event_log.expire(now);
             }
             Timer::Reconnect => {
                 let next = self.jittered(self.config.reconnect_interval);
