@@ -12,6 +12,12 @@
 //! - healed, all five agree on one leader, and the cut-off node catches up
 //!   with the topology committed meanwhile.
 //!
+//! And failover's guard against a stale gossip view: a leader healed from
+//! a partition keeps a master its gossip still calls dead (the master,
+//! left answering the leader's calls only, cannot refute) as long as it
+//! answers the leader over rpc;
+//! SIGKILLed, it is replaced by the next by priority.
+//!
 //! Every wait is a condition with a generous deadline; the measured times
 //! are printed. Needs root, iproute2 and nftables (CI has them).
 
@@ -310,6 +316,135 @@ fn an_isolated_leader_steps_down_even_with_a_write_pending_and_cannot_commit() {
         first.masters.get(&set),
         "the master of {set} (the cut-off node was asked to promote {target})"
     );
+}
+
+/// A leader healed from a partition holds its verdicts of that time
+/// ("dead", for everyone) until each member hears of its own and refutes
+/// it; acting on them would move masters that never failed. Here the
+/// group is one voter, `n1`, which leads throughout (a quorum of one);
+/// `s1` is `m1` (master) and `m2`. Once the start's refutations are in
+/// (a verdict on an older incarnation than `m2` knows would be undone),
+/// `n1` is cut off and declares both dead (and `m1` `n1`). Then `m1` is
+/// left answering the connections `n1` opens, and nothing else, so that
+/// it can refute to nobody (it cannot open a gossip stream itself); once
+/// `m2` has declared it dead too, `n1` is healed: `m2` refutes, `m1` stays
+/// dead in every view, and `n1` would appoint `m2`. It asks `m1` directly
+/// first, hears it, and keeps it. Killed, `m1` answers nobody and `m2`
+/// takes over.
+#[test]
+fn a_healed_leader_does_not_move_a_master_its_stale_gossip_calls_dead() {
+    let hosts = Hosts::new("rstale", &["n1", "m1", "m2"]);
+    let address = |name: &str| hosts.hosts[hosts.index(name)].addr();
+    hosts.write_topology(&format!(
+        "cluster: test\nfailover: {{ mode: raft, election_timeout: 1s }}\nreplicasets:\n  core:\n    roles: [router]\n    nodes:\n      n1: {{ address: {}, election: candidate }}\n  s1:\n    roles: [storage]\n    failover_priority: [m1, m2]\n    nodes:\n      m1: {{ address: {}, election: off }}\n      m2: {{ address: {}, election: off }}\n",
+        address("n1"),
+        address("m1"),
+        address("m2")
+    ));
+    hosts.start_all(WAIT);
+    let all: Vec<usize> = (0..hosts.len()).collect();
+    let first = hosts.agreed("the group forms", &all, 1, WAIT, |s| {
+        s.masters.get("s1").is_some_and(|m| m.0 == "m1")
+    });
+    let generation = first.masters["s1"].1;
+    let (n1, m1, m2) = (hosts.index("n1"), hosts.index("m1"), hosts.index("m2"));
+    let s1_of_n1 = || {
+        Seen::of(&hosts.leaders(n1, false)?)?
+            .masters
+            .get("s1")
+            .cloned()
+    };
+
+    // n1's verdict will be on the incarnation of m1 it knows.
+    wait_until(WAIT, "n1 and m2 to know m1's same incarnation", || {
+        let known = |i: usize| known_incarnation(&hosts, i, "m1");
+        (known(n1).is_some() && known(n1) == known(m2)).then_some(())
+    });
+    hosts.isolate(n1);
+    wait_until(
+        WAIT,
+        "n1 and m1 to declare each other dead, and n1 m2",
+        || {
+            let dead = |i: usize, name: &str| sees(&hosts, i, name).as_deref() == Some("dead");
+            (dead(n1, "m1") && dead(n1, "m2") && dead(m1, "n1")).then_some(())
+        },
+    );
+    assert_eq!(
+        s1_of_n1(),
+        Some(("m1".to_string(), generation)),
+        "with no alive candidate, the cut-off leader appoints nobody"
+    );
+    hosts.only_called_by(m1, &[n1]);
+    wait_until(WAIT, "m2 to declare m1 dead", || {
+        (sees(&hosts, m2, "m1").as_deref() == Some("dead")).then_some(())
+    });
+    hosts.heal(n1);
+    let healed = Instant::now();
+    // Either the leader finds that m1 answers, or (the bug) it moves s1.
+    let kept = wait_until_or(WAIT, || {
+        if let Some(line) = hosts
+            .log_lines(n1, "but it answers this leader directly")
+            .into_iter()
+            .next()
+        {
+            return Some(Ok(line));
+        }
+        match s1_of_n1()? {
+            (node, g) if g != generation => Some(Err((node, g))),
+            _ => None,
+        }
+    });
+    let kept = kept.unwrap_or_else(|| {
+        let lines = |i: usize| hosts.log_lines(i, "member=m1").join("\n");
+        panic!(
+            "the leader neither kept s1's master nor moved it within {WAIT:?}; m1 in n1's log:\n{}\nin m2's:\n{}",
+            lines(n1),
+            lines(m2)
+        )
+    });
+    let line = kept.unwrap_or_else(|moved| {
+        panic!("the healed leader moved s1's master on its stale view: {moved:?}")
+    });
+    eprintln!("{:?} after the heal: {line}", healed.elapsed());
+    assert_eq!(
+        sees(&hosts, n1, "m1").as_deref(),
+        Some("dead"),
+        "m1 in n1's gossip"
+    );
+    let read = Seen::of(&hosts.leaders(n1, true).expect("a consistent read")).expect("a view");
+    assert_eq!(
+        read.masters.get("s1"),
+        Some(&("m1".to_string(), generation))
+    );
+
+    hosts.kill(m1);
+    let killed = Instant::now();
+    let next = wait_until(WAIT, "m2 to be appointed", || {
+        s1_of_n1().filter(|(node, _)| node == "m2")
+    });
+    eprintln!(
+        "s1: m2 (generation {}) appointed {:?} after m1 was killed",
+        next.1,
+        killed.elapsed()
+    );
+    assert!(
+        next.1 > generation,
+        "{next:?} after generation {generation}"
+    );
+}
+
+/// The incarnation of `name` that host `i` last logged (its join, or a
+/// `member-incarnation` change).
+fn known_incarnation(hosts: &Hosts, i: usize, name: &str) -> Option<String> {
+    let line = hosts
+        .log_lines(i, &format!(" member={name} "))
+        .into_iter()
+        .rfind(|l| l.contains("member-joined") || l.contains("member-incarnation"))?;
+    let after = line
+        .split_once("-> ")
+        .or_else(|| line.split_once("incarnation "))?
+        .1;
+    Some(after.split(' ').next()?.to_string())
 }
 
 /// Waits until every host of `among` reports the same group and exactly

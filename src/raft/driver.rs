@@ -27,7 +27,7 @@ use super::store::{self, Applied};
 use super::{ClusterState, Command, Master, NodeId, Peer, Raft, Response};
 use crate::agent::apply::PeerDirectory;
 use crate::config::{FailoverMode, Topology};
-use crate::rpc::{RpcClient, RpcError};
+use crate::rpc::{CallError, RpcClient, RpcError};
 use crate::twophase::Decision;
 
 /// The rpc method that answers a node's view of the group ([`GroupView`]).
@@ -75,6 +75,9 @@ const WATCH_HOLD: Duration = Duration::from_secs(2);
 
 /// The longest any single rpc of the driver waits.
 const CALL_DEADLINE: Duration = Duration::from_secs(2);
+/// A master that keeps answering while gossip declares it dead is logged
+/// again after this long.
+const ANSWER_LOGGED: Duration = Duration::from_secs(60);
 
 /// openraft's settings for an election timeout `t`. A follower that heard
 /// from a leader refuses votes for the leader's lease (openraft sets it to
@@ -321,6 +324,7 @@ pub fn spawn(
         fetched_tx: Arc::new(fetched_tx),
         watcher: None,
         started: tokio::time::Instant::now(),
+        answered: Default::default(),
     };
     tokio::spawn(driver.run(commands, ports.control_inbox));
     RaftHandle {
@@ -356,6 +360,18 @@ struct Driver {
     fetched_tx: Arc<watch::Sender<Option<GroupView>>>,
     watcher: Option<tokio::task::JoinHandle<()>>,
     started: tokio::time::Instant,
+    /// Masters declared dead that answered this leader directly, and when
+    /// they last did ([`Driver::answers_directly`]).
+    answered: std::sync::Mutex<BTreeMap<NodeId, Answered>>,
+}
+
+/// A master declared dead that answered the leader directly.
+#[derive(Clone, Copy)]
+struct Answered {
+    /// The last answer.
+    at: tokio::time::Instant,
+    /// When it was last logged.
+    logged: tokio::time::Instant,
 }
 
 /// Resolves when the instance's leader or term differs from what it was at
@@ -660,6 +676,11 @@ impl Driver {
             let Some(running) = &self.running else { return };
             let state = running.applied.borrow().state.clone();
             for command in failover::appointments(topology, members, &state) {
+                if let Some(master) = failover::replaces_dead(&command, members, &state) {
+                    if self.answers_directly(master, topology).await {
+                        continue;
+                    }
+                }
                 self.write(raft, command).await;
             }
         }
@@ -786,6 +807,53 @@ impl Driver {
             .await
             .map_err(|e| e.to_string())?;
         postcard::from_bytes(&body).map_err(|e| format!("bad answer: {e}"))
+    }
+
+    /// Whether `master`, which gossip declares dead, answers this leader
+    /// over rpc (see [`failover::replaces_dead`]). An answer holds for an
+    /// election timeout, so a master that answers while its gossip stays
+    /// silent (UDP blocked, TCP not) costs one call a timeout, and is
+    /// logged once a minute.
+    fn answered(&self) -> std::sync::MutexGuard<'_, BTreeMap<NodeId, Answered>> {
+        // Nothing here leaves the map half-updated on a panic.
+        self.answered
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    async fn answers_directly(&self, master: &MemberView, topology: &Topology) -> bool {
+        let now = tokio::time::Instant::now();
+        let hold = topology.election_timeout();
+        let last = self.answered().get(&master.id).map(|a| a.at);
+        if last.is_some_and(|at| now.duration_since(at) < hold) {
+            return true;
+        }
+        let deadline = hold.min(CALL_DEADLINE);
+        let answered = match self.rpc.call(master.addr, VIEW_METHOD, &[], deadline).await {
+            // An error from its handler is an answer all the same: the
+            // agent is up.
+            Ok(_) | Err(CallError::Remote(_)) => true,
+            Err(e) => {
+                debug!(master = %master.name, "gossip says dead, and no direct answer: {e}");
+                false
+            }
+        };
+        let mut answers = self.answered();
+        if !answered {
+            answers.remove(&master.id);
+            return false;
+        }
+        let logged = answers.get(&master.id).map(|a| a.logged);
+        let log = logged.is_none_or(|at| now.duration_since(at) >= ANSWER_LOGGED);
+        if log {
+            warn!(
+                master = %master.name,
+                "gossip here says the master is dead, but it answers this leader directly: it stays master (this node's gossip view may be stale, or the master's gossip port blocked)"
+            );
+        }
+        let logged = if log { now } else { logged.unwrap_or(now) };
+        answers.insert(master.id, Answered { at: now, logged });
+        true
     }
 
     async fn ask_to_elect(&self, addr: SocketAddr) -> Result<(), String> {

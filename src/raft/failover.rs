@@ -16,7 +16,9 @@
 //! suspicion is refutable, and acting on it would move masters and voters
 //! on every network hiccup; the suspicion timeout, tuned by Lifeguard, *is*
 //! the failover delay. Nor is a suspect node a good pick: it may be the one
-//! about to be declared dead.
+//! about to be declared dead. And a leader's own `Dead` may be stale (it
+//! was cut off): [`replaces_dead`] names the master the driver must fail
+//! to reach before it replaces it.
 
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BTreeSet};
@@ -182,6 +184,29 @@ pub fn appointments(
         commands.push(Command::ForgetSets { sets: forgotten });
     }
     commands
+}
+
+/// The master that `command` (one of [`appointments`]) replaces because
+/// gossip declares it dead, if that is why. Gossip can be stale on the
+/// leader: a node cut off from the others declares them all dead, and
+/// after the partition heals it holds those verdicts until each member
+/// hears of its own and refutes it. So before such an appointment the
+/// driver asks the master directly and keeps it when it answers; only
+/// `Dead` is asked about (`Left` is the node's own word, the other
+/// reasons are the topology's).
+pub fn replaces_dead<'a>(
+    command: &Command,
+    members: &'a [MemberView],
+    state: &ClusterState,
+) -> Option<&'a MemberView> {
+    let Command::AppointMaster { set, .. } = command else {
+        return None;
+    };
+    let master = state.master(set)?;
+    by_name(members)
+        .get(master.node.as_str())
+        .copied()
+        .filter(|m| m.status == MemberStatus::Dead)
 }
 
 /// Why `cohort failover promote SET NODE` is refused.
@@ -697,6 +722,34 @@ replicasets:
             appointments(&base(), &members, &s),
             [appoint("s1", "s1-c", 4, "s1-b is dead")]
         );
+    }
+
+    #[test]
+    fn only_an_appointment_over_a_master_declared_dead_asks_it_first() {
+        let s = state(&[("s1", "s1-b", 4), ("s2", "s2-a", 2)]);
+        let members = everyone(&[("s1-b", Dead), ("s2-a", Left)]);
+        let commands = appointments(&base(), &members, &s);
+        let asked: Vec<Option<&str>> = commands
+            .iter()
+            .map(|c| replaces_dead(c, &members, &s).map(|m| m.name.as_str()))
+            .collect();
+        assert_eq!(asked, [Some("s1-b"), None], "{commands:?}");
+        // A set with no master yet, or one whose master is unknown to
+        // gossip, has nobody to ask.
+        let commands = appointments(&base(), &members, &ClusterState::default());
+        assert!(commands
+            .iter()
+            .all(|c| replaces_dead(c, &members, &ClusterState::default()).is_none()));
+        let unknown: Vec<MemberView> = members
+            .iter()
+            .filter(|m| m.name != "s1-b")
+            .cloned()
+            .collect();
+        let commands = appointments(&base(), &unknown, &s);
+        assert!(!commands.is_empty());
+        assert!(commands
+            .iter()
+            .all(|c| replaces_dead(c, &unknown, &s).is_none()));
     }
 
     #[test]

@@ -5,7 +5,7 @@
 //! (beyond loopback, so behind the tests' API token), reached by running
 //! the CLI inside the host's namespace. A host can be
 //! cut off from the LAN (nftables inside it drops everything but loopback)
-//! and healed, its agent SIGKILLed and started again. Every agent and
+//! and healed, or left answering calls from some hosts only, its agent SIGKILLed and started again. Every agent and
 //! namespace goes away on drop, also when the test panics (then the end of
 //! every agent's log is printed). Needs root, iproute2 and nftables (CI
 //! has them).
@@ -295,6 +295,25 @@ impl Hosts {
         let mut isolated = self.isolated.lock().unwrap_or_else(|p| p.into_inner());
         assert!(isolated.remove(&i), "{} is not isolated", self.name(i));
         self.hosts[i].ns.nft("delete table inet cohort_isolate");
+    }
+
+    /// Cuts host `i` off from everything but the TCP connections the
+    /// hosts `peers` open to it: they can call it (rpc), it can open
+    /// nothing, not even a gossip stream to them. Lasts until the host goes
+    /// away.
+    pub fn only_called_by(&self, i: usize, peers: &[usize]) {
+        let ips: Vec<String> = peers
+            .iter()
+            .map(|&p| self.hosts[p].ip.to_string())
+            .collect();
+        let ips = ips.join(", ");
+        self.hosts[i].ns.nft_script(&format!(
+            "table inet cohort_only_called {{
+  chain input {{ type filter hook input priority 0; policy drop; iifname \"lo\" accept; ip saddr {{ {ips} }} meta l4proto tcp accept; }}
+  chain output {{ type filter hook output priority 0; policy drop; oifname \"lo\" accept; ip daddr {{ {ips} }} meta l4proto tcp ct state established accept; }}
+}}
+"
+        ));
     }
 
     pub fn is_isolated(&self, i: usize) -> bool {
