@@ -164,6 +164,12 @@ impl NodeState {
         self.membership_seen.send_replace(());
     }
 
+    /// The gossip counters alone, between rebuilds of the member table:
+    /// not news of membership.
+    pub fn set_gossip_health(&self, gossip: crate::api::types::GossipHealth) {
+        write(&self.members).gossip = gossip;
+    }
+
     /// The committed topology now (none before the first apply).
     pub fn committed(&self) -> Option<Committed> {
         read(&self.committed).clone()

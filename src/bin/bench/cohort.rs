@@ -144,14 +144,7 @@ fn scrape(api: SocketAddr) -> Option<Scrape> {
     let mut alive = None;
     let mut refutations = 0;
     let mut counters = Counters::default();
-    for line in text.lines() {
-        let Some((name, value)) = line.rsplit_once(' ') else {
-            continue;
-        };
-        let Ok(value) = value.parse::<f64>() else {
-            continue;
-        };
-        let value = value as u64;
+    for (name, value) in common::metric_samples(&text) {
         match name {
             "cohort_members{status=\"alive\"}" => alive = Some(value),
             "cohort_gossip_refutations_total" => refutations = value,

@@ -314,6 +314,25 @@ impl Traffic {
 /// (`root/gossip.key`).
 /// `GET path` on an agent's API (HTTP/1.0, a connection each): the body of
 /// a 200, else None.
+/// The samples of a Prometheus text exposition, as (series, value): the
+/// series with its labels as written (`cohort_members{status="alive"}`).
+pub fn metric_samples(text: &str) -> impl Iterator<Item = (&str, u64)> {
+    text.lines().filter_map(|line| {
+        let (name, value) = line.rsplit_once(' ')?;
+        let value = value.parse::<f64>().ok()?;
+        Some((name, value as u64))
+    })
+}
+
+/// How many members an agent lists alive (from `/metrics`, not the
+/// member table's JSON: tens of kilobytes at 500).
+pub fn alive_members(api: SocketAddr) -> Option<u64> {
+    let text = http_get(api, "/metrics")?;
+    let alive = metric_samples(&text)
+        .find_map(|(name, value)| (name == "cohort_members{status=\"alive\"}").then_some(value));
+    alive
+}
+
 pub fn http_get(addr: SocketAddr, path: &str) -> Option<String> {
     let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(2)).ok()?;
     stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
