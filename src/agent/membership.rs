@@ -367,9 +367,11 @@ impl Observer for ApiObserver {
         let due = self
             .table_built
             .is_none_or(|at| at.elapsed() >= TABLE_EVERY);
-        if !(self.table_stale && due) {
-            // No news, or news too soon after the last rebuild (the driver
-            // calls again within a second: then it is due).
+        // The once-a-second call without events rebuilds too: this node's
+        // own record (a leave, its payload) changes without an event.
+        if !(due && (self.table_stale || events.is_empty())) {
+            // News too soon after the last rebuild: the driver calls again
+            // within a second, and then it is due.
             self.state.set_gossip_health(gossip);
             return;
         }
