@@ -667,7 +667,7 @@ fn start_burst() {
     let step = Duration::from_millis(500);
     let mut before = sim.stats();
     let mut converged = None;
-    let (mut datagrams, mut kib) = (Vec::new(), Vec::new());
+    let (mut delivered, mut kib) = (Vec::new(), Vec::new());
     for _ in 0..12 {
         for _ in 0..window.as_millis() / step.as_millis() {
             sim.run_for(step);
@@ -676,7 +676,7 @@ fn start_burst() {
             }
         }
         let now = sim.stats();
-        datagrams.push((now.delivered - before.delivered) / window.as_secs());
+        delivered.push((now.delivered - before.delivered) / window.as_secs());
         kib.push((now.bytes - before.bytes) / window.as_secs() / 1024);
         before = now;
     }
@@ -686,7 +686,7 @@ fn start_burst() {
             "scenario": "swim start burst (simulator, no loss)",
             "nodes": n,
             "window_s": window.as_secs(),
-            "delivered_per_s": datagrams,
+            "delivered_per_s": delivered,
             "kib_per_s": kib,
             "all_alive_everywhere_s": converged,
         })

@@ -15,8 +15,8 @@
 //! And failover's guard against a stale gossip view: a leader healed from
 //! a partition keeps a master its gossip still calls dead (the master,
 //! left answering the leader's calls only, cannot refute) as long as it
-//! answers the leader over rpc;
-//! SIGKILLed, it is replaced by the next by priority.
+//! answers the leader over rpc; SIGKILLed, it is replaced by the next by
+//! priority.
 //!
 //! Every wait is a condition with a generous deadline; the measured times
 //! are printed. Needs root, iproute2 and nftables (CI has them).
@@ -433,18 +433,11 @@ fn a_healed_leader_does_not_move_a_master_its_stale_gossip_calls_dead() {
     );
 }
 
-/// The incarnation of `name` that host `i` last logged (its join, or a
-/// `member-incarnation` change).
-fn known_incarnation(hosts: &Hosts, i: usize, name: &str) -> Option<String> {
-    let line = hosts
-        .log_lines(i, &format!(" member={name} "))
-        .into_iter()
-        .rfind(|l| l.contains("member-joined") || l.contains("member-incarnation"))?;
-    let after = line
-        .split_once("-> ")
-        .or_else(|| line.split_once("incarnation "))?
-        .1;
-    Some(after.split(' ').next()?.to_string())
+/// The incarnation (generation, version) of `name` in host `i`'s members.
+fn known_incarnation(hosts: &Hosts, i: usize, name: &str) -> Option<(u64, u64)> {
+    let members = hosts.json(i, &["members"])?;
+    let m = members.as_array()?.iter().find(|m| m["name"] == name)?;
+    Some((m["generation"].as_u64()?, m["version"].as_u64()?))
 }
 
 /// Waits until every host of `among` reports the same group and exactly

@@ -16,7 +16,6 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
-use tokio::sync::broadcast;
 use tracing::{info, warn};
 
 use crate::api::{self, ApiEvent, Issue, IssueKind, IssueLevel, NodeState, PeerAnswers, Status};
@@ -890,7 +889,10 @@ async fn run(state: Arc<NodeState>, gossip: Handle, data_dir: PathBuf) {
         };
         api::unix_ms(wall)
     };
-    let mut events = state.events.subscribe();
+    // Only the end is heard between rounds: any other news waits for the
+    // round (RECOMPUTE_EVERY). (Subscribed to the event feed for it, the
+    // task made every event be kept and cloned for it, to be dropped.)
+    let mut stopping = state.watch_stopping();
     let mut tracker = Tracker::default();
     let mut drops = DropWindow::default();
     let mut disk = DataDirProbe::new(data_dir);
@@ -898,16 +900,7 @@ async fn run(state: Arc<NodeState>, gossip: Handle, data_dir: PathBuf) {
     loop {
         tokio::select! {
             _ = tokio::time::sleep_until(next) => {}
-            // Only the end is heard here; any other event waits for the
-            // round (RECOMPUTE_EVERY).
-            event = events.recv() => {
-                match event {
-                    Ok(e) if e.kind == "agent-stopping" => return,
-                    Err(broadcast::error::RecvError::Closed) => return,
-                    Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => {}
-                }
-                continue;
-            }
+            _ = stopping.wait_for(|stopping| *stopping) => return,
         }
         next = tokio::time::Instant::now() + RECOMPUTE_EVERY;
         let Some(view) = gossip.inspect(|swim: &Swim| GossipView::of(swim)).await else {

@@ -197,16 +197,14 @@ struct ApiObserver {
     names: BTreeMap<crate::membership::NodeId, String>,
     handlers: Option<Handlers>,
     health: HealthWindow,
-    /// When the API's member table was last rebuilt, and whether events
-    /// came since.
+    /// When the API's member table was last rebuilt.
     table_built: Option<Instant>,
-    table_stale: bool,
 }
 
 /// While events flow, the API's member table (every member, sorted, and
 /// the cluster state recomputed from it) is rebuilt at most this often;
 /// the events themselves, each with its member's row, go out at once.
-/// Rebuilt for every packet that brought news, as until now, 500 agents
+/// Rebuilt for every packet that brought news, as until 1f311d0, 500 agents
 /// starting together spent more than the two cores they shared on it.
 const TABLE_EVERY: Duration = Duration::from_millis(500);
 
@@ -220,7 +218,6 @@ impl ApiObserver {
             handlers,
             health: HealthWindow::default(),
             table_built: None,
-            table_stale: true,
         }
     }
 
@@ -362,16 +359,15 @@ impl Observer for ApiObserver {
             }
             self.state.publish(published);
         }
-        self.table_stale |= !events.is_empty();
         let gossip = self.health.report(swim, self.encrypted);
+        // Due or not, whatever the call: news too soon after the last
+        // rebuild waits for the next call, within a second (the driver's
+        // report, which also catches this node's own record changing, a
+        // leave or its payload, without an event).
         let due = self
             .table_built
             .is_none_or(|at| at.elapsed() >= TABLE_EVERY);
-        // The once-a-second call without events rebuilds too: this node's
-        // own record (a leave, its payload) changes without an event.
-        if !(due && (self.table_stale || events.is_empty())) {
-            // News too soon after the last rebuild: the driver calls again
-            // within a second, and then it is due.
+        if !due {
             self.state.set_gossip_health(gossip);
             return;
         }
@@ -386,6 +382,5 @@ impl Observer for ApiObserver {
             multicast: None,
         });
         self.table_built = Some(Instant::now());
-        self.table_stale = false;
     }
 }

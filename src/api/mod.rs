@@ -190,6 +190,11 @@ impl NodeState {
         let _ = self.events.send(event);
     }
 
+    /// Turns true once, when the agent stops ([`NodeState::end_streams`]).
+    pub fn watch_stopping(&self) -> watch::Receiver<bool> {
+        self.stopping.subscribe()
+    }
+
     /// Tells every `/v1/events` reader the agent is stopping, then ends
     /// their streams.
     pub fn end_streams(&self, why: &str) {
@@ -260,7 +265,7 @@ async fn event_stream(
     State(state): State<Arc<NodeState>>,
 ) -> Sse<impl Stream<Item = Result<Event, Infallible>>> {
     let receiver = state.events.subscribe();
-    let stopping = state.stopping.subscribe();
+    let stopping = state.watch_stopping();
     let stream = futures_util::stream::unfold(
         (receiver, stopping),
         |(mut receiver, mut stopping)| async move {

@@ -809,11 +809,6 @@ impl Driver {
         postcard::from_bytes(&body).map_err(|e| format!("bad answer: {e}"))
     }
 
-    /// Whether `master`, which gossip declares dead, answers this leader
-    /// over rpc (see [`failover::replaces_dead`]). An answer holds for an
-    /// election timeout, so a master that answers while its gossip stays
-    /// silent (UDP blocked, TCP not) costs one call a timeout, and is
-    /// logged once a minute.
     fn answered(&self) -> std::sync::MutexGuard<'_, BTreeMap<NodeId, Answered>> {
         // Nothing here leaves the map half-updated on a panic.
         self.answered
@@ -821,6 +816,11 @@ impl Driver {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
+    /// Whether `master`, which gossip declares dead, answers this leader
+    /// over rpc (see [`failover::replaces_dead`]). An answer holds for an
+    /// election timeout, so a master that answers while its gossip stays
+    /// silent (UDP blocked, TCP not) costs one call a timeout, and is
+    /// logged once a minute.
     async fn answers_directly(&self, master: &MemberView, topology: &Topology) -> bool {
         let now = tokio::time::Instant::now();
         let hold = topology.election_timeout();
@@ -843,15 +843,16 @@ impl Driver {
             answers.remove(&master.id);
             return false;
         }
-        let logged = answers.get(&master.id).map(|a| a.logged);
-        let log = logged.is_none_or(|at| now.duration_since(at) >= ANSWER_LOGGED);
-        if log {
-            warn!(
-                master = %master.name,
-                "gossip here says the master is dead, but it answers this leader directly: it stays master (this node's gossip view may be stale, or the master's gossip port blocked)"
-            );
-        }
-        let logged = if log { now } else { logged.unwrap_or(now) };
+        let logged = match answers.get(&master.id) {
+            Some(a) if now.duration_since(a.logged) < ANSWER_LOGGED => a.logged,
+            _ => {
+                warn!(
+                    master = %master.name,
+                    "gossip here says the master is dead, but it answers this leader directly: it stays master (this node's gossip view may be stale, or the master's gossip port blocked)"
+                );
+                now
+            }
+        };
         answers.insert(master.id, Answered { at: now, logged });
         true
     }

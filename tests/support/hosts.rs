@@ -3,11 +3,11 @@
 //! address 10.77.0.<i>/24. One `cohort agent` per host, bound to
 //! 10.77.0.<i>:3301 (gossip and rpc) with its API on 10.77.0.<i>:8300
 //! (beyond loopback, so behind the tests' API token), reached by running
-//! the CLI inside the host's namespace. A host can be
-//! cut off from the LAN (nftables inside it drops everything but loopback)
-//! and healed, or left answering calls from some hosts only, its agent SIGKILLed and started again. Every agent and
-//! namespace goes away on drop, also when the test panics (then the end of
-//! every agent's log is printed). Needs root, iproute2 and nftables (CI
+//! the CLI inside the host's namespace. A host can be cut off from the LAN
+//! (nftables inside it drops everything but loopback) and healed, or left
+//! answering calls from some hosts only; its agent SIGKILLed and started
+//! again. Every agent and namespace goes away on drop, also when the test
+//! panics (then the end of every agent's log is printed). Needs root, iproute2 and nftables (CI
 //! has them).
 //!
 //! Test files include it with `#[path = "support/hosts.rs"] mod hosts;`

@@ -3,7 +3,7 @@
 //! sets of up to three with the `storage` and `http` roles (each node's
 //! http role serves on a port of its own), five of them `election:
 //! candidate` (the first node of sets 1-5) and the rest `off`. Waits
-//! until every node lists all N alive, then until every node shows the
+//! until each node has listed all N alive, then until every node shows the
 //! same committed version with the 2PC lock free (the agents apply their
 //! file at boot themselves). Then times `--runs` applies one at a time, each a small
 //! real change (a comment line naming the change, and one node's http
@@ -447,9 +447,9 @@ fn run(args: &ApplyArgs, cohort: &Path, root: &Path) -> anyhow::Result<Value> {
 
     // Boot: full membership, then one committed version everywhere, lock free.
     // Each agent polled (its /metrics) until it first lists all N alive:
-    // the whole member table of all N agents every 200 ms, as until now,
-    // was tens of megabytes of JSON a sweep, a load of the bench's own on
-    // the agents while they start.
+    // until 1f311d0 the bench read the whole member table (JSON, a row per
+    // member) of all N agents every 200 ms, a load of its own on the agents
+    // while they start.
     let deadline = last_started + BOOT_DEADLINE;
     let mut pending: Vec<SocketAddr> = apis.clone();
     while !pending.is_empty() {

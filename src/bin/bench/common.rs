@@ -310,10 +310,6 @@ impl Traffic {
     }
 }
 
-/// A fresh random gossip key, written as the keyring every agent reads
-/// (`root/gossip.key`).
-/// `GET path` on an agent's API (HTTP/1.0, a connection each): the body of
-/// a 200, else None.
 /// The samples of a Prometheus text exposition, as (series, value): the
 /// series with its labels as written (`cohort_members{status="alive"}`).
 pub fn metric_samples(text: &str) -> impl Iterator<Item = (&str, u64)> {
@@ -324,8 +320,8 @@ pub fn metric_samples(text: &str) -> impl Iterator<Item = (&str, u64)> {
     })
 }
 
-/// How many members an agent lists alive (from `/metrics`, not the
-/// member table's JSON: tens of kilobytes at 500).
+/// How many members an agent lists alive, from `/metrics` (not from the
+/// member table's JSON, a row per member).
 pub fn alive_members(api: SocketAddr) -> Option<u64> {
     let text = http_get(api, "/metrics")?;
     let alive = metric_samples(&text)
@@ -333,6 +329,8 @@ pub fn alive_members(api: SocketAddr) -> Option<u64> {
     alive
 }
 
+/// `GET path` on an agent's API (HTTP/1.0, a connection each): the body of
+/// a 200, else None.
 pub fn http_get(addr: SocketAddr, path: &str) -> Option<String> {
     let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(2)).ok()?;
     stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
@@ -343,6 +341,8 @@ pub fn http_get(addr: SocketAddr, path: &str) -> Option<String> {
     (head.split_whitespace().nth(1)? == "200").then(|| body.to_string())
 }
 
+/// A fresh random gossip key, written as the keyring every agent reads
+/// (`root/gossip.key`).
 pub fn write_gossip_key(root: &Path) -> io::Result<()> {
     use base64::Engine;
     let key: [u8; 32] = rand::random();
