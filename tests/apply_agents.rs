@@ -933,7 +933,8 @@ fn require_root() {
 }
 
 /// Three agents; n3's `DATA_DIR/twophase` is a 1 MiB tmpfs that only it
-/// sees (its own mount namespace), which the test fills and empties.
+/// sees (its own mount namespace), which the test fills and empties; or
+/// another mount of the test's choosing there.
 struct FullDisk {
     nodes: Vec<Agent>,
     /// n3's 2PC store, the tmpfs's mount point.
@@ -943,7 +944,20 @@ struct FullDisk {
 }
 
 impl FullDisk {
+    /// n3's store is a 1 MiB tmpfs.
     fn start() -> FullDisk {
+        FullDisk::start_with(|store, _| {
+            format!(
+                "mount -t tmpfs -o size=1m cohort-apply-agents {}",
+                quoted(store)
+            )
+        })
+    }
+
+    /// Three agents on a first version; n3 runs in a mount namespace of
+    /// its own, set up by the script `mounts(its store, its topology
+    /// file)` returns.
+    fn start_with(mounts: impl FnOnce(&Path, &Path) -> String) -> FullDisk {
         let root = tempfile::tempdir().unwrap();
         let mut nodes: Vec<Agent> = ["n1", "n2", "n3"]
             .iter()
@@ -970,12 +984,8 @@ impl FullDisk {
         for node in &mut nodes[..2] {
             node.start(WAIT);
         }
-        // A 1 MiB tmpfs on n3's store, in a mount namespace of its own.
-        let mount = format!(
-            "mount -t tmpfs -o size=1m cohort-apply-agents {}",
-            quoted(&cluster.store)
-        );
-        nodes[2].start_in_own_mounts(&mount, WAIT);
+        let mounts = mounts(&cluster.store, &nodes[2].topology);
+        nodes[2].start_in_own_mounts(&mounts, WAIT);
         cluster.nodes = nodes;
         cluster.on_version(&cluster.nodes.iter().collect::<Vec<_>>(), 1, &first);
         cluster
@@ -1271,4 +1281,76 @@ fn a_node_whose_disk_fills_votes_no_and_catches_up_once_it_is_freed() {
     cluster.on_version(&[n1, n2, n3], 4, &v4);
     cluster.finished();
     eprintln!("full disk test: {:?}", started.elapsed());
+}
+
+/// n3 commits version 2 but cannot write its topology file (a bind mount
+/// of the file onto itself, in n3's namespace: the atomic rename onto it
+/// fails), then is killed: the state a SIGKILL between the 2PC store and
+/// the file leaves. Restarted, it must not take version 1's text for an
+/// edit and commit it again (chaos found that as one text committed
+/// twice): it writes version 2 over it, or, while it cannot, leaves the
+/// file alone and says so.
+#[test]
+fn a_topology_file_a_restart_finds_on_a_replaced_version_is_rewritten_not_applied() {
+    require_root();
+    let file_busy = |topology: &Path| format!("mount --bind {t} {t}", t = quoted(topology));
+    let mut cluster = FullDisk::start_with(|_, topology| file_busy(topology));
+    let first = cluster.text("first version");
+    let v2 = cluster.text("version 2");
+    let (code, answer) = put_now(&cluster.nodes[0], &v2);
+    assert_committed(code, &answer);
+    cluster.on_version(&[&cluster.nodes[0], &cluster.nodes[1]], 2, &v2);
+    let n3 = &cluster.nodes[2];
+    let failed = wait_until(WAIT, "n3 to install version 2 without its file", || {
+        let install = n3.status()?["apply"]["install"].clone();
+        (install["version"] == 2).then(|| install["error"].as_str().map(String::from))
+    });
+    let failed = failed.unwrap_or_else(|| panic!("n3's file write did not fail"));
+    assert!(failed.contains("topology.yaml"), "{failed}");
+    assert_eq!(committed_text(n3).as_deref(), Some(v2.as_str()));
+    assert_eq!(n3.file(), first.as_bytes(), "the file n3 could not write");
+
+    // Restarted while the file still cannot be written: not an edit.
+    let topology = cluster.nodes[2].topology.clone();
+    cluster.nodes[2].kill(WAIT);
+    cluster.nodes[2].start_in_own_mounts(&file_busy(&topology), WAIT);
+    let status = judged(&cluster.nodes[2]);
+    let pending = status["topology"]["pending"].as_str().unwrap_or_default();
+    assert!(
+        pending.starts_with("the file holds the text of a version this node replaced")
+            && pending.ends_with("the cluster keeps version 2"),
+        "{status:#}"
+    );
+    assert_eq!(status["topology"]["matches_committed"], false, "{status:#}");
+    assert_eq!(status["apply"]["version"], 2, "{status:#}");
+    assert_eq!(cluster.nodes[2].file(), first.as_bytes());
+
+    // Restarted with a file it can write: version 2 goes over it.
+    cluster.nodes[2].kill(WAIT);
+    cluster.nodes[2].start(WAIT);
+    let n3 = &cluster.nodes[2];
+    let status = judged(n3);
+    assert_eq!(status["topology"]["matches_committed"], true, "{status:#}");
+    assert_eq!(status["apply"]["version"], 2, "{status:#}");
+    assert_eq!(n3.file(), v2.as_bytes());
+    let log = n3.log_tail(400);
+    for line in [
+        "cannot be rewritten: ",
+        "the topology file still held the text of a version that version 2 replaced",
+    ] {
+        assert!(log.contains(line), "no `{line}` in n3's log: {log}");
+    }
+    cluster.on_version(&cluster.nodes.iter().collect::<Vec<_>>(), 2, &v2);
+    cluster.finished();
+}
+
+/// `node`'s status once its topology trigger has judged the file (it says
+/// whether the file matches the committed version).
+fn judged(node: &Agent) -> Value {
+    wait_until(WAIT, "the node to judge its topology file", || {
+        let status = node.status()?;
+        status["topology"]["matches_committed"]
+            .is_boolean()
+            .then_some(status)
+    })
 }

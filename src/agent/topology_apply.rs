@@ -280,6 +280,13 @@ fn on_change(
                 let pending = format!("rejected: {} problem(s){keeps}", lines.len());
                 (TopologyFileState::Invalid, lines, None, Some(pending))
             }
+            Ok(_) if committed.left_over == Some(hash) => {
+                let pending = format!(
+                    "the file holds the text of a version this node replaced, and the agent \
+                     could not rewrite it (see its log){keeps}"
+                );
+                (TopologyFileState::Valid, Vec::new(), None, Some(pending))
+            }
             Ok(topology) => {
                 let matches = committed.is_committed(&hash);
                 let mut nodes: Vec<String> = topology.nodes().map(|n| n.name.to_string()).collect();
@@ -295,7 +302,7 @@ fn on_change(
             }
         },
     };
-    let matches = edit.is_none() && file_state == TopologyFileState::Valid;
+    let matches = edit.is_none() && pending.is_none() && file_state == TopologyFileState::Valid;
     state.update(|s| {
         s.topology.state = file_state;
         s.topology.problems = problems;

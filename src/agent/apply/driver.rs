@@ -155,6 +155,11 @@ pub fn spawn(
     let store = ApplyStore::open(&config.data_dir)?;
     let now = Instant::now();
     let disk = store.state().clone();
+    let left_over = finish_topology_rewrite(
+        &config.topology_path,
+        &disk.participant.committed,
+        store.replaced(),
+    );
     let coordinator = Coordinator::new(now, config.me, config.coordinator, &disk.coordinator);
     let participant = Participant::new(now, config.me, config.participant, &disk.participant);
     let committed = parse_committed(
@@ -177,6 +182,7 @@ pub fn spawn(
         txn: disk.participant.committed.txn,
         topology: committed.clone(),
         kept_edits: Vec::new(),
+        left_over,
     });
     let status = Arc::new(status);
     let (installer, jobs) = mpsc::unbounded_channel();
@@ -475,6 +481,11 @@ impl Driver {
     /// A persist worked: the disk is back if it was failing.
     fn written(&mut self, written: Written) {
         self.recovered();
+        if matches!(written, Some((_, Ok(_)))) {
+            // The file holds a committed text again.
+            self.status
+                .send_if_modified(|s| s.left_over.take().is_some());
+        }
         match written {
             Some((_, Ok(Some(kept)))) => {
                 self.status.send_modify(|s| s.kept_edits.push(kept));
@@ -988,6 +999,35 @@ async fn install_loop(
                 result,
             })
         });
+    }
+}
+
+/// At start: a topology file that holds the text of a version this node's
+/// commits replaced is a rewrite the agent did not finish (it was killed
+/// between its store and the file, or the file's write failed). Taken for
+/// an edit, it would bring that version back as a new one; the committed
+/// text goes over it instead. Returns the file's hash if it cannot be
+/// rewritten (the trigger must not apply it either).
+fn finish_topology_rewrite(
+    path: &Path,
+    committed: &Committed,
+    replaced: &[ConfigHash],
+) -> Option<ConfigHash> {
+    let version = committed.version;
+    let bytes = std::fs::read(path).ok().filter(|_| version > Version(0))?;
+    let hash = config_hash(&bytes);
+    if hash == committed.hash || !replaced.contains(&hash) {
+        return None;
+    }
+    match write_atomic(path, committed.text.as_bytes(), 0o644) {
+        Ok(()) => {
+            warn!(path = %path.display(), %version, "the topology file still held the text of a version that version {version} replaced (the agent stopped, or the file's write failed, before it was rewritten): version {version} is written over it; to bring that text back, save it again while the agent runs");
+            None
+        }
+        Err(e) => {
+            error!(path = %path.display(), %version, "the topology file holds the text of a version that version {version} replaced, and cannot be rewritten: {}; it is not taken for an edit", describe(&e));
+            Some(hash)
+        }
     }
 }
 

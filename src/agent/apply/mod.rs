@@ -288,6 +288,10 @@ pub struct ApplyStatus {
     /// Operator edits found in the topology file when a version was
     /// installed over them: where each was kept.
     pub kept_edits: Vec<PathBuf>,
+    /// The hash of a topology file found at start with the text of a
+    /// version this node replaced, which could not be rewritten: not an
+    /// edit. Cleared when a version's file is written.
+    pub left_over: Option<ConfigHash>,
 }
 
 /// 2PC writes failing on this node: meanwhile it votes no on every

@@ -1,7 +1,8 @@
 //! The 2PC state on disk, in `DATA_DIR/twophase/`:
 //!
 //! * `state.bin`: `DurableState` (postcard, behind a format tag) with the
-//!   committed and staged texts left out;
+//!   committed and staged texts left out, and the hashes of the last
+//!   versions this node's commits replaced (`ApplyStore::replaced`);
 //! * `committed-V.yaml`: the text of committed version V;
 //! * `staged-SEQ-COORDINATOR.yaml`: the text of the staged proposal.
 //!
@@ -19,15 +20,19 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use crate::storage::{describe, write_atomic};
-use crate::twophase::{DurableState, Record, TxnId, Version};
+use crate::twophase::{ConfigHash, DurableState, Record, TxnId, Version};
 
 use crate::agent::topology_watch::config_hash;
 
 /// The subdirectory of the data dir.
 pub const DIR: &str = "twophase";
 const STATE: &str = "state.bin";
-/// Bumped when the layout of `state.bin` changes incompatibly.
-const FORMAT: u32 = 2;
+/// Bumped when the layout of `state.bin` changes; format 2 (no
+/// `replaced`) is still read.
+const FORMAT: u32 = 3;
+/// How many replaced versions' hashes are kept: enough for a topology
+/// file that failed to follow several versions in a row.
+const REPLACED_KEPT: usize = 16;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -45,6 +50,7 @@ pub enum StoreError {
 struct OnDisk {
     format: u32,
     state: DurableState,
+    replaced: Vec<ConfigHash>,
 }
 
 /// The durable state of one node's coordinator and participant.
@@ -52,6 +58,7 @@ struct OnDisk {
 pub struct ApplyStore {
     dir: PathBuf,
     state: DurableState,
+    replaced: Vec<ConfigHash>,
 }
 
 impl ApplyStore {
@@ -65,6 +72,7 @@ impl ApplyStore {
                 return Ok(ApplyStore {
                     dir,
                     state: DurableState::default(),
+                    replaced: Vec::new(),
                 })
             }
             Err(source) => {
@@ -79,15 +87,21 @@ impl ApplyStore {
             path: path.clone(),
             why,
         };
-        let on_disk: OnDisk = postcard::from_bytes(&bytes)
-            .map_err(|e| corrupt(format!("not a 2PC state file: {e}")))?;
-        if on_disk.format != FORMAT {
-            return Err(corrupt(format!(
-                "format {} is not the {FORMAT} this agent reads",
-                on_disk.format
-            )));
-        }
-        let mut state = on_disk.state;
+        let not_state = |e: postcard::Error| corrupt(format!("not a 2PC state file: {e}"));
+        let (format, rest) = postcard::take_from_bytes::<u32>(&bytes).map_err(not_state)?;
+        let (mut state, replaced) = match format {
+            FORMAT => {
+                let on_disk: OnDisk = postcard::from_bytes(&bytes).map_err(not_state)?;
+                (on_disk.state, on_disk.replaced)
+            }
+            // Format 2: the state right after the tag, nothing replaced.
+            2 => (postcard::from_bytes(rest).map_err(not_state)?, Vec::new()),
+            other => {
+                return Err(corrupt(format!(
+                    "format {other} is not one this agent reads (2 or {FORMAT})"
+                )))
+            }
+        };
         let committed = &mut state.participant.committed;
         if committed.version > Version(0) {
             let file = dir.join(committed_name(committed.version));
@@ -103,12 +117,24 @@ impl ApplyStore {
             let file = dir.join(staged_name(staged.proposal.txn));
             staged.proposal.text = read_text(&file)?;
         }
-        Ok(ApplyStore { dir, state })
+        Ok(ApplyStore {
+            dir,
+            state,
+            replaced,
+        })
     }
 
     /// The state as it is on disk.
     pub fn state(&self) -> &DurableState {
         &self.state
+    }
+
+    /// The hashes of the last committed versions that later ones replaced
+    /// on this node, oldest first. A topology file found at start with
+    /// one of them is a rewrite the agent did not finish (killed between
+    /// the store and the file, or the file's write failed), not an edit.
+    pub fn replaced(&self) -> &[ConfigHash] {
+        &self.replaced
     }
 
     pub fn dir(&self) -> &Path {
@@ -121,6 +147,7 @@ impl ApplyStore {
     pub fn persist(&mut self, record: &Record) -> Result<(), StoreError> {
         let mut next = self.state.clone();
         next.apply(record);
+        let replaced = self.replaced_by(&next);
         fs::create_dir_all(&self.dir).map_err(|source| StoreError::Io {
             action: "create",
             path: self.dir.clone(),
@@ -154,10 +181,29 @@ impl ApplyStore {
         // The step takes effect here, once every file it names is on
         // disk: a failure before leaves the old state (in memory too), and
         // the same record persisted again writes every file again.
-        self.write_state(&next)?;
+        self.write_state(&next, &replaced)?;
         self.state = next;
+        self.replaced = replaced;
         self.remove_unnamed();
         Ok(())
+    }
+
+    /// `replaced` once `next` is the state: with the committed version it
+    /// replaces, if it does, and without the one it commits (a version
+    /// that brings an old text back).
+    fn replaced_by(&self, next: &DurableState) -> Vec<ConfigHash> {
+        let (old, new) = (
+            &self.state.participant.committed,
+            &next.participant.committed,
+        );
+        let mut replaced = self.replaced.clone();
+        if new.version != old.version && old.version > Version(0) {
+            replaced.retain(|h| *h != old.hash && *h != new.hash);
+            replaced.push(old.hash);
+            let over = replaced.len().saturating_sub(REPLACED_KEPT);
+            replaced.drain(..over);
+        }
+        replaced
     }
 
     /// Writes `state.bin` again as it is: whether the disk takes a write
@@ -168,10 +214,10 @@ impl ApplyStore {
             path: self.dir.clone(),
             source,
         })?;
-        self.write_state(&self.state)
+        self.write_state(&self.state, &self.replaced)
     }
 
-    fn write_state(&self, state: &DurableState) -> Result<(), StoreError> {
+    fn write_state(&self, state: &DurableState, replaced: &[ConfigHash]) -> Result<(), StoreError> {
         let mut slim = state.clone();
         slim.participant.committed.text.clear();
         if let Some(staged) = slim.participant.staged.as_mut() {
@@ -180,6 +226,7 @@ impl ApplyStore {
         let bytes = postcard::to_allocvec(&OnDisk {
             format: FORMAT,
             state: slim,
+            replaced: replaced.to_vec(),
         })
         .map_err(|e| StoreError::Corrupt {
             path: self.dir.join(STATE),
@@ -387,5 +434,78 @@ mod tests {
         fs::write(dir.join(STATE), b"\xff\xff\xff\xff\xff").unwrap();
         let err = ApplyStore::open(data.path()).unwrap_err();
         assert!(matches!(err, StoreError::Corrupt { .. }), "{err}");
+    }
+
+    /// Stages `text` as version `base + 1` (txn `seq`) and commits it.
+    fn commit(store: &mut ApplyStore, seq: u64, base: u64, text: &str) {
+        store.persist(&staged(seq, base, text)).unwrap();
+        store.persist(&Record::Committed { txn: txn(seq) }).unwrap();
+    }
+
+    fn hash(text: &str) -> ConfigHash {
+        config_hash(text.as_bytes())
+    }
+
+    #[test]
+    fn the_versions_a_commit_replaced_are_kept_newest_last_and_bounded() {
+        let data = tempfile::tempdir().unwrap();
+        let mut store = ApplyStore::open(data.path()).unwrap();
+        commit(&mut store, 0, 0, "cluster: a\n");
+        assert!(store.replaced().is_empty(), "version 1 replaced nothing");
+        commit(&mut store, 1, 1, "cluster: b\n");
+        assert_eq!(store.replaced(), [hash("cluster: a\n")]);
+        // Back to a's text: a is committed again, so no longer replaced.
+        commit(&mut store, 2, 2, "cluster: a\n");
+        assert_eq!(store.replaced(), [hash("cluster: b\n")]);
+        assert_eq!(
+            ApplyStore::open(data.path()).unwrap().replaced(),
+            store.replaced()
+        );
+        // A staged change that aborts replaces nothing.
+        store.persist(&staged(3, 3, "cluster: c\n")).unwrap();
+        store
+            .persist(&Record::Aborted {
+                txn: txn(3),
+                version: Version(4),
+            })
+            .unwrap();
+        assert_eq!(store.replaced(), [hash("cluster: b\n")]);
+        for v in 3..3 + REPLACED_KEPT as u64 + 4 {
+            commit(&mut store, v + 1, v, &format!("cluster: v{}\n", v + 1));
+        }
+        let last = 3 + REPLACED_KEPT as u64 + 3;
+        let expected: Vec<ConfigHash> = (last + 1 - REPLACED_KEPT as u64..=last)
+            .map(|v| hash(&format!("cluster: v{v}\n")))
+            .collect();
+        assert_eq!(store.replaced(), expected);
+        assert_eq!(ApplyStore::open(data.path()).unwrap().replaced(), expected);
+    }
+
+    #[test]
+    fn a_state_file_of_format_2_is_read_with_nothing_replaced() {
+        let data = tempfile::tempdir().unwrap();
+        let mut store = ApplyStore::open(data.path()).unwrap();
+        commit(&mut store, 0, 0, "cluster: a\n");
+        commit(&mut store, 1, 1, "cluster: b\n");
+        let mut slim = store.state().clone();
+        slim.participant.committed.text.clear();
+        fs::write(
+            store.dir().join(STATE),
+            postcard::to_allocvec(&(2u32, slim)).unwrap(),
+        )
+        .unwrap();
+        let reopened = ApplyStore::open(data.path()).unwrap();
+        assert_eq!(reopened.state(), store.state());
+        assert!(reopened.replaced().is_empty());
+        fs::write(
+            store.dir().join(STATE),
+            postcard::to_allocvec(&(9u32, store.state().clone())).unwrap(),
+        )
+        .unwrap();
+        let err = ApplyStore::open(data.path()).unwrap_err().to_string();
+        assert!(
+            err.contains("format 9 is not one this agent reads"),
+            "{err}"
+        );
     }
 }
