@@ -28,8 +28,12 @@ pub struct Peer {
 impl Peer {
     /// Dead and left members take no part in an apply.
     pub fn takes_part(&self) -> bool {
-        matches!(self.status, MemberStatus::Alive | MemberStatus::Suspect)
+        takes_part(self.status)
     }
+}
+
+fn takes_part(status: MemberStatus) -> bool {
+    matches!(status, MemberStatus::Alive | MemberStatus::Suspect)
 }
 
 /// Every member known (this node included), read fresh on each call.
@@ -41,6 +45,37 @@ pub trait PeerDirectory: Send + Sync + 'static {
     fn peer(&self, id: NodeId) -> BoxFuture<'_, Option<Peer>> {
         Box::pin(async move { self.peers().await.into_iter().find(|p| p.id == id) })
     }
+
+    /// The member other than `me` that takes part and gossips the newest
+    /// committed version above `version` (any one of those that do): where
+    /// a lagging node catches up. Asked every second on every node, so
+    /// without a copy of the table.
+    fn newest_above(&self, me: NodeId, version: Version) -> BoxFuture<'_, Option<Peer>> {
+        Box::pin(async move {
+            let peers = self.peers().await;
+            newest_above(&peers, me, version, |p| (p.id, p.status, p.config)).cloned()
+        })
+    }
+}
+
+/// [`PeerDirectory::newest_above`] over any rows, `row` reading a row's
+/// id, status and gossiped config.
+fn newest_above<'a, T>(
+    rows: impl IntoIterator<Item = &'a T>,
+    me: NodeId,
+    version: Version,
+    row: impl Fn(&T) -> (NodeId, MemberStatus, Option<(Version, ConfigHash)>),
+) -> Option<&'a T> {
+    rows.into_iter()
+        .filter_map(|r| {
+            let (id, status, config) = row(r);
+            let ahead = config.map(|(v, _)| v).filter(|v| *v > version);
+            ahead
+                .filter(|_| id != me && takes_part(status))
+                .map(|v| (v, r))
+        })
+        .max_by_key(|(v, _)| *v)
+        .map(|(_, r)| r)
 }
 
 impl PeerDirectory for Handle {
@@ -69,6 +104,26 @@ impl PeerDirectory for Handle {
             .flatten()
         })
     }
+
+    fn newest_above(&self, me: NodeId, version: Version) -> BoxFuture<'_, Option<Peer>> {
+        Box::pin(async move {
+            self.inspect(move |swim| {
+                newest_above(swim.members(), me, version, |m| {
+                    (m.id, m.status, config_of(m))
+                })
+                .map(peer_of)
+            })
+            .await
+            .flatten()
+        })
+    }
+}
+
+fn config_of(member: &Member) -> Option<(Version, ConfigHash)> {
+    member
+        .payload
+        .config
+        .map(|c| (Version(c.version), ConfigHash(c.hash)))
 }
 
 fn peer_of(member: &Member) -> Peer {
@@ -77,10 +132,7 @@ fn peer_of(member: &Member) -> Peer {
         name: member.payload.name.clone(),
         addr: member.payload.rpc_addr.unwrap_or(member.addr),
         status: member.status,
-        config: member
-            .payload
-            .config
-            .map(|c| (Version(c.version), ConfigHash(c.hash))),
+        config: config_of(member),
     }
 }
 
@@ -135,5 +187,41 @@ impl NamedMember for Peer {
     }
     fn status(&self) -> MemberStatus {
         self.status
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use uuid::Uuid;
+
+    fn peer(n: u128, status: MemberStatus, version: Option<u64>) -> Peer {
+        Peer {
+            id: NodeId(Uuid::from_u128(n)),
+            name: format!("n{n}"),
+            addr: SocketAddr::from(([127, 0, 0, 1], 7000 + n as u16)),
+            status,
+            config: version.map(|v| (Version(v), ConfigHash([v as u8; 32]))),
+        }
+    }
+
+    #[tokio::test]
+    async fn catch_up_is_offered_the_newest_version_a_live_peer_runs() {
+        let directory = StaticDirectory::new();
+        let me = NodeId(Uuid::from_u128(1));
+        for p in [
+            // This node's own row never counts, whatever it gossips.
+            peer(1, MemberStatus::Alive, Some(9)),
+            peer(2, MemberStatus::Alive, Some(3)),
+            peer(3, MemberStatus::Suspect, Some(5)),
+            peer(4, MemberStatus::Dead, Some(8)),
+            peer(5, MemberStatus::Left, Some(8)),
+            peer(6, MemberStatus::Alive, None),
+        ] {
+            directory.insert(p);
+        }
+        let newest = directory.newest_above(me, Version(2)).await;
+        assert_eq!(newest.map(|p| p.name), Some("n3".to_string()));
+        assert_eq!(directory.newest_above(me, Version(5)).await, None);
     }
 }
