@@ -69,6 +69,12 @@ pub struct ApplyArgs {
     /// The agents' log level (each node logs to its own file).
     #[arg(long, default_value = "info")]
     log_level: String,
+    /// Agents started at once after the first (everyone's seed); the next
+    /// wave starts when each agent of this one has joined, as in the
+    /// membership bench. 500 agents started in one go on 2 cores melt
+    /// down (see docs/benchmarks.md).
+    #[arg(long, default_value_t = 50)]
+    wave: usize,
     /// Keep the scratch dir (configs, data, every agent's log) and say where.
     #[arg(long)]
     keep: bool,
@@ -437,11 +443,21 @@ fn run(args: &ApplyArgs, cohort: &Path, root: &Path) -> anyhow::Result<Value> {
             api: apis[i],
             child,
         });
+        // The seed alone, then waves: each joined before the next starts.
+        let wave_ends = i == 0 || i % args.wave.max(1) == 0;
+        if wave_ends && i + 1 < model.nodes.len() {
+            let first = if i == 0 { 0 } else { i + 1 - args.wave.max(1) };
+            let min_alive = if i == 0 { 1 } else { 2 };
+            common::wait_joined(&apis[first..=i], min_alive, common::alive_members, || {
+                check_alive(&mut agents, root)
+            })?;
+        }
     }
     let last_started = Instant::now();
     eprintln!(
-        "bench: {} agents started ({} replica sets); waiting for full membership",
+        "bench: {} agents started in waves of {} ({} replica sets); waiting for full membership",
         args.nodes,
+        args.wave,
         args.nodes.div_ceil(3)
     );
 

@@ -277,34 +277,16 @@ fn wait_joined(
     min_alive: u64,
     root: &Path,
 ) -> anyhow::Result<()> {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let mut pending: Vec<usize> = range.collect();
-    while !pending.is_empty() {
-        let apis: Vec<SocketAddr> = pending.iter().map(|&i| agents[i].api).collect();
-        let seen = common::sweep(&apis, POLL_THREADS, scrape);
-        let mut still = Vec::new();
-        for (&i, s) in pending.iter().zip(seen) {
-            if s.is_none_or(|s| s.alive < min_alive) {
-                still.push(i);
-            }
-        }
-        pending = still;
-        if pending.is_empty() {
-            break;
-        }
-        if let Some(death) = exited(agents, root, &[]) {
-            bail!("{death}");
-        }
-        if Instant::now() > deadline {
-            bail!(
-                "{} agents (first: {}) did not join within 60 s",
-                pending.len(),
-                agents[pending[0]].name
-            );
-        }
-        std::thread::sleep(POLL_INTERVAL);
-    }
-    Ok(())
+    let apis: Vec<SocketAddr> = agents[range].iter().map(|a| a.api).collect();
+    common::wait_joined(
+        &apis,
+        min_alive,
+        |api| scrape(api).map(|s| s.alive),
+        || match exited(agents, root, &[]) {
+            Some(death) => bail!("{death}"),
+            None => Ok(()),
+        },
+    )
 }
 
 /// The dead declarations and suspicions of live nodes among `seen`, and

@@ -10,7 +10,7 @@ use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::Mutex;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use nix::sys::signal::{self, SigSet, SigmaskHow, Signal};
 use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
@@ -397,6 +397,45 @@ pub fn spread(values: &[f64]) -> serde_json::Value {
     s["p99"] = serde_json::json!(percentile(values, 0.99));
     s["n"] = serde_json::json!(values.len());
     s
+}
+
+/// Waits until each of `apis` answers and `alive` (what it reads from one
+/// agent) says it lists at least `min_alive` members alive, itself
+/// included: a wave of a start has joined. `check` runs between sweeps
+/// (an agent that exited ends the wait with its error).
+pub fn wait_joined(
+    apis: &[SocketAddr],
+    min_alive: u64,
+    alive: impl Fn(SocketAddr) -> Option<u64> + Sync,
+    mut check: impl FnMut() -> anyhow::Result<()>,
+) -> anyhow::Result<()> {
+    const WITHIN: Duration = Duration::from_secs(60);
+    const THREADS: usize = 4;
+    const INTERVAL: Duration = Duration::from_millis(100);
+    let deadline = Instant::now() + WITHIN;
+    let mut pending = apis.to_vec();
+    loop {
+        let seen = sweep(&pending, THREADS, &alive);
+        pending = pending
+            .iter()
+            .zip(seen)
+            .filter(|(_, n)| n.is_none_or(|n| n < min_alive))
+            .map(|(api, _)| *api)
+            .collect();
+        if pending.is_empty() {
+            return Ok(());
+        }
+        check()?;
+        if Instant::now() > deadline {
+            anyhow::bail!(
+                "{} agents (first: the API at {}) did not join within {} s",
+                pending.len(),
+                pending[0],
+                WITHIN.as_secs()
+            );
+        }
+        std::thread::sleep(INTERVAL);
+    }
 }
 
 /// `f` on every address, split over `threads` threads, in order.
