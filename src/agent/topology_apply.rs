@@ -47,34 +47,52 @@ const MAX_CONTENDED: u32 = 10;
 /// first version and lock each other out (100 nodes took ~100 s to settle
 /// with random pauses alone): only the first of them by name that is up
 /// does. The others take over one at a time, in the same order, should it
-/// not commit: the k-th waits k times this long. (All of them at once
-/// after one grace, as before, was 500 coordinators sending 500 PREPAREs
-/// each the moment a 500-node start ran long.)
+/// not commit: the k-th waits k times this long once no more nodes of the
+/// topology come up. (All of them at once after one grace, as before, was
+/// 500 coordinators sending 500 PREPAREs each the moment a 500-node start
+/// ran long; counting the grace from the file's first read still let 28
+/// of them take over while a 500-node start was under way.)
 const FIRST_VERSION_GRACE: Duration = Duration::from_secs(20);
 const FIRST_VERSION_POLL: Duration = Duration::from_secs(1);
 
-/// Where this node (`me`) stands among the nodes of a topology naming
-/// `nodes` (sorted) that membership sees alive or suspect: 0 coordinates
-/// the first version at once; also the first of those ahead of it.
+/// Where this node stands among the nodes of the first version that
+/// membership sees alive or suspect.
+#[derive(Debug, PartialEq, Eq)]
+struct FirstVersionRank {
+    /// How many of them come before this node by name: 0 coordinates at
+    /// once.
+    ahead: usize,
+    /// The first of those.
+    first: Option<String>,
+    /// How many of them are up in all, this node included if named.
+    up: usize,
+}
+
+/// [`FirstVersionRank`] of `me` in a topology naming `nodes` (sorted).
 async fn first_version_rank(
     directory: &dyn PeerDirectory,
     nodes: &[String],
     me: &str,
-) -> (usize, Option<String>) {
+) -> FirstVersionRank {
     // One pass over the members, each looked up in the sorted names: every
     // node polls this each second, and a scan of the members per name
     // ahead was N² a poll (62 M string compares a second at 500 nodes).
     let peers = directory.peers().await;
-    let ahead = nodes.partition_point(|n| n.as_str() < me);
     let mut up: Vec<&str> = peers
         .iter()
-        .filter(|p| p.takes_part() && p.name.as_str() < me)
-        .filter(|p| nodes[..ahead].binary_search(&p.name).is_ok())
+        .filter(|p| p.takes_part() && p.name != me)
+        .filter(|p| nodes.binary_search(&p.name).is_ok())
         .map(|p| p.name.as_str())
         .collect();
     up.sort_unstable();
     up.dedup();
-    (up.len(), up.first().map(|n| n.to_string()))
+    let ahead = up.partition_point(|n| *n < me);
+    let named = usize::from(nodes.binary_search_by(|n| n.as_str().cmp(me)).is_ok());
+    FirstVersionRank {
+        ahead,
+        first: up[..ahead].first().map(|n| n.to_string()),
+        up: up.len() + named,
+    }
 }
 
 /// Full hex of a config hash (the API's form).
@@ -124,6 +142,9 @@ pub async fn follow(
     let mut status = applies.watch();
     let mut edit: Option<Edit> = None;
     let mut phase = Phase::Idle;
+    // The most nodes of the first version seen up, and since when: a
+    // takeover's grace runs once no more come up.
+    let mut growing = (0, Instant::now());
     let (done_tx, mut done_rx) = mpsc::channel::<Result<ApplyReport, ApplyError>>(1);
     loop {
         let due_at = match phase {
@@ -196,9 +217,14 @@ pub async fn follow(
             continue;
         }
         if current.base == Version(0) {
-            let (rank, first) = first_version_rank(&*directory, &current.nodes, &me).await;
-            let grace = FIRST_VERSION_GRACE.saturating_mul(u32::try_from(rank).unwrap_or(u32::MAX));
-            if let Some(first) = first.filter(|_| current.seen.elapsed() < grace) {
+            let rank = first_version_rank(&*directory, &current.nodes, &me).await;
+            if rank.up > growing.0 {
+                growing = (rank.up, Instant::now());
+            }
+            let grace =
+                FIRST_VERSION_GRACE.saturating_mul(u32::try_from(rank.ahead).unwrap_or(u32::MAX));
+            let waited = current.seen.elapsed().min(growing.1.elapsed());
+            if let Some(first) = rank.first.filter(|_| waited < grace) {
                 set_pending(
                     &state,
                     Some(format!("waiting for {first} to commit the first version")),
@@ -634,11 +660,17 @@ mod tests {
             let (directory, nodes) = (directory.clone(), nodes.clone());
             async move { first_version_rank(&directory, &nodes, me).await }
         };
-        assert_eq!(rank("a").await, (0, None));
-        assert_eq!(rank("b").await, (0, None), "a is dead");
-        assert_eq!(rank("d").await, (2, Some("b".into())));
-        assert_eq!(rank("e").await, (3, Some("b".into())));
+        let at = |ahead: usize, first: Option<&str>, up: usize| FirstVersionRank {
+            ahead,
+            first: first.map(String::from),
+            up,
+        };
+        // Up: b (suspect), c, d, e; a is dead.
+        assert_eq!(rank("a").await, at(0, None, 5));
+        assert_eq!(rank("b").await, at(0, None, 4), "a is dead");
+        assert_eq!(rank("d").await, at(2, Some("b"), 4));
+        assert_eq!(rank("e").await, at(3, Some("b"), 4));
         // A node the topology does not name waits for all that are up.
-        assert_eq!(rank("z").await, (4, Some("b".into())));
+        assert_eq!(rank("z").await, at(4, Some("b"), 4));
     }
 }
