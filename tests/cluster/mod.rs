@@ -112,7 +112,7 @@ impl Cluster {
     }
 
     /// Waits until every running node names a master for each of `sets`
-    /// and a Raft leader.
+    /// and a Raft leader, and lists each master alive.
     pub fn wait_masters(&self, sets: &[&str]) {
         let mut last = String::new();
         let ready = wait_until_or(WAIT, || {
@@ -127,6 +127,14 @@ impl Cluster {
                 let masters = masters_of(&view)?;
                 if !sets.iter().all(|s| masters.contains_key(*s)) {
                     return None;
+                }
+                // And its gossip knows each master alive: what a route
+                // answers with (CI once asked a node that did not yet).
+                for (master, _) in masters.values() {
+                    if node.sees(master).as_deref() != Some("alive") {
+                        last = format!("{} does not see {master} alive yet", node.name);
+                        return None;
+                    }
                 }
             }
             Some(())
