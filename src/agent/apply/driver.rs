@@ -481,14 +481,14 @@ impl Driver {
     /// A persist worked: the disk is back if it was failing.
     fn written(&mut self, written: Written) {
         self.recovered();
-        if matches!(written, Some((_, Ok(_)))) {
-            // The file holds a committed text again.
-            self.status
-                .send_if_modified(|s| s.left_over.take().is_some());
-        }
         match written {
-            Some((_, Ok(Some(kept)))) => {
-                self.status.send_modify(|s| s.kept_edits.push(kept));
+            // The file holds a committed text again.
+            Some((_, Ok(kept))) => {
+                self.status.send_if_modified(|s| {
+                    let cleared = s.left_over.take().is_some();
+                    s.kept_edits.extend(kept.clone());
+                    cleared || kept.is_some()
+                });
             }
             // The version is committed whatever happens to the
             // file; the install status says the file failed.
@@ -496,7 +496,7 @@ impl Driver {
                 error!(%version, "{why}");
                 self.file_error = Some((version, why));
             }
-            _ => {}
+            None => {}
         }
     }
 
@@ -1019,13 +1019,14 @@ fn finish_topology_rewrite(
     if hash == committed.hash || !replaced.contains(&hash) {
         return None;
     }
-    match write_atomic(path, committed.text.as_bytes(), 0o644) {
-        Ok(()) => {
+    // The left-over text passed as the version replaced: no copy is kept.
+    match write_topology(path, committed.text.as_bytes(), Some(&bytes), version) {
+        Ok(_) => {
             warn!(path = %path.display(), %version, "the topology file still held the text of a version that version {version} replaced (the agent stopped, or the file's write failed, before it was rewritten): version {version} is written over it; to bring that text back, save it again while the agent runs");
             None
         }
-        Err(e) => {
-            error!(path = %path.display(), %version, "the topology file holds the text of a version that version {version} replaced, and cannot be rewritten: {}; it is not taken for an edit", describe(&e));
+        Err(why) => {
+            error!(path = %path.display(), %version, "the topology file holds the text of a version that version {version} replaced, and cannot be rewritten: {why}; it is not taken for an edit");
             Some(hash)
         }
     }

@@ -71,8 +71,7 @@ pub struct ApplyArgs {
     log_level: String,
     /// Agents started at once after the first (everyone's seed); the next
     /// wave starts when each agent of this one has joined, as in the
-    /// membership bench. 500 agents started in one go on 2 cores melt
-    /// down (see docs/benchmarks.md).
+    /// membership bench.
     #[arg(long, default_value_t = 50)]
     wave: usize,
     /// Keep the scratch dir (configs, data, every agent's log) and say where.
@@ -384,6 +383,9 @@ pub fn apply(args: ApplyArgs, root: &Path) -> anyhow::Result<()> {
     if args.nodes < 1 || args.runs + args.in_a_row == 0 {
         bail!("need at least 1 node and at least one apply");
     }
+    if args.wave == 0 {
+        bail!("--wave must be at least 1");
+    }
     common::run_in(root, args.keep, || run(&args, &cohort, root))
 }
 
@@ -444,9 +446,9 @@ fn run(args: &ApplyArgs, cohort: &Path, root: &Path) -> anyhow::Result<Value> {
             child,
         });
         // The seed alone, then waves: each joined before the next starts.
-        let wave_ends = i == 0 || i % args.wave.max(1) == 0;
+        let wave_ends = i == 0 || i % args.wave == 0;
         if wave_ends && i + 1 < model.nodes.len() {
-            let first = if i == 0 { 0 } else { i + 1 - args.wave.max(1) };
+            let first = if i == 0 { 0 } else { i + 1 - args.wave };
             let min_alive = if i == 0 { 1 } else { 2 };
             common::wait_joined(&apis[first..=i], min_alive, common::alive_members, || {
                 check_alive(&mut agents, root)
