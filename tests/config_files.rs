@@ -345,6 +345,13 @@ fn a_good_topology_keeps_file_order_and_positions() {
     assert_eq!(r1.replicaset, "router-1");
     assert_eq!(r1.spec.election, config::Election::Off);
     assert_eq!(r1.spec.address.value.0.to_string(), "10.0.0.21:3301");
+    // Every listed node is found where it is listed, and nothing else.
+    for n in topology.nodes() {
+        let found = topology.node(n.name).expect("listed");
+        assert_eq!((found.name, found.replicaset), (n.name, n.replicaset));
+    }
+    assert!(topology.node("r2").is_none());
+    assert!(topology.node("").is_none());
     assert_eq!(
         topology.election_timeout(),
         std::time::Duration::from_secs(1)

@@ -23,6 +23,9 @@ use crate::config::{Election, Topology};
 use crate::membership::driver::Handle;
 use crate::membership::{by_name, MemberStatus, NamedMember, NodeId, Swim};
 use crate::rpc::{RpcClient, RpcError};
+use crate::twophase::ConfigHash;
+
+use super::topology_apply::{hex, unhex};
 
 /// The rpc method that answers this node's own list (JSON `[Issue]`).
 pub const METHOD: &str = "issues.local";
@@ -79,8 +82,8 @@ pub struct Peer {
     pub status: MemberStatus,
     /// When this node saw its status change, Unix ms.
     pub since_ms: u64,
-    /// The committed topology it runs: version and hash (hex).
-    pub config: Option<(u64, String)>,
+    /// The committed topology it runs: version and hash.
+    pub config: Option<(u64, ConfigHash)>,
     /// Its wall clock minus ours, in ms, once estimated.
     pub clock_offset_ms: Option<i64>,
     /// Where its rpc answers.
@@ -275,11 +278,11 @@ fn configs(s: &Snapshot, named: &Named, found: &mut Vec<Found>) {
     let Some(apply) = &s.status.apply else {
         return;
     };
-    let mine = (apply.version, apply.hash.clone());
-    let alive: Vec<(&str, (u64, String))> = named
+    let mine = (apply.version, unhex(&apply.hash));
+    let alive: Vec<(&str, (u64, Option<ConfigHash>))> = named
         .iter()
         .filter(|(&name, p)| name != s.me && p.status == MemberStatus::Alive)
-        .map(|(&name, p)| (name, p.config.clone().unwrap_or((0, String::new()))))
+        .map(|(&name, p)| (name, p.config.map_or((0, None), |(v, h)| (v, Some(h)))))
         .collect();
     let newest = alive
         .iter()
@@ -310,15 +313,15 @@ fn configs(s: &Snapshot, named: &Named, found: &mut Vec<Found>) {
                 *name,
                 format!("{name} runs {what}, behind version {newest}"),
             ));
-        } else if *version == mine.0 && *hash != mine.1 && !hash.is_empty() {
+        } else if let Some(hash) = hash.filter(|h| *version == mine.0 && mine.1 != Some(*h)) {
             found.push(Found::new(
                 IssueKind::ConfigMismatch,
                 IssueLevel::Critical,
                 *name,
                 format!(
                     "{name} runs topology version {version} with hash {}, this node the same version with hash {}: two texts were committed as one version",
-                    short(hash),
-                    short(&mine.1)
+                    short(&hex(&hash)),
+                    short(&apply.hash)
                 ),
             ));
         }
@@ -695,12 +698,7 @@ impl GossipView {
                     name: m.payload.name.clone(),
                     status: m.status,
                     since_ms: 0,
-                    config: m.payload.config.map(|c| {
-                        (
-                            c.version,
-                            super::topology_apply::hex(&crate::twophase::ConfigHash(c.hash)),
-                        )
-                    }),
+                    config: m.payload.config.map(|c| (c.version, ConfigHash(c.hash))),
                     clock_offset_ms: swim.clock_offset(m.id).map(|o| o.offset_ms),
                     rpc: m.payload.rpc_addr.unwrap_or(m.addr),
                 };
@@ -897,6 +895,8 @@ async fn run(state: Arc<NodeState>, gossip: Handle, data_dir: PathBuf) {
     let mut drops = DropWindow::default();
     let mut disk = DataDirProbe::new(data_dir);
     let mut next = tokio::time::Instant::now();
+    // The committed topology's view, rebuilt only when another is committed.
+    let mut topology: Option<(Arc<Topology>, TopologyView)> = None;
     loop {
         tokio::select! {
             _ = tokio::time::sleep_until(next) => {}
@@ -920,12 +920,18 @@ async fn run(state: Arc<NodeState>, gossip: Handle, data_dir: PathBuf) {
             last_from: view.last_decrypt_from,
         };
         let status = state.snapshot();
-        let topology = state.committed().map(|c| TopologyView::of(&c.topology));
+        topology = state.committed().map(|c| match topology.take() {
+            Some((seen, view)) if Arc::ptr_eq(&seen, &c.topology) => (seen, view),
+            _ => {
+                let view = TopologyView::of(&c.topology);
+                (c.topology, view)
+            }
+        });
         let dir = disk.view(now).await.clone();
         let found = compute(&Snapshot {
             me: &me,
             status: &status,
-            topology: topology.as_ref(),
+            topology: topology.as_ref().map(|(_, view)| view),
             peers: &peers,
             undecryptable,
             data_dir: &dir,
@@ -988,7 +994,7 @@ mod tests {
             name: format!("n{n}"),
             status,
             since_ms: 1_000 * u64::from(n),
-            config: Some((2, HASH.into())),
+            config: Some((2, ConfigHash([0xaa; 32]))),
             clock_offset_ms: Some(3),
             rpc: format!("127.0.0.1:{}", 3300 + u16::from(n))
                 .parse()
@@ -1141,7 +1147,7 @@ mod tests {
     #[test]
     fn a_peer_behind_is_a_mismatch_and_this_node_behind_is_catching_up() {
         let mut w = World::healthy();
-        w.peer("n3").config = Some((1, "bbbb".into()));
+        w.peer("n3").config = Some((1, ConfigHash([0xbb; 32])));
         let found = w.found();
         assert_eq!(summary(&found), one("config-mismatch", Warning, "n3"));
         assert_eq!(
@@ -1154,7 +1160,7 @@ mod tests {
         assert_eq!(found[0].message, "n3 runs no topology, behind version 2");
 
         let mut w = World::healthy();
-        w.peer("n2").config = Some((3, "cccc".into()));
+        w.peer("n2").config = Some((3, ConfigHash([0xcc; 32])));
         let found = w.found();
         assert_eq!(
             summary(&found),
@@ -1173,7 +1179,7 @@ mod tests {
     #[test]
     fn one_version_with_two_texts_is_critical() {
         let mut w = World::healthy();
-        w.peer("n2").config = Some((2, "b".repeat(64)));
+        w.peer("n2").config = Some((2, ConfigHash([0xbb; 32])));
         let found = w.found();
         assert_eq!(summary(&found), one("config-mismatch", Critical, "n2"));
         assert!(found[0].message.contains("hash bbbbbbbbbbbb,"), "{found:?}");
@@ -1182,11 +1188,11 @@ mod tests {
     #[test]
     fn dead_or_suspect_peers_and_an_idle_apply_driver_compare_nothing() {
         let mut w = World::healthy();
-        w.peer("n2").config = Some((1, "b".into()));
+        w.peer("n2").config = Some((1, ConfigHash([0xbb; 32])));
         w.peer("n2").status = MemberStatus::Suspect;
         assert_eq!(summary(&w.found()), one("member-suspect", Warning, "n2"));
         let mut w = World::healthy();
-        w.peer("n2").config = Some((1, "b".into()));
+        w.peer("n2").config = Some((1, ConfigHash([0xbb; 32])));
         w.status.apply = None;
         assert_eq!(w.found(), Vec::new());
     }
@@ -1441,11 +1447,11 @@ mod tests {
             }),
             ("member-dead", |w| w.peer("n3").status = MemberStatus::Dead),
             ("config-mismatch", |w| {
-                w.peer("n3").config = Some((1, "b".into()))
+                w.peer("n3").config = Some((1, ConfigHash([0xbb; 32])))
             }),
             ("catching-up", |w| {
                 for p in &mut w.peers {
-                    p.config = Some((3, "c".into()));
+                    p.config = Some((3, ConfigHash([0xcc; 32])));
                 }
             }),
             ("no-leader", |w| w.raft().leader = None),

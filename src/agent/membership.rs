@@ -199,6 +199,11 @@ struct ApiObserver {
     health: HealthWindow,
     /// When the API's member table was last rebuilt.
     table_built: Option<Instant>,
+    /// News since that rebuild: an event, or this node's own row changed.
+    table_stale: bool,
+    /// This node's row as that rebuild had it (its own changes, a leave
+    /// or a new payload, come without an event).
+    local_row: Option<MemberInfo>,
 }
 
 /// While events flow, the API's member table (every member, sorted, and
@@ -218,6 +223,8 @@ impl ApiObserver {
             handlers,
             health: HealthWindow::default(),
             table_built: None,
+            table_stale: true,
+            local_row: None,
         }
     }
 
@@ -360,20 +367,23 @@ impl Observer for ApiObserver {
             self.state.publish(published);
         }
         let gossip = self.health.report(swim, self.encrypted);
-        // Due or not, whatever the call: news too soon after the last
-        // rebuild waits for the next call, within a second (the driver's
-        // report, which also catches this node's own record changing, a
-        // leave or its payload, without an event).
+        let local = self.info(swim.local());
+        if !events.is_empty() || self.local_row.as_ref() != Some(&local) {
+            self.table_stale = true;
+        }
+        // Nothing new, nothing rebuilt: with a table of 500 a rebuild every
+        // second on each of 500 idle agents was work for nothing. News too
+        // soon after the last rebuild waits for the next call, within a
+        // second (the driver reports at least that often).
         let due = self
             .table_built
             .is_none_or(|at| at.elapsed() >= TABLE_EVERY);
-        if !due {
+        if !self.table_stale || !due {
             self.state.set_gossip_health(gossip);
             return;
         }
-        let mut members: Vec<MemberInfo> = std::iter::once(swim.local())
-            .chain(swim.members())
-            .map(|m| self.info(m))
+        let mut members: Vec<MemberInfo> = std::iter::once(local.clone())
+            .chain(swim.members().map(|m| self.info(m)))
             .collect();
         members.sort_by(|a, b| a.name.cmp(&b.name));
         self.state.set_members(Members {
@@ -381,6 +391,8 @@ impl Observer for ApiObserver {
             gossip,
             multicast: None,
         });
+        self.local_row = Some(local);
+        self.table_stale = false;
         self.table_built = Some(Instant::now());
     }
 }

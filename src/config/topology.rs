@@ -39,6 +39,11 @@ pub struct Topology {
     /// the cluster is up as soon as a topology is committed.
     #[serde(default)]
     pub cluster_up_at: Option<Spanned<UpAt>>,
+    /// Each node's place, by name: (replica set, node) indices, built by
+    /// `parse`. Looked up per member in loops over the members (who is in
+    /// the Raft group), where a scan of the sets made each loop N².
+    #[serde(skip)]
+    index: HashMap<String, (usize, usize)>,
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -242,7 +247,14 @@ impl Topology {
 
     /// Parses and validates topology text. `file` names it in messages.
     pub fn parse(text: &str, file: &Path) -> Result<Topology, Diagnostics> {
-        let topology: Topology = yaml::parse(text, file).map_err(Diagnostics::one)?;
+        let mut topology: Topology = yaml::parse(text, file).map_err(Diagnostics::one)?;
+        // Before validating, which looks nodes up. A name in two sets (which
+        // validation refuses) is found in the first.
+        for (s, (_, rs)) in topology.replicasets.value.0.iter().enumerate() {
+            for (n, (name, _)) in rs.nodes.value.0.iter().enumerate() {
+                topology.index.entry(name.value.clone()).or_insert((s, n));
+            }
+        }
         topology.validate(file)?;
         Ok(topology)
     }
@@ -258,7 +270,14 @@ impl Topology {
     }
 
     pub fn node(&self, name: &str) -> Option<NodeRef<'_>> {
-        self.nodes().find(|n| n.name == name)
+        let &(s, n) = self.index.get(name)?;
+        let (set, rs) = self.replicasets.value.0.get(s)?;
+        let (name, spec) = rs.nodes.value.0.get(n)?;
+        Some(NodeRef {
+            name: &name.value,
+            replicaset: &set.value,
+            spec,
+        })
     }
 
     pub fn election_timeout(&self) -> Duration {

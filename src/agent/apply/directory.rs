@@ -36,9 +36,23 @@ fn takes_part(status: MemberStatus) -> bool {
     matches!(status, MemberStatus::Alive | MemberStatus::Suspect)
 }
 
+/// Which members [`PeerDirectory::peers_where`] copies, from their id,
+/// name and status.
+pub type PeerFilter = Box<dyn Fn(NodeId, &str, MemberStatus) -> bool + Send>;
+
 /// Every member known (this node included), read fresh on each call.
 pub trait PeerDirectory: Send + Sync + 'static {
     fn peers(&self) -> BoxFuture<'_, Vec<Peer>>;
+
+    /// The members `keep` takes. The others are only looked at: a node
+    /// polling a few of 500 members every second copies those few.
+    fn peers_where(&self, keep: PeerFilter) -> BoxFuture<'_, Vec<Peer>> {
+        Box::pin(async move {
+            let mut peers = self.peers().await;
+            peers.retain(|p| keep(p.id, &p.name, p.status));
+            peers
+        })
+    }
 
     /// One member, by id: what each 2PC message send needs (a whole
     /// table per message would cost N² per apply).
@@ -84,6 +98,20 @@ impl PeerDirectory for Handle {
             self.inspect(|swim| {
                 std::iter::once(swim.local())
                     .chain(swim.members())
+                    .map(peer_of)
+                    .collect()
+            })
+            .await
+            .unwrap_or_default()
+        })
+    }
+
+    fn peers_where(&self, keep: PeerFilter) -> BoxFuture<'_, Vec<Peer>> {
+        Box::pin(async move {
+            self.inspect(move |swim| {
+                std::iter::once(swim.local())
+                    .chain(swim.members())
+                    .filter(|m| keep(m.id, &m.payload.name, m.status))
                     .map(peer_of)
                     .collect()
             })

@@ -74,6 +74,10 @@ pub struct ApplyArgs {
     /// membership bench.
     #[arg(long, default_value_t = 50)]
     wave: usize,
+    /// After the boot apply, measure the agents' CPU while idle over this
+    /// many seconds (no apply, no status sweep) before the runs; 0 skips it.
+    #[arg(long, default_value_t = 10)]
+    idle_seconds: u64,
     /// Keep the scratch dir (configs, data, every agent's log) and say where.
     #[arg(long)]
     keep: bool,
@@ -527,6 +531,31 @@ fn run(args: &ApplyArgs, cohort: &Path, root: &Path) -> anyhow::Result<Value> {
     let boot_s = last_started.elapsed().as_secs_f64();
     eprintln!("bench: every node at version {boot_version}, lock free, {boot_s:.2} s after the last start");
 
+    // Idle with the topology committed: what each agent costs when nothing
+    // happens, to set beside the membership bench's agents (no topology).
+    let idle_cpu = (args.idle_seconds > 0).then(|| {
+        let (before, started) = (cpu_ticks(&agents), Instant::now());
+        std::thread::sleep(Duration::from_secs(args.idle_seconds));
+        let mut report = cpu_report(
+            before,
+            cpu_ticks(&agents),
+            started.elapsed().as_secs_f64(),
+            0,
+        );
+        let per_agent = report["agents_cores"].as_f64().unwrap_or(0.0) / args.nodes as f64;
+        report["agent_core_percent_each"] = json!(per_agent * 100.0);
+        if let Some(o) = report.as_object_mut() {
+            o.remove("agents_cpu_s_per_apply");
+        }
+        eprintln!(
+            "bench: idle {} s: {:.3} % of a core per agent, machine {:.2} cores busy",
+            args.idle_seconds,
+            per_agent * 100.0,
+            report["machine_busy_cores"].as_f64().unwrap_or(0.0)
+        );
+        report
+    });
+
     let mut change = 0usize;
     let mut failures: Vec<Value> = Vec::new();
     // The next change on the committed model: a comment naming it, and the
@@ -737,6 +766,7 @@ fn run(args: &ApplyArgs, cohort: &Path, root: &Path) -> anyhow::Result<Value> {
             "first_version_everywhere_s": boot_s,
             "version": boot_version,
         },
+        "idle_cpu": idle_cpu,
         "loadavg_at_end": common::loadavg(),
         "measured": {
             "cpu": runs_cpu,
