@@ -25,8 +25,6 @@ use crate::membership::{by_name, MemberStatus, NamedMember, NodeId, Swim};
 use crate::rpc::{RpcClient, RpcError};
 use crate::twophase::ConfigHash;
 
-use super::topology_apply::{hex, unhex};
-
 /// The rpc method that answers this node's own list (JSON `[Issue]`).
 pub const METHOD: &str = "issues.local";
 
@@ -278,7 +276,7 @@ fn configs(s: &Snapshot, named: &Named, found: &mut Vec<Found>) {
     let Some(apply) = &s.status.apply else {
         return;
     };
-    let mine = (apply.version, unhex(&apply.hash));
+    let mine = (apply.version, ConfigHash::from_hex(&apply.hash));
     let alive: Vec<(&str, (u64, Option<ConfigHash>))> = named
         .iter()
         .filter(|(&name, p)| name != s.me && p.status == MemberStatus::Alive)
@@ -320,7 +318,7 @@ fn configs(s: &Snapshot, named: &Named, found: &mut Vec<Found>) {
                 *name,
                 format!(
                     "{name} runs topology version {version} with hash {}, this node the same version with hash {}: two texts were committed as one version",
-                    short(&hex(&hash)),
+                    short(&hash.to_hex()),
                     short(&apply.hash)
                 ),
             ));

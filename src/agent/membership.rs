@@ -17,8 +17,8 @@ use crate::config::{NodeConfig, Topology};
 use crate::discovery::{resolve_seeds, Backoff};
 use crate::membership::driver::{self, Handle, Observer};
 use crate::membership::{
-    Keyring, LocalNode, Member, MemberEvent, MemberStatus, PacketSecurity, Payload, Swim,
-    SwimConfig, UserEvent,
+    Incarnation, Keyring, LocalNode, Member, MemberEvent, MemberStatus, PacketSecurity, Payload,
+    Swim, SwimConfig, UserEvent,
 };
 
 use crate::rpc::{ClusterAuth, Demux, DemuxConfig, Router, Routes, RpcServer, ServerConfig};
@@ -199,11 +199,12 @@ struct ApiObserver {
     health: HealthWindow,
     /// When the API's member table was last rebuilt.
     table_built: Option<Instant>,
-    /// News since that rebuild: an event, or this node's own row changed.
+    /// News since that rebuild: an event, or this node's own record changed.
     table_stale: bool,
-    /// This node's row as that rebuild had it (its own changes, a leave
-    /// or a new payload, come without an event).
-    local_row: Option<MemberInfo>,
+    /// This node's status and incarnation at that rebuild: its own
+    /// changes (a leave, a new payload) come without an event, and each
+    /// bumps its incarnation.
+    local_seen: Option<(MemberStatus, Incarnation)>,
 }
 
 /// While events flow, the API's member table (every member, sorted, and
@@ -224,7 +225,7 @@ impl ApiObserver {
             health: HealthWindow::default(),
             table_built: None,
             table_stale: true,
-            local_row: None,
+            local_seen: None,
         }
     }
 
@@ -367,8 +368,8 @@ impl Observer for ApiObserver {
             self.state.publish(published);
         }
         let gossip = self.health.report(swim, self.encrypted);
-        let local = self.info(swim.local());
-        if !events.is_empty() || self.local_row.as_ref() != Some(&local) {
+        let local = Some((swim.local().status, swim.local().incarnation));
+        if !events.is_empty() || self.local_seen != local {
             self.table_stale = true;
         }
         // Nothing new, nothing rebuilt: with a table of 500 a rebuild every
@@ -382,8 +383,9 @@ impl Observer for ApiObserver {
             self.state.set_gossip_health(gossip);
             return;
         }
-        let mut members: Vec<MemberInfo> = std::iter::once(local.clone())
-            .chain(swim.members().map(|m| self.info(m)))
+        let mut members: Vec<MemberInfo> = std::iter::once(swim.local())
+            .chain(swim.members())
+            .map(|m| self.info(m))
             .collect();
         members.sort_by(|a, b| a.name.cmp(&b.name));
         self.state.set_members(Members {
@@ -391,7 +393,7 @@ impl Observer for ApiObserver {
             gossip,
             multicast: None,
         });
-        self.local_row = Some(local);
+        self.local_seen = local;
         self.table_stale = false;
         self.table_built = Some(Instant::now());
     }

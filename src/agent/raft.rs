@@ -194,7 +194,7 @@ pub fn leaders(node: &str, view: &GroupView, consistent: bool) -> Leaders {
             .collect(),
         topology: view.state.topology.map(|(version, hash)| LoggedTopology {
             version: version.0,
-            hash: super::topology_apply::hex(&hash),
+            hash: hash.to_hex(),
         }),
         decisions: view.decisions,
         note: view.note.clone(),

@@ -103,38 +103,6 @@ async fn first_version_rank(
     }
 }
 
-const HEX_DIGITS: &[u8; 16] = b"0123456789abcdef";
-
-/// Full hex of a config hash (the API's form). One allocation: each node
-/// renders every peer's hash (a `format!` per byte was 33 allocations a
-/// hash, 16,500 a second per agent at 500 nodes).
-pub fn hex(hash: &ConfigHash) -> String {
-    let mut text = String::with_capacity(64);
-    for b in hash.0 {
-        text.push(char::from(HEX_DIGITS[usize::from(b >> 4)]));
-        text.push(char::from(HEX_DIGITS[usize::from(b & 0xf)]));
-    }
-    text
-}
-
-/// A config hash from its full hex (either case); None for anything else.
-pub fn unhex(text: &str) -> Option<ConfigHash> {
-    let text = text.as_bytes();
-    if text.len() != 64 {
-        return None;
-    }
-    let digit = |c: u8| {
-        char::from(c)
-            .to_digit(16)
-            .and_then(|d| u8::try_from(d).ok())
-    };
-    let mut hash = [0u8; 32];
-    for (byte, pair) in hash.iter_mut().zip(text.chunks_exact(2)) {
-        *byte = digit(pair[0])? << 4 | digit(pair[1])?;
-    }
-    Some(ConfigHash(hash))
-}
-
 /// The file as last read, and the committed version it was edited on.
 struct Edit {
     text: String,
@@ -533,7 +501,7 @@ fn api_state(s: &ApplyStatus) -> ApplyState {
     let ms = api::unix_ms;
     ApplyState {
         version: s.version.0,
-        hash: hex(&s.hash),
+        hash: s.hash.to_hex(),
         lock: s.lock.to_string(),
         waiting_seconds: match s.lock {
             LockStatus::Waiting { since, .. } => Some(since.elapsed().as_secs()),
@@ -635,7 +603,7 @@ pub async fn apply_for_api(
         Outcome::Committed(version) => {
             result.outcome = api::ApplyOutcome::Committed;
             result.version = Some(version.0);
-            result.hash = Some(hex(&hash));
+            result.hash = Some(hash.to_hex());
         }
         Outcome::Aborted { reasons } => {
             result.reasons = reasons
@@ -671,7 +639,7 @@ pub fn committed_topology(applies: &ApplyHandle) -> api::CommittedTopology {
     let status = applies.status();
     api::CommittedTopology {
         version: status.version.0,
-        hash: hex(&status.hash),
+        hash: status.hash.to_hex(),
         txn: status.txn.map(|t| t.to_string()),
         text: status.text.to_string(),
     }
@@ -683,19 +651,6 @@ mod tests {
     use crate::agent::apply::{Peer, StaticDirectory};
     use crate::membership::MemberStatus;
     use crate::twophase::NodeId;
-
-    #[test]
-    fn a_hash_in_hex_reads_back_and_nothing_else_does() {
-        let hash = ConfigHash(std::array::from_fn(|i| (i * 37) as u8));
-        let text = hex(&hash);
-        assert_eq!(text.len(), 64);
-        assert!(text.starts_with("00254a6f94b9"), "{text}");
-        assert_eq!(unhex(&text), Some(hash));
-        assert_eq!(unhex(&text.to_uppercase()), Some(hash));
-        assert_eq!(unhex(&text[..62]), None);
-        assert_eq!(unhex(&format!("{}zz", &text[..62])), None);
-        assert_eq!(unhex(""), None);
-    }
 
     #[tokio::test]
     async fn the_first_version_waits_for_the_nodes_up_ahead_by_name() {

@@ -568,25 +568,19 @@ fn read(path: &Path) -> (Reading, bool) {
 mod tests {
     use super::*;
 
-    fn hex(hash: ConfigHash) -> String {
-        hash.0.iter().map(|b| format!("{b:02x}")).collect()
-    }
-
     #[test]
     fn config_hash_is_sha256() {
         // FIPS 180-4 examples.
         assert_eq!(
-            hex(config_hash(b"")),
+            config_hash(b"").to_hex(),
             "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
         );
         assert_eq!(
-            hex(config_hash(b"abc")),
+            config_hash(b"abc").to_hex(),
             "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
         );
         assert_eq!(
-            hex(config_hash(
-                b"abcdbcdecdefdefgefghfghighijhijkijkljklmklmnlmnomnopnopq"
-            )),
+            config_hash(b"abcdbcdecdefdefgefghfghighijhijkijkljklmklmnlmnomnopnopq").to_hex(),
             "248d6a61d20638b8e5c026930c3e6039a33ce45964ff2167f6ecedd419db06c1"
         );
     }

@@ -33,11 +33,7 @@ pub(super) async fn get_diff(State(state): State<Arc<NodeState>>) -> Response {
         let unchanged = diff.is_empty();
         Ok::<_, Refusal>(TopologyFileDiff {
             file: path.display().to_string(),
-            hash: config_hash(text.as_bytes())
-                .0
-                .iter()
-                .map(|b| format!("{b:02x}"))
-                .collect(),
+            hash: config_hash(text.as_bytes()).to_hex(),
             committed_version: committed.map_or(0, |c| c.version),
             unchanged,
             changes: if unchanged {

@@ -452,8 +452,9 @@ impl Driver {
                     None => break,
                 },
                 // Reads of the view (every node outside the group
-                // long-polls a member: 100 calls a second on each of 5
-                // voters at 500 nodes) are not news; a round for each was.
+                // long-polls a member: about 50 calls a second on each of
+                // 5 voters at 500 nodes, 495 callers each once per hold, an
+                // estimate) are not news; a round for each was.
                 Some(call) = control.recv() => {
                     round_now = !matches!(call.method.as_str(), VIEW_METHOD | WATCH_METHOD);
                     self.control(call).await;

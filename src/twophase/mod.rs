@@ -187,6 +187,39 @@ impl fmt::Display for Version {
 #[derive(Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub struct ConfigHash(pub [u8; 32]);
 
+impl ConfigHash {
+    /// The full hash in lowercase hex (the API's form). One allocation:
+    /// each node renders every peer's hash (a `format!` per byte was 33
+    /// allocations a hash, counted from the code).
+    pub fn to_hex(&self) -> String {
+        const DIGITS: &[u8; 16] = b"0123456789abcdef";
+        let mut text = String::with_capacity(64);
+        for b in self.0 {
+            text.push(char::from(DIGITS[usize::from(b >> 4)]));
+            text.push(char::from(DIGITS[usize::from(b & 0xf)]));
+        }
+        text
+    }
+
+    /// A hash from its full hex (either case); None for anything else.
+    pub fn from_hex(text: &str) -> Option<ConfigHash> {
+        let text = text.as_bytes();
+        if text.len() != 64 {
+            return None;
+        }
+        let digit = |c: u8| {
+            char::from(c)
+                .to_digit(16)
+                .and_then(|d| u8::try_from(d).ok())
+        };
+        let mut hash = [0u8; 32];
+        for (byte, pair) in hash.iter_mut().zip(text.chunks_exact(2)) {
+            *byte = digit(pair[0])? << 4 | digit(pair[1])?;
+        }
+        Some(ConfigHash(hash))
+    }
+}
+
 impl fmt::Debug for ConfigHash {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "ConfigHash({self})")
@@ -339,4 +372,23 @@ impl fmt::Display for TxnResult {
 /// Doubles `interval`, at most `max`.
 fn backoff(interval: Duration, max: Duration) -> Duration {
     interval.saturating_mul(2).min(max)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::ConfigHash;
+
+    #[test]
+    fn a_hash_in_hex_reads_back_and_nothing_else_does() {
+        let hash = ConfigHash(std::array::from_fn(|i| (i * 37) as u8));
+        let text = hash.to_hex();
+        assert_eq!(text.len(), 64);
+        assert!(text.starts_with("00254a6f94b9"), "{text}");
+        assert!(text.starts_with(&hash.to_string()), "Display is its prefix");
+        assert_eq!(ConfigHash::from_hex(&text), Some(hash));
+        assert_eq!(ConfigHash::from_hex(&text.to_uppercase()), Some(hash));
+        assert_eq!(ConfigHash::from_hex(&text[..62]), None);
+        assert_eq!(ConfigHash::from_hex(&format!("{}zz", &text[..62])), None);
+        assert_eq!(ConfigHash::from_hex(""), None);
+    }
 }

@@ -94,16 +94,7 @@ fn newest_above<'a, T>(
 
 impl PeerDirectory for Handle {
     fn peers(&self) -> BoxFuture<'_, Vec<Peer>> {
-        Box::pin(async move {
-            self.inspect(|swim| {
-                std::iter::once(swim.local())
-                    .chain(swim.members())
-                    .map(peer_of)
-                    .collect()
-            })
-            .await
-            .unwrap_or_default()
-        })
+        self.peers_where(Box::new(|_, _, _| true))
     }
 
     fn peers_where(&self, keep: PeerFilter) -> BoxFuture<'_, Vec<Peer>> {

@@ -536,22 +536,16 @@ fn run(args: &ApplyArgs, cohort: &Path, root: &Path) -> anyhow::Result<Value> {
     let idle_cpu = (args.idle_seconds > 0).then(|| {
         let (before, started) = (cpu_ticks(&agents), Instant::now());
         std::thread::sleep(Duration::from_secs(args.idle_seconds));
-        let mut report = cpu_report(
-            before,
-            cpu_ticks(&agents),
-            started.elapsed().as_secs_f64(),
-            0,
-        );
-        let per_agent = report["agents_cores"].as_f64().unwrap_or(0.0) / args.nodes as f64;
+        let window = started.elapsed().as_secs_f64();
+        let mut report = common::cores(before, cpu_ticks(&agents), window);
+        let per_agent = report["nodes"].as_f64().unwrap_or(0.0) / args.nodes as f64;
+        report["window_s"] = json!(window);
         report["agent_core_percent_each"] = json!(per_agent * 100.0);
-        if let Some(o) = report.as_object_mut() {
-            o.remove("agents_cpu_s_per_apply");
-        }
         eprintln!(
             "bench: idle {} s: {:.3} % of a core per agent, machine {:.2} cores busy",
             args.idle_seconds,
             per_agent * 100.0,
-            report["machine_busy_cores"].as_f64().unwrap_or(0.0)
+            report["machine_busy"].as_f64().unwrap_or(0.0)
         );
         report
     });
