@@ -127,13 +127,16 @@ impl Cluster {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let (endpoint, inbox) = apply::channel();
-        let server = RpcServer::new(
-            auth(),
-            Router::new()
-                .route(apply::METHOD, endpoint.clone())
-                .route(apply::COMMITTED_METHOD, endpoint),
-            ServerConfig::default(),
-        );
+        let mut router = Router::new()
+            .route(apply::METHOD, endpoint.clone())
+            .route(apply::COMMITTED_METHOD, endpoint.clone());
+        // Every other node plays an agent from before the exchange (votes,
+        // acks and answers as calls of their own), so that both paths and
+        // a cluster mixing them are exercised.
+        if id.0.as_u128() % 2 == 0 {
+            router = router.route(apply::EXCHANGE_METHOD, endpoint);
+        }
+        let server = RpcServer::new(auth(), router, ServerConfig::default());
         let port = Demux::spawn(
             listener,
             Routes {
@@ -153,6 +156,7 @@ impl Cluster {
                 lease: Duration::from_secs(4),
                 retry: Duration::from_millis(100),
                 max_retry: Duration::from_millis(500),
+                ..CoordinatorConfig::default()
             },
             participant: ParticipantConfig {
                 query_interval: Duration::from_millis(100),

@@ -181,6 +181,7 @@ async fn serve(
     let raft_ports = crate::raft::driver::ports();
     let mut router = crate::rpc::Router::new()
         .route(apply::METHOD, apply_endpoint.clone())
+        .route(apply::EXCHANGE_METHOD, apply_endpoint.clone())
         .route(apply::COMMITTED_METHOD, apply_endpoint)
         .route(crate::raft::network::METHOD, raft_ports.endpoint.clone())
         .route(issues::METHOD, issues::endpoint(Arc::clone(&state)));

@@ -29,6 +29,9 @@ pub const STREAM_DEADLINE: Duration = Duration::from_secs(5);
 /// Largest datagram read; bigger ones are truncated and then dropped by
 /// the decoder.
 const RECV_BUFFER: usize = 65_536;
+/// At most this many queued datagrams are read before a due timer is
+/// handled, so that a flood cannot hold the timers back.
+const DRAIN_BEFORE_TIMEOUT: usize = 256;
 
 /// What the agent asks of membership.
 pub enum Command {
@@ -184,7 +187,20 @@ async fn run(
             }
             Some(dst) = failed_streams.recv() => swim.stream_failed(dst),
             _ = sleep_until(deadline) => {
+                // Woken late (a process starved of CPU among many), the
+                // acks of our probes may be waiting already: read them
+                // first, or a probe answered in time counts as failed.
+                // `select!` picks among ready branches at random, and at
+                // 500 agents on 2 cores those false failures fed a storm
+                // of suspicions (issue 10).
                 swim.set_wall_clock(wall_clock_ms());
+                for _ in 0..DRAIN_BEFORE_TIMEOUT {
+                    let Ok((len, from)) = udp.try_recv_from(&mut buffer) else { break };
+                    swim.handle_datagram(Instant::now(), from, &buffer[..len]);
+                }
+                while let Ok((from, bytes)) = streams.try_recv() {
+                    swim.handle_stream(Instant::now(), from, &bytes);
+                }
                 swim.handle_timeout(Instant::now());
             }
             _ = tokio::time::sleep(REPORT_INTERVAL) => {}

@@ -240,6 +240,9 @@ pub struct Sim {
     register: BTreeMap<TxnId, Decision>,
     /// The log each txn was started with.
     logs: BTreeMap<TxnId, DecisionLog>,
+    /// The lease each txn's PREPARE carries (it grows with the
+    /// participants).
+    leases: BTreeMap<TxnId, Duration>,
     // ---- the oracle
     decisions: BTreeMap<TxnId, Decision>,
     versions: BTreeMap<Version, (TxnId, String)>,
@@ -334,6 +337,7 @@ impl Sim {
             disk_full: BTreeSet::new(),
             register: BTreeMap::new(),
             logs: BTreeMap::new(),
+            leases: BTreeMap::new(),
             decisions: BTreeMap::new(),
             versions: BTreeMap::new(),
             installed_by: BTreeMap::new(),
@@ -400,6 +404,7 @@ impl Sim {
             base.next(),
             self.texts
         );
+        let start_participants = participants.len();
         let start = Start {
             base,
             hash: fake_hash(&text),
@@ -413,6 +418,8 @@ impl Sim {
             .start(now, start)
             .map_err(|e: StartError| e.to_string())?;
         self.logs.insert(txn, log);
+        let lease = self.config.coordinator.lease_for(start_participants);
+        self.leases.insert(txn, lease);
         self.stats.started += 1;
         self.after_input(node);
         Ok(txn)
@@ -1287,7 +1294,12 @@ impl Sim {
     fn begin_hold(&mut self, node: usize, txn: TxnId) {
         let elapsed = self.elapsed();
         let rate = self.nodes[node].clock_rate;
-        let lease = self.config.coordinator.lease.div_f64(rate);
+        let lease = self
+            .leases
+            .get(&txn)
+            .copied()
+            .unwrap_or(self.config.coordinator.lease)
+            .div_f64(rate);
         self.nodes[node].hold = Some(Hold {
             txn,
             acquired: elapsed,

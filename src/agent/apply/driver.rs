@@ -21,7 +21,8 @@ use crate::twophase::{
 use super::decision_log::ReplicatedLog;
 use super::directory::{Peer, PeerDirectory};
 use super::hooks::{Installed, RoleHooks};
-use super::rpc::{Envelope, METHOD};
+use super::outbox::{Outbox, ReplySlot};
+use super::rpc::Envelope;
 use super::store::{ApplyStore, StoreError};
 use super::{
     ApplyConfig, ApplyError, ApplyHandle, ApplyInbox, ApplyReport, ApplyStatus, DiskError,
@@ -43,8 +44,12 @@ const RETRY_MAX: Duration = Duration::from_millis(3200);
 type Written = Option<(Version, Result<Option<PathBuf>, String>)>;
 
 pub(super) enum Input {
-    /// A 2PC message from a peer (or from this node, through the rpc).
-    Message(Envelope),
+    /// A 2PC message from a peer (or from this node, through the rpc);
+    /// `reply`: the peer's call waits for our answer (see `outbox`).
+    Message {
+        envelope: Envelope,
+        reply: Option<ReplySlot>,
+    },
     /// A validation this driver started has finished; `parsed` is the
     /// text it accepted, kept for the install.
     Validated {
@@ -120,9 +125,9 @@ struct Driver {
     participant: Participant,
     store: Arc<Mutex<ApplyStore>>,
     directory: Arc<dyn PeerDirectory>,
-    client: RpcClient,
     hooks: Arc<dyn RoleHooks>,
     tx: mpsc::WeakSender<Input>,
+    outbox: Outbox,
     /// Messages this node sent itself, delivered after the current actions.
     local: VecDeque<Message>,
     waiting: BTreeMap<TxnId, Waiter>,
@@ -220,13 +225,20 @@ pub fn spawn(
         directory.clone(),
         client.clone(),
     ));
+    let outbox = Outbox::new(
+        config.me,
+        directory.clone(),
+        client,
+        config.send_deadline,
+        tx.downgrade(),
+    );
     let driver = Driver {
         config,
         coordinator,
         participant,
         store: Arc::new(Mutex::new(store)),
         directory,
-        client,
+        outbox,
         hooks,
         tx: tx.downgrade(),
         local: VecDeque::new(),
@@ -310,10 +322,14 @@ impl Driver {
     fn handle(&mut self, input: Input) {
         let now = Instant::now();
         match input {
-            Input::Message(envelope) => {
+            Input::Message { envelope, reply } => {
                 if envelope.to != self.config.me {
                     debug!(to = %envelope.to, from = %envelope.from, "2PC message for another node dropped");
                     return;
+                }
+                if let Some(slot) = reply {
+                    self.outbox
+                        .hold(envelope.from, envelope.message.txn(), slot);
                 }
                 match envelope.message {
                     Message::Prepare(prepare)
@@ -419,7 +435,7 @@ impl Driver {
         match action {
             Action::Persist(record) => self.persist(record).await,
             Action::Send { to, message } if to == self.config.me => self.local.push_back(message),
-            Action::Send { to, message } => self.send(to, message),
+            Action::Send { to, message } => self.outbox.send(to, message),
             Action::Validate(proposal) => self.validate(proposal),
             Action::Propose {
                 txn,
@@ -604,7 +620,8 @@ impl Driver {
         let why = self.failing.as_ref().map_or("", |f| f.error.as_str());
         debug!(%txn, "this node votes no: it cannot write its 2PC state: {why}");
         let vote = Vote::No(format!("{}: {why}", super::NO_VOTE_CANNOT_WRITE));
-        self.send(txn.coordinator, Message::Vote { txn, vote });
+        self.outbox
+            .send(txn.coordinator, Message::Vote { txn, vote });
     }
 
     fn refuse_apply(&self, reply: Reply) {
@@ -629,29 +646,6 @@ impl Driver {
         tokio::spawn(async move {
             let result = log.record(txn, decision, installs).await;
             let _ = tx.send(Input::Recorded { txn, result }).await;
-        });
-    }
-
-    fn send(&self, to: NodeId, message: Message) {
-        let envelope = Envelope {
-            from: self.config.me,
-            to,
-            message,
-        };
-        let body = match postcard::to_allocvec(&envelope) {
-            Ok(body) => body,
-            Err(e) => return error!("cannot encode a 2PC message: {e}"),
-        };
-        let directory = self.directory.clone();
-        let client = self.client.clone();
-        let deadline = self.config.send_deadline;
-        tokio::spawn(async move {
-            let Some(peer) = directory.peer(to).await else {
-                return debug!(%to, "no address for a 2PC peer; the message waits for a re-send");
-            };
-            if let Err(e) = client.call(peer.addr, METHOD, &body, deadline).await {
-                debug!(%to, addr = %peer.addr, "2PC message not delivered: {e}");
-            }
         });
     }
 

@@ -3,8 +3,9 @@
 //! with its durable state in `DATA_DIR/twophase/`.
 //!
 //! One task per node ([`spawn`]) owns the node's `Coordinator` and
-//! `Participant`. It is fed by 2PC messages from peers (the rpc method
-//! [`METHOD`], served by the [`ApplyEndpoint`] made by [`channel`]), its
+//! `Participant`. It is fed by 2PC messages from peers (the rpc methods
+//! [`EXCHANGE_METHOD`] and [`METHOD`], served by the [`ApplyEndpoint`]
+//! made by [`channel`]; see `outbox` for how replies travel), its
 //! timeouts, the results of validations it started, and the commands of
 //! [`ApplyHandle`]. It carries out the machines' actions strictly in
 //! order: a `Persist` is on disk, fsynced, before the next action starts,
@@ -41,6 +42,7 @@ pub mod decision_log;
 pub mod directory;
 mod driver;
 pub mod hooks;
+mod outbox;
 pub mod rpc;
 pub mod store;
 
@@ -62,7 +64,7 @@ use crate::twophase::{
 pub use decision_log::ReplicatedLog;
 pub use directory::{Peer, PeerDirectory, StaticDirectory};
 pub use hooks::{AcceptAll, Installed, RoleHooks, RoleSetHooks};
-pub use rpc::{ApplyEndpoint, Envelope, COMMITTED_METHOD, METHOD};
+pub use rpc::{ApplyEndpoint, Envelope, COMMITTED_METHOD, EXCHANGE_METHOD, METHOD};
 pub use store::{ApplyStore, StoreError};
 
 use driver::Input;

@@ -1,9 +1,14 @@
-//! 2PC messages over the rpc layer: one method, [`METHOD`], whose body is
-//! a postcard [`Envelope`] (the rpc peer address is an ephemeral port, so
-//! the sender names itself). The answer is empty: replies travel as
-//! messages of their own, like every other 2PC message.
+//! 2PC messages over the rpc layer. A call's body is a postcard
+//! [`Envelope`] (the rpc peer address is an ephemeral port, so the sender
+//! names itself). [`EXCHANGE_METHOD`] answers with the receiver's next
+//! message to the caller about the same txn when it comes within
+//! [`REPLY_WAIT`] (a PREPARE's vote, a decision's ack, a query's answer),
+//! and empty otherwise: then that message travels as a call of its own,
+//! like every other. [`METHOD`] always answers empty; agents before the
+//! exchange only know it.
 
 use std::net::SocketAddr;
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
@@ -13,8 +18,17 @@ use crate::twophase::{Committed, Message, NodeId};
 
 use super::driver::Input;
 
-/// The rpc method that carries 2PC messages.
+/// The rpc method that carries a 2PC message and answers nothing.
 pub const METHOD: &str = "twophase";
+
+/// The rpc method that carries a 2PC message and may answer with the
+/// reply (an `Envelope`; empty when none came within [`REPLY_WAIT`]).
+pub const EXCHANGE_METHOD: &str = "twophase.exchange";
+
+/// How long an exchange waits for the reply before answering empty. A
+/// vote takes a validation (parse and roles' checks) and an fsync; an ack,
+/// an fsync and the topology file's write.
+pub const REPLY_WAIT: Duration = Duration::from_secs(1);
 
 /// The rpc method that answers the node's committed version (postcard
 /// `Committed`, text included): how a node that missed applies catches up.
@@ -59,11 +73,120 @@ impl RpcHandler for ApplyEndpoint {
             }
             let envelope: Envelope = postcard::from_bytes(&body)
                 .map_err(|e| RpcError::bad_request(format!("not a 2PC message: {e}")))?;
-            self.inbox
-                .send(Input::Message(envelope))
-                .await
-                .map_err(|_| unavailable())?;
-            Ok(Vec::new())
+            if method != EXCHANGE_METHOD {
+                let message = Input::Message {
+                    envelope,
+                    reply: None,
+                };
+                self.inbox.send(message).await.map_err(|_| unavailable())?;
+                return Ok(Vec::new());
+            }
+            let (slot, mut reply) = tokio::sync::oneshot::channel();
+            let message = Input::Message {
+                envelope,
+                reply: Some(slot),
+            };
+            self.inbox.send(message).await.map_err(|_| unavailable())?;
+            let reply = tokio::select! {
+                reply = &mut reply => reply.ok(),
+                () = tokio::time::sleep(REPLY_WAIT) => {
+                    // A reply sent just now is still taken; the driver sends
+                    // any later one as a call of its own.
+                    reply.close();
+                    reply.try_recv().ok()
+                }
+            };
+            match reply {
+                None => Ok(Vec::new()),
+                Some(reply) => postcard::to_allocvec(&reply)
+                    .map_err(|e| RpcError::internal(format!("cannot encode: {e}"))),
+            }
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use uuid::Uuid;
+
+    use super::*;
+    use crate::twophase::{TxnId, Vote};
+
+    fn envelope(from: u128, to: u128, message: Message) -> Envelope {
+        Envelope {
+            from: NodeId(Uuid::from_u128(from)),
+            to: NodeId(Uuid::from_u128(to)),
+            message,
+        }
+    }
+
+    fn vote() -> Message {
+        Message::Vote {
+            txn: TxnId {
+                coordinator: NodeId(Uuid::from_u128(1)),
+                seq: 1,
+            },
+            vote: Vote::Yes,
+        }
+    }
+
+    fn peer() -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], 1))
+    }
+
+    #[tokio::test]
+    async fn an_exchange_answers_with_the_reply_the_driver_gives() {
+        let (endpoint, mut inbox) = super::super::channel();
+        let body = postcard::to_allocvec(&envelope(1, 2, vote())).unwrap_or_default();
+        let driver = tokio::spawn(async move {
+            let Some(Input::Message {
+                reply: Some(slot), ..
+            }) = inbox.rx.recv().await
+            else {
+                panic!("no message with a reply slot")
+            };
+            let _ = slot.send(envelope(2, 1, vote()));
+        });
+        let answer = endpoint
+            .handle(peer(), EXCHANGE_METHOD, body)
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        let reply: Envelope = postcard::from_bytes(&answer).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(reply, envelope(2, 1, vote()));
+        driver.await.unwrap_or_else(|e| panic!("{e}"));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_exchange_with_no_reply_in_time_answers_empty_and_closes_the_slot() {
+        let (endpoint, mut inbox) = super::super::channel();
+        let body = postcard::to_allocvec(&envelope(1, 2, vote())).unwrap_or_default();
+        let answer = endpoint
+            .handle(peer(), EXCHANGE_METHOD, body)
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert!(answer.is_empty());
+        let Some(Input::Message {
+            reply: Some(slot), ..
+        }) = inbox.rx.recv().await
+        else {
+            panic!("no message with a reply slot")
+        };
+        // The driver sees the caller gone and sends its reply as a call.
+        assert!(slot.is_closed());
+    }
+
+    #[tokio::test]
+    async fn the_old_method_answers_empty_and_offers_no_slot() {
+        let (endpoint, mut inbox) = super::super::channel();
+        let body = postcard::to_allocvec(&envelope(1, 2, vote())).unwrap_or_default();
+        let answer = endpoint
+            .handle(peer(), METHOD, body)
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert!(answer.is_empty());
+        assert!(matches!(
+            inbox.rx.recv().await,
+            Some(Input::Message { reply: None, .. })
+        ));
     }
 }
