@@ -359,9 +359,8 @@ impl Observer for ApiObserver {
                 }
                 // Every apply changes every node's payload (its committed
                 // version), and with it its incarnation: N − 1 of each on
-                // every node. At 200 nodes these info lines were 5 % of the
-                // agents' CPU during applies. A refutation shows as the
-                // status change it undoes.
+                // every node per apply. A refutation shows as the status
+                // change it undoes.
                 MemberEvent::PayloadChanged { .. } => {}
                 MemberEvent::IncarnationChanged { .. } => {
                     debug!(member = %published.subject, peer = %event.id(), "{}: {}", published.kind, published.detail)

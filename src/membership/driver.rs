@@ -189,10 +189,10 @@ async fn run(
             _ = sleep_until(deadline) => {
                 // Woken late (a process starved of CPU among many), the
                 // acks of our probes may be waiting already: read them
-                // first, or a probe answered in time counts as failed.
-                // `select!` picks among ready branches at random, and at
-                // 500 agents on 2 cores those false failures fed a storm
-                // of suspicions (issue 10).
+                // first. `select!` picks among ready branches at random, so
+                // an ack that came in time could count as a failed probe,
+                // and each false failure starts a suspicion every node
+                // gossips (issue 10: 500 agents on 2 cores).
                 swim.set_wall_clock(wall_clock_ms());
                 for _ in 0..DRAIN_BEFORE_TIMEOUT {
                     let Ok((len, from)) = udp.try_recv_from(&mut buffer) else { break };

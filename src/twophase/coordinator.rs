@@ -288,7 +288,7 @@ impl Coordinator {
         for &to in &participants {
             self.send(to, Message::Prepare(prepare.clone()));
         }
-        let decide_by = now + prepare.lease / 2;
+        let decide_by = now + self.config.vote_window(participants.len());
         self.txns.insert(
             txn,
             Txn {

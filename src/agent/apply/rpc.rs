@@ -73,20 +73,16 @@ impl RpcHandler for ApplyEndpoint {
             }
             let envelope: Envelope = postcard::from_bytes(&body)
                 .map_err(|e| RpcError::bad_request(format!("not a 2PC message: {e}")))?;
-            if method != EXCHANGE_METHOD {
-                let message = Input::Message {
-                    envelope,
-                    reply: None,
-                };
-                self.inbox.send(message).await.map_err(|_| unavailable())?;
-                return Ok(Vec::new());
-            }
             let (slot, mut reply) = tokio::sync::oneshot::channel();
+            let exchange = method == EXCHANGE_METHOD;
             let message = Input::Message {
                 envelope,
-                reply: Some(slot),
+                reply: exchange.then_some(slot),
             };
             self.inbox.send(message).await.map_err(|_| unavailable())?;
+            if !exchange {
+                return Ok(Vec::new());
+            }
             let reply = tokio::select! {
                 reply = &mut reply => reply.ok(),
                 () = tokio::time::sleep(REPLY_WAIT) => {
