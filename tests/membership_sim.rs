@@ -7,7 +7,7 @@ mod support;
 use std::time::Duration;
 
 use cohort::membership::sim::{LinkSpec, Sim, SimConfig};
-use cohort::membership::{MemberEvent, MemberStatus};
+use cohort::membership::{ConfigStamp, MemberEvent, MemberStatus, Payload, RaftRole};
 use std::collections::BTreeMap;
 
 const PERIOD: Duration = Duration::from_secs(1);
@@ -691,4 +691,185 @@ fn start_burst() {
             "all_alive_everywhere_s": converged,
         })
     );
+}
+
+// (k) ---------------------------------------------------------------------
+
+/// What the wave of payload updates after an apply costs and leaves.
+struct PayloadWave {
+    /// Until every node's queue of updates to send was empty.
+    drained_s: f64,
+    /// (observer, subject) views still on the old payload at that moment.
+    stale_at_drain: usize,
+    /// Until every view held every node's new payload.
+    current_s: Option<f64>,
+    /// Datagrams and bytes the whole cluster sent until drained.
+    datagrams: u64,
+    bytes: u64,
+}
+
+fn agent_like_payload(i: usize, version: u64) -> Payload {
+    Payload {
+        name: format!("node-{i:03}"),
+        rpc_addr: Some(std::net::SocketAddr::from((
+            [127, 0, 1, (i % 250) as u8],
+            7947,
+        ))),
+        replica_set: Some(format!("set-{:03}", i / 3)),
+        roles: vec!["storage".to_string()],
+        config: (version > 0).then_some(ConfigStamp {
+            version,
+            hash: [version as u8; 32],
+        }),
+        raft_role: RaftRole::Off,
+        tags: BTreeMap::new(),
+    }
+}
+
+/// Views of `sim` on version `v` of each subject's payload, and their count.
+fn stale_views(sim: &Sim, version: u64) -> usize {
+    let ids: Vec<_> = sim.running().filter_map(|i| sim.id(i)).collect();
+    sim.running()
+        .filter_map(|o| sim.swim(o))
+        .map(|swim| {
+            ids.iter()
+                .filter(|&&id| id != swim.local().id)
+                .filter(|&&id| {
+                    swim.member(id)
+                        .and_then(|m| m.payload.config)
+                        .is_none_or(|c| c.version < version)
+                })
+                .count()
+        })
+        .sum()
+}
+
+fn all_drained(sim: &Sim) -> bool {
+    sim.running()
+        .filter_map(|i| sim.swim(i))
+        .all(|s| s.pending_broadcasts() == 0)
+}
+
+/// `n` nodes converge with agent-like payloads; then every node publishes
+/// a new config stamp at once, as each does when an apply commits.
+fn payload_wave(config: SimConfig, n: usize, limit: Duration) -> Result<PayloadWave, String> {
+    let mut sim = Sim::new(config);
+    for i in 0..n {
+        sim.add_node();
+        sim.set_payload(i, agent_like_payload(i, 0))
+            .map_err(|e| e.to_string())?;
+    }
+    let stagger = PERIOD / u32::try_from(n).unwrap_or(1).max(1);
+    for i in 1..n {
+        sim.join(i, 0);
+        sim.run_for(stagger);
+    }
+    sim.run_until_true(PERIOD * 120, |s| {
+        s.all_running_see_each_other_alive() && all_drained(s)
+    })
+    .ok_or_else(|| format!("{n} nodes did not converge and drain in 120 periods"))?;
+    let before = sim.stats();
+    for i in 0..n {
+        sim.set_payload(i, agent_like_payload(i, 1))
+            .map_err(|e| e.to_string())?;
+    }
+    let start = sim.elapsed();
+    let step = Duration::from_millis(100);
+    let mut drained = None;
+    let mut current = None;
+    while sim.elapsed() - start < limit && (drained.is_none() || current.is_none()) {
+        sim.run_for(step);
+        let at = (sim.elapsed() - start).as_secs_f64();
+        if drained.is_none() && all_drained(&sim) {
+            let stats = sim.stats();
+            drained = Some((
+                at,
+                stale_views(&sim, 1),
+                stats.delivered + stats.lost + stats.blocked + stats.unroutable
+                    - (before.delivered + before.lost + before.blocked + before.unroutable),
+                stats.bytes - before.bytes,
+            ));
+        }
+        if current.is_none() && stale_views(&sim, 1) == 0 {
+            current = Some(at);
+        }
+    }
+    let (drained_s, stale_at_drain, datagrams, bytes) =
+        drained.ok_or_else(|| format!("update queues not drained in {limit:?}"))?;
+    Ok(PayloadWave {
+        drained_s,
+        stale_at_drain,
+        current_s: current,
+        datagrams,
+        bytes,
+    })
+}
+
+/// After an apply every node publishes a new payload at once; with the
+/// payload's smaller λ, every view still ends up current, a miss being
+/// repaired by a push-pull at the latest (90 s ± 25 % at 100 nodes).
+#[test]
+fn k_every_nodes_new_payload_reaches_every_view_at_5_percent_loss() {
+    over_seeds(
+        "k_every_nodes_new_payload_reaches_every_view_at_5_percent_loss",
+        5,
+        |seed| {
+            let wave = payload_wave(config(seed, 0.05), 100, Duration::from_secs(240))?;
+            let current = wave.current_s.ok_or_else(|| {
+                format!(
+                    "views still stale 240 s after the wave ({} at its drain)",
+                    wave.stale_at_drain
+                )
+            })?;
+            Ok(vec![
+                ("s until drained", wave.drained_s),
+                ("stale views at drain", wave.stale_at_drain as f64),
+                ("s until all views current", current),
+                ("datagrams per node", wave.datagrams as f64 / 100.0),
+            ])
+        },
+    );
+}
+
+/// Not a test: the wave of payload updates after an apply, for
+/// docs/benchmarks.md. `SWIM_WAVE_NODES` (default 500), `SWIM_WAVE_LOSS`
+/// (default 0), `SWIM_WAVE_SEEDS` (default 3), `SWIM_WAVE_MULTIPLIER`
+/// (default: the config's); prints one JSON line per seed.
+/// `cargo test --release --test membership_sim -- --ignored --nocapture payload_wave_figures`
+#[test]
+#[ignore = "a measurement: prints the payload wave as JSON"]
+fn payload_wave_figures() {
+    let var = |name: &str, default: f64| {
+        std::env::var(name)
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(default)
+    };
+    let n = var("SWIM_WAVE_NODES", 500.0) as usize;
+    let loss = var("SWIM_WAVE_LOSS", 0.0);
+    let multiplier = var("SWIM_WAVE_MULTIPLIER", 0.0) as u32;
+    for seed in 1..=var("SWIM_WAVE_SEEDS", 3.0) as u64 {
+        let mut config = config(seed, loss);
+        if multiplier > 0 {
+            config.swim.payload_retransmit_multiplier = multiplier;
+        }
+        let lambda = config.swim.payload_retransmit_multiplier;
+        let wave = payload_wave(config, n, Duration::from_secs(600))
+            .unwrap_or_else(|e| panic!("seed {seed}: {e}"));
+        println!(
+            "{}",
+            serde_json::json!({
+                "scenario": "every node publishes a new payload at once (simulator)",
+                "seed": seed,
+                "nodes": n,
+                "loss": loss,
+                "payload_retransmit_multiplier": lambda,
+                "drained_s": wave.drained_s,
+                "stale_views_at_drain": wave.stale_at_drain,
+                "all_views_current_s": wave.current_s,
+                "datagrams_per_node": wave.datagrams as f64 / n as f64,
+                "bytes_per_node": wave.bytes as f64 / n as f64,
+            })
+        );
+    }
 }

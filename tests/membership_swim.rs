@@ -232,34 +232,63 @@ fn packets_of_an_older_generation_are_dropped_and_counted() {
     assert_eq!(status_of(&c, 2), Some(MemberStatus::Alive));
 }
 
-#[test]
-fn an_update_is_sent_exactly_lambda_log2_n_times() {
-    let mut now = Instant::now();
-    // Five live nodes that answer each other: N = 5, so λ·⌈log₂ 6⌉ = 3λ.
-    // No anti-entropy records, which would carry the update too.
-    let quiet = SwimConfig {
-        anti_entropy_records: 0,
-        ..config()
-    };
-    let expected = 3 * quiet.retransmit_multiplier as usize;
+/// Five live nodes that answer each other, every queue drained.
+fn quiet_five(now: &mut Instant, config: &SwimConfig) -> Vec<Swim> {
     let mut nodes: Vec<Swim> = (1..=5)
-        .map(|n| node_with(n, now, quiet.clone(), PacketSecurity::Plaintext))
+        .map(|n| node_with(n, *now, config.clone(), PacketSecurity::Plaintext))
         .collect();
     for n in nodes.iter_mut().skip(1) {
-        n.join(now, addr(1));
+        n.join(*now, addr(1));
     }
-    exchange(&mut nodes, now);
+    exchange(&mut nodes, *now);
     // Let every queue drain, so that only the new update is counted.
     for _ in 0..600 {
-        now += Duration::from_millis(100);
-        tick(&mut nodes, now, |_| {});
+        *now += Duration::from_millis(100);
+        tick(&mut nodes, *now, |_| {});
         if nodes.iter().all(|n| n.pending_broadcasts() == 0) {
             break;
         }
     }
     assert!(nodes.iter().all(|n| n.count(MemberStatus::Alive) == 4));
-    assert_eq!(nodes[0].pending_broadcasts(), 0);
-    nodes[0]
+    assert!(nodes.iter().all(|n| n.pending_broadcasts() == 0));
+    nodes
+}
+
+/// How many times node 0 sends node 2's record at its current version
+/// over 30 s: node 0 relays, node 2 is the origin.
+fn relayed_by_first(nodes: &mut [Swim], now: &mut Instant) -> usize {
+    let version = nodes[1].local().incarnation;
+    let mut sends = 0;
+    for _ in 0..300 {
+        *now += Duration::from_millis(100);
+        tick(nodes, *now, |t| {
+            if t.kind == TransmitKind::Datagram {
+                let body = wire::open(&PacketSecurity::Plaintext, &t.bytes).expect("opens");
+                let p = wire::decode_packet(&body).expect("decodes");
+                sends += records_in(&p)
+                    .filter(|r| r.id == id(2) && r.incarnation == version)
+                    .count();
+            }
+        });
+    }
+    assert!(nodes.iter().all(|n| n.pending_broadcasts() == 0));
+    sends
+}
+
+#[test]
+fn an_update_is_relayed_exactly_lambda_log2_n_times_with_the_lambda_of_its_kind() {
+    let mut now = Instant::now();
+    // N = 5, so λ·⌈log₂ 6⌉ = 3λ. No anti-entropy records, which would
+    // carry the update too; two different λ, so that a mix-up shows.
+    let quiet = SwimConfig {
+        anti_entropy_records: 0,
+        retransmit_multiplier: 4,
+        payload_retransmit_multiplier: 2,
+        ..config()
+    };
+    let mut nodes = quiet_five(&mut now, &quiet);
+    // A new payload of an alive member: the payload's λ.
+    nodes[1]
         .set_payload(
             now,
             Payload {
@@ -268,22 +297,18 @@ fn an_update_is_sent_exactly_lambda_log2_n_times() {
             },
         )
         .expect("fits");
-    let version = nodes[0].local().incarnation;
-    let mut sends = 0;
-    for _ in 0..300 {
-        now += Duration::from_millis(100);
-        tick(&mut nodes, now, |t| {
-            if t.kind == TransmitKind::Datagram {
-                let body = wire::open(&PacketSecurity::Plaintext, &t.bytes).expect("opens");
-                let p = wire::decode_packet(&body).expect("decodes");
-                sends += records_in(&p)
-                    .filter(|r| r.id == id(1) && r.incarnation == version)
-                    .count();
-            }
-        });
-    }
-    assert_eq!(sends, expected);
-    assert_eq!(nodes[0].pending_broadcasts(), 0);
+    assert_eq!(relayed_by_first(&mut nodes, &mut now), 3 * 2);
+    // A refutation (same payload, new version): the full λ, since the
+    // suspicion it answers may have reached anyone.
+    let current = nodes[1].local().incarnation;
+    gossip(
+        &mut nodes[1],
+        now,
+        3,
+        &[record(2, current, MemberStatus::Suspect)],
+    );
+    assert!(nodes[1].local().incarnation > current, "refuted");
+    assert_eq!(relayed_by_first(&mut nodes, &mut now), 3 * 4);
 }
 
 /// Runs every node's timers at `now`, then delivers everything; `sent_by_first`

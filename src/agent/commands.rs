@@ -99,7 +99,7 @@ pub async fn answer(
             AgentCommand::GossipStats { reply } => {
                 let gossip = gossip.clone();
                 tokio::spawn(async move {
-                    let _ = reply.send(gossip.inspect(|swim| *swim.stats()).await);
+                    let _ = reply.send(gossip.inspect(|swim| swim.stats()).await);
                 });
             }
             AgentCommand::TransferLeader { request, reply } => {

@@ -24,7 +24,7 @@ pub struct HealthWindow {
 impl HealthWindow {
     pub fn report(&mut self, swim: &Swim, encrypted: bool) -> GossipHealth {
         let now = Instant::now();
-        let stats = *swim.stats();
+        let stats = swim.stats();
         let window = (swim.config().protocol_period * WINDOW_PERIODS).max(MIN_WINDOW);
         self.samples.push_back((now, stats));
         while self

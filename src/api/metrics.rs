@@ -263,6 +263,12 @@ fn gossip(w: &mut Writer, s: &Stats, encrypted: bool) {
         None,
         [(String::new(), f64::from(u8::from(encrypted)))],
     );
+    w.gauge(
+        "cohort_gossip_pending_updates",
+        "Member updates waiting to be piggybacked on gossip; 0 once news has been spread.",
+        None,
+        [(String::new(), s.pending_updates as f64)],
+    );
     w.counter(
         "cohort_gossip_packets_sent",
         "Gossip packets sent: UDP datagrams, TCP streams (push-pull, fallback probes).",
@@ -724,6 +730,7 @@ mod tests {
             datagram_bytes_sent: 1234,
             datagram_bytes_received: 999,
             refutations: 2,
+            pending_updates: 5,
             ..Stats::default()
         };
         stats
@@ -749,6 +756,7 @@ mod tests {
             "cohort_gossip_packets_sent_total{transport=\"udp\"} 10",
             "cohort_gossip_sent_bytes_total{transport=\"udp\"} 1234",
             "cohort_gossip_refutations_total 2",
+            "cohort_gossip_pending_updates 5",
             "cohort_gossip_suspicions_total 1",
             "cohort_member_status_changes_total{to=\"suspect\"} 1",
             "cohort_members{status=\"alive\"} 2",

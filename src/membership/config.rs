@@ -27,6 +27,12 @@ pub struct SwimConfig {
     /// 2 and no anti-entropy records, a busy seed missed a leave in the
     /// churn simulation (g, seed 13) and declared the leaver dead.
     pub retransmit_multiplier: u32,
+    /// λ for an alive member's new payload (status unchanged). After an
+    /// apply all N members publish at once. 2: in the simulator at 500
+    /// nodes it left no view stale and all current as soon as 4 did
+    /// (~30 s), with half the datagrams; 1 left ~30 views to wait for a
+    /// push-pull, 2 minutes (`payload_wave_figures`, docs/benchmarks.md).
+    pub payload_retransmit_multiplier: u32,
     /// No datagram is ever bigger (encryption included), so never fragmented.
     pub max_packet_size: usize,
     /// Random member records added to every datagram (anti-entropy).
@@ -70,6 +76,7 @@ impl Default for SwimConfig {
             suspicion_multiplier: 4,
             suspicion_max_multiplier: 6,
             retransmit_multiplier: 4,
+            payload_retransmit_multiplier: 2,
             max_packet_size: 1400,
             anti_entropy_records: 0,
             push_pull_interval: Duration::from_secs(30),
@@ -141,6 +148,10 @@ impl SwimConfig {
             ("suspicion multiplier", self.suspicion_multiplier),
             ("suspicion max multiplier", self.suspicion_max_multiplier),
             ("retransmit multiplier", self.retransmit_multiplier),
+            (
+                "payload retransmit multiplier",
+                self.payload_retransmit_multiplier,
+            ),
         ] {
             if n == 0 {
                 return Err(ConfigError::ZeroCount(name));

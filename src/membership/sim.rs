@@ -16,6 +16,7 @@ use crate::sim_queue::EventQueue;
 use super::config::SwimConfig;
 use super::keyring::{Keyring, PacketSecurity};
 use super::member::{MemberEvent, MemberStatus, NodeId};
+use super::payload::{Payload, PayloadTooLarge};
 use super::swim::{LocalNode, Swim, Transmit, TransmitKind};
 use super::user_event::{EventId, UserEventError};
 
@@ -299,6 +300,17 @@ impl Sim {
         };
         self.after_input(node);
         sent
+    }
+
+    /// `node` publishes a new payload (as an agent does after an apply).
+    pub fn set_payload(&mut self, node: usize, payload: Payload) -> Result<(), PayloadTooLarge> {
+        let now = self.local_now(node);
+        let set = match self.swim_mut(node) {
+            Some(swim) => swim.set_payload(now, payload),
+            None => Ok(()),
+        };
+        self.after_input(node);
+        set
     }
 
     /// Sets how fast `node`'s clock runs (1.0 = exact, 1.1 = 10 % fast).

@@ -107,4 +107,8 @@ pub struct Stats {
     pub user_events_stale: u64,
     /// Events whose name no sender could have sent (dropped).
     pub user_events_invalid: u64,
+    /// Member updates waiting to be piggybacked (a gauge, filled in by
+    /// `Swim::stats`): non-zero while news, such as the new payloads
+    /// after an apply, is still being spread.
+    pub pending_updates: u64,
 }

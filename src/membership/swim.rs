@@ -11,7 +11,7 @@ use rand::seq::SliceRandom;
 use rand::{Rng, RngExt, SeedableRng};
 
 use super::config::{ConfigError, SwimConfig};
-use super::dissemination::{retransmit_limit, Dissemination};
+use super::dissemination::{Dissemination, Limits, Reach};
 use super::health::LocalHealth;
 use super::keyring::{PacketSecurity, NONCE_LEN};
 use super::member::{Incarnation, Member, MemberEvent, MemberRecord, MemberStatus, NodeId};
@@ -274,7 +274,7 @@ impl Swim {
         if self.me.status == MemberStatus::Left {
             self.me.status = MemberStatus::Alive;
             self.me.status_since = now;
-            self.bump_my_version();
+            self.bump_my_version(Reach::Status);
             if self.timers.iter().all(|(_, t)| *t != Timer::Probe) {
                 self.timers
                     .insert((now + self.config.protocol_period, Timer::Probe));
@@ -294,7 +294,7 @@ impl Swim {
         self.me.status = MemberStatus::Left;
         self.me.status_since = now;
         self.probe = None;
-        self.bump_my_version();
+        self.bump_my_version(Reach::Status);
         for addr in self.random_active(self.config.leave_fanout, None) {
             self.send_datagram(now, addr, Message::Gossip);
         }
@@ -314,7 +314,7 @@ impl Swim {
             });
         }
         self.me.payload = payload;
-        self.bump_my_version();
+        self.bump_my_version(Reach::Payload);
         self.arm_gossip(now);
         Ok(())
     }
@@ -491,8 +491,12 @@ impl Swim {
         self.health.score()
     }
 
-    pub fn stats(&self) -> &Stats {
-        &self.stats
+    /// The counters, with the updates now waiting to be piggybacked.
+    pub fn stats(&self) -> Stats {
+        Stats {
+            pending_updates: self.broadcasts.len() as u64,
+            ..self.stats
+        }
     }
 
     pub fn config(&self) -> &SwimConfig {
@@ -714,7 +718,7 @@ impl Swim {
         }
         match self.event_log.admit(now, &event) {
             Admission::Fresh => {
-                self.event_broadcasts.enqueue(event.id());
+                self.event_broadcasts.enqueue(event.id(), Reach::Status);
                 if deliver {
                     self.stats.user_events_delivered += 1;
                     self.user_events.push_back(UserEvent { age_ms: 0, ..event });
@@ -748,7 +752,7 @@ impl Swim {
             if record.status > status {
                 // Equal incarnation, disagreeing status: the worse one wins.
                 self.change_status(now, record.id, record.status, accuser);
-                self.broadcasts.enqueue(record.id);
+                self.broadcasts.enqueue(record.id, Reach::Status);
             } else if record.status == MemberStatus::Suspect && status == MemberStatus::Suspect {
                 self.confirm_suspicion(now, record.id, accuser);
             }
@@ -793,7 +797,7 @@ impl Swim {
                 self.schedule_reclaim(now, id, record.incarnation);
             }
         }
-        self.broadcasts.enqueue(id);
+        self.broadcasts.enqueue(id, Reach::Status);
     }
 
     /// A strictly newer incarnation replaces everything we knew.
@@ -826,6 +830,16 @@ impl Swim {
         {
             self.events.push_back(MemberEvent::PayloadChanged { id });
         }
+        // An alive member that only published a new payload; a new version
+        // with the same payload is a refutation, spread as widely as the
+        // suspicion it answers.
+        let payload_only = record.status == MemberStatus::Alive
+            && old.status == MemberStatus::Alive
+            && old.addr == record.addr
+            && self
+                .members
+                .get(id)
+                .is_some_and(|e| e.member.payload != old.payload);
         let accuser = record.suspecter.unwrap_or(via);
         if record.status != old.status {
             self.change_status(now, id, record.status, accuser);
@@ -838,7 +852,12 @@ impl Swim {
                 MemberStatus::Alive => {}
             }
         }
-        self.broadcasts.enqueue(id);
+        let reach = if payload_only {
+            Reach::Payload
+        } else {
+            Reach::Status
+        };
+        self.broadcasts.enqueue(id, reach);
     }
 
     fn change_status(&mut self, now: Instant, id: NodeId, to: MemberStatus, accuser: NodeId) {
@@ -917,7 +936,7 @@ impl Swim {
             entry.suspecter = Some(by);
             entry.encoded = None;
             self.timers.insert((deadline, Timer::Suspicion { id }));
-            self.broadcasts.enqueue(id);
+            self.broadcasts.enqueue(id, Reach::Status);
         }
     }
 
@@ -928,7 +947,7 @@ impl Swim {
         if self.me.status == MemberStatus::Left || seen.generation < mine.generation {
             // They hold an older state of us: make sure ours spreads.
             if (seen < mine || status != self.me.status) && !self.broadcasts.contains(self.me.id) {
-                self.broadcasts.enqueue(self.me.id);
+                self.broadcasts.enqueue(self.me.id, Reach::Status);
             }
             return;
         }
@@ -947,15 +966,15 @@ impl Swim {
             self.stats.refutations += 1;
             // Being suspected hints that we are the slow one (Lifeguard).
             self.health.worsen(1);
-            self.bump_my_version();
+            self.bump_my_version(Reach::Status);
         }
     }
 
-    fn bump_my_version(&mut self) {
+    fn bump_my_version(&mut self, reach: Reach) {
         // Only we bump it, once per refutation or payload change: u64 does
         // not run out, but never wrap to 0 either.
         self.me.incarnation.version = self.me.incarnation.version.saturating_add(1);
-        self.broadcasts.enqueue(self.me.id);
+        self.broadcasts.enqueue(self.me.id, reach);
     }
 
     fn schedule_reclaim(&mut self, now: Instant, id: NodeId, incarnation: Incarnation) {
@@ -986,7 +1005,7 @@ impl Swim {
                 });
                 if expired {
                     self.change_status(now, id, MemberStatus::Dead, self.me.id);
-                    self.broadcasts.enqueue(id);
+                    self.broadcasts.enqueue(id, Reach::Status);
                 }
             }
             Timer::Reclaim { id, incarnation } => {
@@ -1134,7 +1153,7 @@ impl Swim {
         match entry.member.status {
             MemberStatus::Alive => {
                 self.change_status(now, probe.target, MemberStatus::Suspect, self.me.id);
-                self.broadcasts.enqueue(probe.target);
+                self.broadcasts.enqueue(probe.target, Reach::Status);
             }
             MemberStatus::Suspect => self.confirm_suspicion(now, probe.target, self.me.id),
             MemberStatus::Dead | MemberStatus::Left => {}
@@ -1417,7 +1436,11 @@ impl Swim {
             .saturating_sub(FRAME_OVERHEAD + head.len() + 2);
         let mut items: Vec<Vec<u8>> = Vec::new();
         let mut included: Vec<NodeId> = Vec::new();
-        let limit = retransmit_limit(self.config.retransmit_multiplier, self.members.active() + 1);
+        let limits = Limits::for_members(
+            self.config.retransmit_multiplier,
+            self.config.payload_retransmit_multiplier,
+            self.members.active() + 1,
+        );
         let mut misses = 0;
         for id in self.broadcasts.candidates(64) {
             let Some(bytes) = self.encoded_record(id) else {
@@ -1428,7 +1451,7 @@ impl Swim {
                 room -= bytes.len();
                 items.push(bytes);
                 included.push(id);
-                self.broadcasts.mark_sent(id, limit);
+                self.broadcasts.mark_sent(id, limits);
             } else {
                 misses += 1;
                 if misses >= 4 {
@@ -1445,7 +1468,8 @@ impl Swim {
             if bytes.len() <= room {
                 room -= bytes.len();
                 items.push(bytes);
-                self.event_broadcasts.mark_sent(id, limit);
+                self.event_broadcasts
+                    .mark_sent(id, Limits::uniform(limits.status));
             }
         }
         let len = self.members.len();

@@ -78,6 +78,12 @@ pub struct ApplyArgs {
     /// many seconds (no apply, no status sweep) before the runs; 0 skips it.
     #[arg(long, default_value_t = 10)]
     idle_seconds: u64,
+    /// Before the idle window and before each timed apply, wait up to
+    /// this many seconds for the gossip to go quiet: every agent done
+    /// spreading the last apply's new payloads (its
+    /// `cohort_gossip_pending_updates` at 0). 0 does not wait.
+    #[arg(long, default_value_t = 300)]
+    quiet_seconds: u64,
     /// Keep the scratch dir (configs, data, every agent's log) and say where.
     #[arg(long)]
     keep: bool,
@@ -88,6 +94,8 @@ pub struct ApplyArgs {
 
 /// How long the agents get to converge and commit their first version.
 const BOOT_DEADLINE: Duration = Duration::from_secs(300);
+/// Pause between two sweeps while waiting for the gossip to go quiet.
+const QUIET_POLL: Duration = Duration::from_secs(1);
 /// How long every node gets to show a committed version after the answer.
 const SETTLE_DEADLINE: Duration = Duration::from_secs(60);
 
@@ -214,6 +222,43 @@ fn settled(view: &Option<NodeView>, version: u64) -> bool {
             && v.lock == "no apply in progress"
             && v.coordinating == 0
     })
+}
+
+/// Waits until no agent has member updates left to piggyback, sweeping
+/// every `/metrics` each second, up to `--quiet-seconds`. Reports how long
+/// that took (`quiet_after_s`, null when the limit passed first) and the
+/// CPU meanwhile: the gossip an apply leaves behind.
+fn wait_gossip_quiet(
+    agents: &mut [Agent],
+    root: &Path,
+    apis: &[SocketAddr],
+    args: &ApplyArgs,
+) -> anyhow::Result<Value> {
+    let (before, started) = (cpu_ticks(agents.iter()), Instant::now());
+    let limit = Duration::from_secs(args.quiet_seconds);
+    let quiet = loop {
+        check_alive(agents, root)?;
+        let pending: u64 = sweep(apis, args.poll_threads, common::pending_updates)
+            .into_iter()
+            .map(|p| p.unwrap_or(1))
+            .sum();
+        if pending == 0 {
+            break true;
+        }
+        if started.elapsed() >= limit {
+            break false;
+        }
+        std::thread::sleep(QUIET_POLL);
+    };
+    let seconds = started.elapsed().as_secs_f64();
+    let mut report = common::cores(before, cpu_ticks(agents.iter()), seconds.max(0.001));
+    report["quiet_after_s"] = if quiet {
+        json!(round1(seconds))
+    } else {
+        json!(null)
+    };
+    report["waited_s"] = json!(round1(seconds));
+    Ok(report)
 }
 
 fn check_alive(agents: &mut [Agent], root: &Path) -> anyhow::Result<()> {
@@ -531,6 +576,23 @@ fn run(args: &ApplyArgs, cohort: &Path, root: &Path) -> anyhow::Result<Value> {
     let boot_s = last_started.elapsed().as_secs_f64();
     eprintln!("bench: every node at version {boot_version}, lock free, {boot_s:.2} s after the last start");
 
+    // The boot apply gave every node a new payload; spreading it is not
+    // idle (measured in 5bb444a: a minute at 9x the idle packet rate at
+    // 300 agents), so it is waited out and reported on its own.
+    let boot_wave = (args.quiet_seconds > 0)
+        .then(|| wait_gossip_quiet(&mut agents, root, &apis, args))
+        .transpose()?;
+    if let Some(wave) = &boot_wave {
+        eprintln!(
+            "bench: gossip quiet after the boot apply: {} (agents {:.2} cores meanwhile)",
+            wave["quiet_after_s"].as_f64().map_or_else(
+                || format!("not within {} s", args.quiet_seconds),
+                |s| format!("{s:.1} s")
+            ),
+            wave["nodes"].as_f64().unwrap_or(0.0)
+        );
+    }
+
     // Idle with the topology committed: what each agent costs when nothing
     // happens, to set beside the membership bench's agents (no topology).
     let idle_cpu = (args.idle_seconds > 0).then(|| {
@@ -567,9 +629,12 @@ fn run(args: &ApplyArgs, cohort: &Path, root: &Path) -> anyhow::Result<Value> {
         anyhow::Ok((next, format!("change {change}")))
     };
 
-    // Measured applies, one at a time.
+    // Measured applies, one at a time, each after the gossip of the one
+    // before went quiet; the CPU is counted from each request until every
+    // node installed it, the gossip wave after it on its own.
     let stride = (args.nodes / args.runs.max(1)).max(1);
-    let (runs_cpu, runs_started) = (cpu_ticks(&agents), Instant::now());
+    let mut runs_cpu = ((0, 0, 0), 0.0);
+    let mut waves = Vec::new();
     let mut wall = Vec::new();
     let (mut resolve, mut prepare, mut commit) = (Vec::new(), Vec::new(), Vec::new());
     let (mut all_installed, mut all_seen) = (Vec::new(), Vec::new());
@@ -579,6 +644,7 @@ fn run(args: &ApplyArgs, cohort: &Path, root: &Path) -> anyhow::Result<Value> {
         check_alive(&mut agents, root)?;
         let coordinator = (r * stride) % args.nodes;
         let (next, label) = propose(&model, coordinator, &mut taken)?;
+        let (cpu_before, started) = (cpu_ticks(&agents), Instant::now());
         let sent = put(&agents[coordinator], &next.text(), &args.timeout);
         let Some(version) = sent.committed_version() else {
             eprintln!(
@@ -596,6 +662,13 @@ fn run(args: &ApplyArgs, cohort: &Path, root: &Path) -> anyhow::Result<Value> {
         commit.extend(sent.timing("commit_ms"));
         let finished = sent.result.as_ref().and_then(|r| r["finished"].as_bool());
         let settled = wait_installed(&apis, &names, version, &sent, args);
+        let cpu_after = cpu_ticks(&agents);
+        runs_cpu.0 = (
+            runs_cpu.0 .0 + cpu_after.0.saturating_sub(cpu_before.0),
+            runs_cpu.0 .1 + cpu_after.1.saturating_sub(cpu_before.1),
+            runs_cpu.0 .2 + cpu_after.2.saturating_sub(cpu_before.2),
+        );
+        runs_cpu.1 += started.elapsed().as_secs_f64();
         let (seen_ms, installed_ms, sweeps) = match &settled {
             Some((seen, installed, sweeps, errors)) => {
                 all_seen.push(*seen);
@@ -627,14 +700,26 @@ fn run(args: &ApplyArgs, cohort: &Path, root: &Path) -> anyhow::Result<Value> {
             "all_seen_ms": seen_ms.map(round1),
             "sweeps": sweeps,
         }));
+        if args.quiet_seconds > 0 {
+            let wave = wait_gossip_quiet(&mut agents, root, &apis, args)?;
+            eprintln!(
+                "bench: run {}: gossip quiet {} s later (agents {:.2} cores meanwhile)",
+                r + 1,
+                wave["waited_s"].as_f64().unwrap_or(0.0),
+                wave["nodes"].as_f64().unwrap_or(0.0)
+            );
+            waves.push(wave);
+        }
     }
 
-    let runs_cpu = cpu_report(
-        runs_cpu,
-        cpu_ticks(&agents),
-        runs_started.elapsed().as_secs_f64(),
-        args.runs,
-    );
+    let runs_cpu = cpu_report((0, 0, 0), runs_cpu.0, runs_cpu.1.max(0.001), wall.len());
+    let gossip_waves = json!({
+        "how_measured": "after the boot apply and after each measured run: every agent's /metrics swept each second until cohort_gossip_pending_updates is 0 on all (quiet_after_s; null when --quiet-seconds passed first); nodes/machine_busy: cores over that wait",
+        "after_boot": boot_wave,
+        "after_runs_quiet_s": spread(&waves.iter().filter_map(|w| w["quiet_after_s"].as_f64()).collect::<Vec<_>>()),
+        "after_runs_agents_cores": spread(&waves.iter().filter_map(|w| w["nodes"].as_f64()).collect::<Vec<_>>()),
+        "after_runs_not_quiet": waves.iter().filter(|w| w["quiet_after_s"].is_null()).count(),
+    });
 
     // Back to back.
     let mut row = json!(null);
@@ -750,7 +835,7 @@ fn run(args: &ApplyArgs, cohort: &Path, root: &Path) -> anyhow::Result<Value> {
         "change": "a comment line naming the change, and one node's http port moved to a free port (the http role of that node rebinds)",
         "coordinator": "rotates: measured run r on node r*max(1, N/runs), in a row apply k on node runs+k (mod N)",
         "how_measured": format!(
-            "wall_ms: client side, the PUT /v1/topology?wait=true written -> its answer read (HTTP/1.0, a new connection each); resolve/prepare/commit_ms: the coordinator's `timings`; all_installed_ms: request -> the latest `apply.install.at_ms` (ms, server clock = client clock, one machine) of the N nodes; all_seen_ms: request -> end of the first status sweep, started after the answer, that found every node at the version with its lock free (sweeps: {} threads each asking N/{} nodes one after another, {} ms apart); nothing polls while a PUT runs; cpu: /proc ticks (10 ms) of the agents, of the bench and of the whole machine over each window (the measured window includes the sweeps, the in-a-row one has none), other_processes_cores = machine - agents - bench",
+            "wall_ms: client side, the PUT /v1/topology?wait=true written -> its answer read (HTTP/1.0, a new connection each); resolve/prepare/commit_ms: the coordinator's `timings`; all_installed_ms: request -> the latest `apply.install.at_ms` (ms, server clock = client clock, one machine) of the N nodes; all_seen_ms: request -> end of the first status sweep, started after the answer, that found every node at the version with its lock free (sweeps: {} threads each asking N/{} nodes one after another, {} ms apart); nothing polls while a PUT runs; cpu: /proc ticks (10 ms) of the agents, of the bench and of the whole machine over each window (the measured window is each run's request until every node installed it, summed, sweeps included; the in-a-row one has no sweeps), other_processes_cores = machine - agents - bench",
             args.poll_threads, args.poll_threads, args.poll_ms
         ),
         "loadavg_at_start": loadavg_at_start,
@@ -760,6 +845,7 @@ fn run(args: &ApplyArgs, cohort: &Path, root: &Path) -> anyhow::Result<Value> {
             "first_version_everywhere_s": boot_s,
             "version": boot_version,
         },
+        "gossip_waves": gossip_waves,
         "idle_cpu": idle_cpu,
         "loadavg_at_end": common::loadavg(),
         "measured": {

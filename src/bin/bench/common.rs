@@ -329,6 +329,15 @@ pub fn alive_members(api: SocketAddr) -> Option<u64> {
     alive
 }
 
+/// How many member updates an agent still has to piggyback (its
+/// `cohort_gossip_pending_updates`): 0 once its news has been spread.
+pub fn pending_updates(api: SocketAddr) -> Option<u64> {
+    let text = http_get(api, "/metrics")?;
+    let pending = metric_samples(&text)
+        .find_map(|(name, value)| (name == "cohort_gossip_pending_updates").then_some(value));
+    pending
+}
+
 /// `GET path` on an agent's API (HTTP/1.0, a connection each): the body of
 /// a 200, else None.
 pub fn http_get(addr: SocketAddr, path: &str) -> Option<String> {
