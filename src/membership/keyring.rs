@@ -2,8 +2,9 @@
 //! decrypts, so keys rotate without downtime (add the new key everywhere,
 //! make it first everywhere, then remove the old one).
 
+use aes_gcm::aead::inout::InOutBuf;
 use aes_gcm::aead::{Aead, KeyInit, Payload as AeadPayload};
-use aes_gcm::{Aes256Gcm, Nonce};
+use aes_gcm::{AeadInOut, Aes256Gcm, Nonce, Tag};
 use base64::Engine;
 use std::sync::{Arc, RwLock};
 
@@ -138,6 +139,42 @@ impl Keyring {
             .ok()
     }
 
+    /// Encrypts `buffer` in place under the first key and returns the tag:
+    /// no allocation, for the packets sent many times a second.
+    pub fn seal_in_place(
+        &self,
+        nonce: &[u8; NONCE_LEN],
+        aad: &[u8],
+        buffer: &mut [u8],
+    ) -> Option<[u8; TAG_LEN]> {
+        let ciphers = self.current();
+        let tag = ciphers
+            .first()?
+            .encrypt_inout_detached(&Nonce::from(*nonce), aad, buffer.into())
+            .ok()?;
+        Some(tag.into())
+    }
+
+    /// Decrypts `ciphertext` into `plaintext` (as long) if a key
+    /// authenticates it with `tag`; `plaintext` is unspecified otherwise.
+    pub fn open_into(
+        &self,
+        nonce: &[u8; NONCE_LEN],
+        aad: &[u8],
+        ciphertext: &[u8],
+        tag: &[u8; TAG_LEN],
+        plaintext: &mut [u8],
+    ) -> bool {
+        let (nonce, tag) = (Nonce::from(*nonce), Tag::from(*tag));
+        self.current().iter().any(|cipher| {
+            InOutBuf::new(ciphertext, &mut *plaintext).is_ok_and(|buffer| {
+                cipher
+                    .decrypt_inout_detached(&nonce, aad, buffer, &tag)
+                    .is_ok()
+            })
+        })
+    }
+
     /// The plaintext if any key authenticates the ciphertext.
     pub fn open(&self, nonce: &[u8; NONCE_LEN], aad: &[u8], ciphertext: &[u8]) -> Option<Vec<u8>> {
         let nonce = Nonce::from(*nonce);
@@ -171,6 +208,25 @@ mod tests {
         assert!(old.open(&NONCE, b"hdr", &sealed).is_none());
         let from_old = old.seal(&NONCE, b"hdr", b"hi").unwrap();
         assert_eq!(rotating.open(&NONCE, b"hdr", &from_old).unwrap(), b"hi");
+    }
+
+    #[test]
+    fn in_place_and_allocating_forms_agree_and_rotate_alike() {
+        let rotating = Keyring::new(&[[2; KEY_LEN], [1; KEY_LEN]]).unwrap();
+        let old_only = Keyring::new(&[[1; KEY_LEN]]).unwrap();
+        let new_only = Keyring::new(&[[2; KEY_LEN]]).unwrap();
+        let mut buffer = b"hello".to_vec();
+        let tag = rotating.seal_in_place(&NONCE, b"hdr", &mut buffer).unwrap();
+        let sealed = rotating.seal(&NONCE, b"hdr", b"hello").unwrap();
+        assert_eq!([buffer.as_slice(), &tag[..]].concat(), sealed);
+        let mut out = [0u8; 5];
+        assert!(new_only.open_into(&NONCE, b"hdr", &buffer, &tag, &mut out));
+        assert_eq!(&out, b"hello");
+        assert!(rotating.open_into(&NONCE, b"hdr", &buffer, &tag, &mut out));
+        assert!(!old_only.open_into(&NONCE, b"hdr", &buffer, &tag, &mut out));
+        assert!(!new_only.open_into(&NONCE, b"other", &buffer, &tag, &mut out));
+        let mut short = [0u8; 4];
+        assert!(!new_only.open_into(&NONCE, b"hdr", &buffer, &tag, &mut short));
     }
 
     #[test]

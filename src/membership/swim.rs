@@ -4,6 +4,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::net::{Ipv6Addr, SocketAddr};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use rand::rngs::StdRng;
@@ -180,6 +181,9 @@ pub struct Swim {
     wall_offset_ms: i64,
     /// Estimated wall-clock offsets of the members that answered probes.
     clock_offsets: BTreeMap<NodeId, ClockOffset>,
+    /// The body of the packet being read, decrypted here: its capacity is
+    /// kept, so a packet costs no allocation of its size.
+    body: Vec<u8>,
 }
 
 impl std::fmt::Debug for Swim {
@@ -242,6 +246,7 @@ impl Swim {
             wall_ms: None,
             wall_offset_ms: 0,
             clock_offsets: BTreeMap::new(),
+            body: Vec::new(),
             config,
         };
         swim.record_limit = swim.compute_record_limit();
@@ -527,9 +532,13 @@ impl Swim {
     // ---- packet handling ------------------------------------------------
 
     fn handle_frame(&mut self, now: Instant, from: SocketAddr, bytes: &[u8], via_stream: bool) {
-        let body = match wire::open_gossip(&self.security, &self.config.cluster, bytes) {
-            Ok(body) => body,
-            Err(FrameError::Decode(_)) => return self.stats.dropped.decode += 1,
+        let mut body = std::mem::take(&mut self.body);
+        let opened = wire::open_gossip_into(&self.security, &self.config.cluster, bytes, &mut body);
+        let decoded = opened.map(|()| wire::decode_packet(&body));
+        self.body = body;
+        let packet = match decoded {
+            Ok(Ok(packet)) => packet,
+            Ok(Err(_)) | Err(FrameError::Decode(_)) => return self.stats.dropped.decode += 1,
             Err(FrameError::Decrypt) => {
                 self.stats.last_undecryptable_from = Some(from);
                 return self.stats.dropped.decrypt += 1;
@@ -537,9 +546,6 @@ impl Swim {
             Err(FrameError::PlaintextRefused) => {
                 return self.stats.dropped.plaintext_refused += 1;
             }
-        };
-        let Ok(packet) = wire::decode_packet(&body) else {
-            return self.stats.dropped.decode += 1;
         };
         if packet.cluster != wire::cluster_in_body(&self.security, &self.config.cluster) {
             return self.stats.dropped.foreign_cluster += 1;
@@ -1362,20 +1368,24 @@ impl Swim {
 
     /// The encoded gossip item of member `id` (self included), cached per
     /// member until its state changes.
-    fn encoded_record(&mut self, id: NodeId) -> Option<Vec<u8>> {
+    fn encoded_record(&mut self, id: NodeId) -> Option<Arc<[u8]>> {
         if id == self.me.id {
-            return wire::encode(&Gossip::Member(self.record_of_me())).ok();
+            return wire::encode(&Gossip::Member(self.record_of_me()))
+                .ok()
+                .map(Arc::from);
         }
         let entry = self.members.get_mut(id)?;
         if entry.encoded.is_none() {
-            entry.encoded = wire::encode(&Gossip::Member(Self::record_of(entry))).ok();
+            entry.encoded = wire::encode(&Gossip::Member(Self::record_of(entry)))
+                .ok()
+                .map(Arc::from);
         }
         entry.encoded.clone()
     }
 
-    fn encoded_event(&self, now: Instant, id: EventId) -> Option<Vec<u8>> {
+    fn encoded_event(&self, now: Instant, id: EventId) -> Option<Arc<[u8]>> {
         let event = self.event_log.copy(now, id)?;
-        wire::encode(&Gossip::Event(event)).ok()
+        wire::encode(&Gossip::Event(event)).ok().map(Arc::from)
     }
 
     /// Largest gossip item that fits beside the biggest protocol message.
@@ -1434,7 +1444,7 @@ impl Swim {
             .config
             .max_packet_size
             .saturating_sub(FRAME_OVERHEAD + head.len() + 2);
-        let mut items: Vec<Vec<u8>> = Vec::new();
+        let mut items: Vec<Arc<[u8]>> = Vec::new();
         let mut included: Vec<NodeId> = Vec::new();
         let limits = Limits::for_members(
             self.config.retransmit_multiplier,
@@ -1490,8 +1500,7 @@ impl Swim {
                 included.push(id);
             }
         }
-        let body = wire::assemble(&head, &items);
-        self.push_frame(dst, &body, TransmitKind::Datagram);
+        self.push_frame(dst, &head, &items, TransmitKind::Datagram);
     }
 
     /// A hash of every (id, incarnation, status) this node knows, itself
@@ -1536,7 +1545,7 @@ impl Swim {
         let ids: Vec<NodeId> = std::iter::once(self.me.id)
             .chain(self.members.iter().map(|e| e.member.id))
             .collect();
-        let mut items: Vec<Vec<u8>> = ids
+        let mut items: Vec<Arc<[u8]>> = ids
             .into_iter()
             .filter_map(|id| self.encoded_record(id))
             .collect();
@@ -1544,10 +1553,10 @@ impl Swim {
             self.event_log
                 .live_copies(now)
                 .into_iter()
-                .filter_map(|event| wire::encode(&Gossip::Event(event)).ok()),
+                .filter_map(|event| wire::encode(&Gossip::Event(event)).ok())
+                .map(Arc::from),
         );
-        let body = wire::assemble(&head, &items);
-        self.push_frame(dst, &body, TransmitKind::Stream);
+        self.push_frame(dst, &head, &items, TransmitKind::Stream);
     }
 
     /// One message over a stream with our own record, so the receiver
@@ -1556,16 +1565,22 @@ impl Swim {
         let Ok(head) = self.encode_head(message) else {
             return;
         };
-        let items: Vec<Vec<u8>> = self.encoded_record(self.me.id).into_iter().collect();
-        let body = wire::assemble(&head, &items);
-        self.push_frame(dst, &body, TransmitKind::Stream);
+        let items: Vec<Arc<[u8]>> = self.encoded_record(self.me.id).into_iter().collect();
+        self.push_frame(dst, &head, &items, TransmitKind::Stream);
     }
 
-    fn push_frame(&mut self, dst: SocketAddr, body: &[u8], kind: TransmitKind) {
+    /// Frames the body `head` + `items` and queues it for `dst`.
+    fn push_frame(
+        &mut self,
+        dst: SocketAddr,
+        head: &[u8],
+        items: &[Arc<[u8]>],
+        kind: TransmitKind,
+    ) {
         let mut nonce = [0u8; NONCE_LEN];
         self.rng.fill_bytes(&mut nonce);
-        let Some(bytes) = wire::seal_gossip(&self.security, &self.config.cluster, nonce, body)
-        else {
+        let cluster = &self.config.cluster;
+        let Some(bytes) = wire::seal_gossip(&self.security, cluster, nonce, head, items) else {
             return;
         };
         match kind {

@@ -14,7 +14,7 @@ pub(crate) struct Entry {
     /// Who accuses it (sent along with a suspect record).
     pub suspecter: Option<NodeId>,
     /// The encoded record, cached until the member changes.
-    pub encoded: Option<Vec<u8>>,
+    pub encoded: Option<std::sync::Arc<[u8]>>,
 }
 
 #[derive(Clone, Debug, Default)]

@@ -120,15 +120,22 @@ pub fn encode<T: Serialize + ?Sized>(value: &T) -> Result<Vec<u8>, EncodeError> 
 }
 
 /// Concatenates an encoded head and encoded records into a `Packet` body.
-pub fn assemble(head: &[u8], records: &[Vec<u8>]) -> Vec<u8> {
-    let len = head.len() + 5 + records.iter().map(Vec::len).sum::<usize>();
-    let mut body = Vec::with_capacity(len);
-    body.extend_from_slice(head);
-    push_varint(&mut body, records.len());
-    for record in records {
-        body.extend_from_slice(record);
-    }
+pub fn assemble(head: &[u8], records: &[impl AsRef<[u8]>]) -> Vec<u8> {
+    let mut body = Vec::with_capacity(body_len(head, records));
+    write_body(&mut body, head, records);
     body
+}
+
+fn body_len(head: &[u8], records: &[impl AsRef<[u8]>]) -> usize {
+    head.len() + varint_len(records.len()) + records.iter().map(|r| r.as_ref().len()).sum::<usize>()
+}
+
+fn write_body(out: &mut Vec<u8>, head: &[u8], records: &[impl AsRef<[u8]>]) {
+    out.extend_from_slice(head);
+    push_varint(out, records.len());
+    for record in records {
+        out.extend_from_slice(record.as_ref());
+    }
 }
 
 /// postcard's length prefix: LEB128.
@@ -166,14 +173,23 @@ pub fn cluster_in_body<'a>(security: &PacketSecurity, cluster: &'a str) -> &'a s
     }
 }
 
-/// `seal` for a gossip packet of `cluster` (see `cluster_in_body`).
+/// A gossip packet of `cluster` (see `cluster_in_body`), its body the
+/// head and records given, framed: the body is written into the frame and
+/// encrypted there, one allocation per packet.
 pub fn seal_gossip(
     security: &PacketSecurity,
     cluster: &str,
     nonce: [u8; NONCE_LEN],
-    body: &[u8],
+    head: &[u8],
+    records: &[impl AsRef<[u8]>],
 ) -> Option<Vec<u8>> {
-    seal_with(security, cluster.as_bytes(), nonce, body)
+    seal_with(
+        security,
+        cluster.as_bytes(),
+        nonce,
+        body_len(head, records),
+        |frame| write_body(frame, head, records),
+    )
 }
 
 /// `open` for a gossip packet of `cluster`.
@@ -182,12 +198,27 @@ pub fn open_gossip(
     cluster: &str,
     frame: &[u8],
 ) -> Result<Vec<u8>, FrameError> {
-    open_with(security, cluster.as_bytes(), frame)
+    let mut body = Vec::new();
+    open_gossip_into(security, cluster, frame, &mut body)?;
+    Ok(body)
+}
+
+/// `open` for a gossip packet of `cluster`, the body written into `body`
+/// (cleared first; its capacity is reused).
+pub fn open_gossip_into(
+    security: &PacketSecurity,
+    cluster: &str,
+    frame: &[u8],
+    body: &mut Vec<u8>,
+) -> Result<(), FrameError> {
+    open_with(security, cluster.as_bytes(), frame, body)
 }
 
 /// Wraps a body into a frame; `nonce` must be fresh from a CSPRNG.
 pub fn seal(security: &PacketSecurity, nonce: [u8; NONCE_LEN], body: &[u8]) -> Option<Vec<u8>> {
-    seal_with(security, &[], nonce, body)
+    seal_with(security, &[], nonce, body.len(), |frame| {
+        frame.extend_from_slice(body);
+    })
 }
 
 /// The frame header, then `context`: what an encrypted frame authenticates
@@ -199,26 +230,31 @@ fn associated_data(header: &[u8; HEADER_LEN], context: &[u8]) -> Vec<u8> {
     aad
 }
 
+/// A frame whose body (`body_len` bytes) `write` appends; encrypted in
+/// place, so the frame is the only allocation.
 fn seal_with(
     security: &PacketSecurity,
     context: &[u8],
     nonce: [u8; NONCE_LEN],
-    body: &[u8],
+    body_len: usize,
+    write: impl FnOnce(&mut Vec<u8>),
 ) -> Option<Vec<u8>> {
     match security {
         PacketSecurity::Plaintext => {
-            let mut frame = Vec::with_capacity(HEADER_LEN + body.len());
+            let mut frame = Vec::with_capacity(HEADER_LEN + body_len);
             frame.extend_from_slice(&[WIRE_VERSION, MODE_PLAINTEXT]);
-            frame.extend_from_slice(body);
+            write(&mut frame);
             Some(frame)
         }
         PacketSecurity::Encrypted(keyring) => {
             let header = [WIRE_VERSION, MODE_AES_GCM];
-            let sealed = keyring.seal(&nonce, &associated_data(&header, context), body)?;
-            let mut frame = Vec::with_capacity(HEADER_LEN + NONCE_LEN + sealed.len());
+            let mut frame = Vec::with_capacity(HEADER_LEN + NONCE_LEN + body_len + TAG_LEN);
             frame.extend_from_slice(&header);
             frame.extend_from_slice(&nonce);
-            frame.extend_from_slice(&sealed);
+            write(&mut frame);
+            let body = frame.get_mut(HEADER_LEN + NONCE_LEN..)?;
+            let tag = keyring.seal_in_place(&nonce, &associated_data(&header, context), body)?;
+            frame.extend_from_slice(&tag);
             Some(frame)
         }
     }
@@ -226,14 +262,18 @@ fn seal_with(
 
 /// The body of a frame, checked against how this node is configured.
 pub fn open(security: &PacketSecurity, frame: &[u8]) -> Result<Vec<u8>, FrameError> {
-    open_with(security, &[], frame)
+    let mut body = Vec::new();
+    open_with(security, &[], frame, &mut body)?;
+    Ok(body)
 }
 
 fn open_with(
     security: &PacketSecurity,
     context: &[u8],
     frame: &[u8],
-) -> Result<Vec<u8>, FrameError> {
+    body: &mut Vec<u8>,
+) -> Result<(), FrameError> {
+    body.clear();
     let Some((header, rest)) = frame.split_first_chunk::<HEADER_LEN>() else {
         return Err(FrameError::Decode("shorter than the frame header"));
     };
@@ -241,19 +281,27 @@ fn open_with(
         return Err(FrameError::Decode("unknown wire version"));
     }
     match (header[1], security) {
-        (MODE_PLAINTEXT, PacketSecurity::Plaintext) => Ok(rest.to_vec()),
+        (MODE_PLAINTEXT, PacketSecurity::Plaintext) => {
+            body.extend_from_slice(rest);
+            Ok(())
+        }
         (MODE_PLAINTEXT, PacketSecurity::Encrypted(_)) => Err(FrameError::PlaintextRefused),
         (MODE_AES_GCM, PacketSecurity::Plaintext) => Err(FrameError::Decrypt),
         (MODE_AES_GCM, PacketSecurity::Encrypted(keyring)) => {
-            let Some((nonce, ciphertext)) = rest.split_first_chunk::<NONCE_LEN>() else {
+            let Some((nonce, sealed)) = rest.split_first_chunk::<NONCE_LEN>() else {
                 return Err(FrameError::Decode("shorter than the nonce"));
             };
-            if ciphertext.len() < TAG_LEN {
+            let Some((ciphertext, tag)) = sealed.split_last_chunk::<TAG_LEN>() else {
                 return Err(FrameError::Decode("shorter than the tag"));
+            };
+            body.resize(ciphertext.len(), 0);
+            let aad = associated_data(header, context);
+            if keyring.open_into(nonce, &aad, ciphertext, tag, body) {
+                Ok(())
+            } else {
+                body.clear();
+                Err(FrameError::Decrypt)
             }
-            keyring
-                .open(nonce, &associated_data(header, context), ciphertext)
-                .ok_or(FrameError::Decrypt)
         }
         _ => Err(FrameError::Decode("unknown frame mode")),
     }
@@ -309,7 +357,7 @@ mod tests {
         }
     }
 
-    fn body_of(p: &Packet) -> Vec<u8> {
+    fn head_and_records(p: &Packet) -> (Vec<u8>, Vec<Vec<u8>>) {
         let head = encode(&PacketHead {
             cluster: &p.cluster,
             from: p.from,
@@ -317,7 +365,11 @@ mod tests {
             message: &p.message,
         })
         .unwrap();
-        let records: Vec<Vec<u8>> = p.gossip.iter().map(|r| encode(r).unwrap()).collect();
+        (head, p.gossip.iter().map(|r| encode(r).unwrap()).collect())
+    }
+
+    fn body_of(p: &Packet) -> Vec<u8> {
+        let (head, records) = head_and_records(p);
         assemble(&head, &records)
     }
 
@@ -369,7 +421,8 @@ mod tests {
         p.cluster = cluster_in_body(&ring, "orders").into();
         assert_eq!(p.cluster, "");
         let body = body_of(&p);
-        let sealed = seal_gossip(&ring, "orders", [1; 12], &body).unwrap();
+        let (head, records) = head_and_records(&p);
+        let sealed = seal_gossip(&ring, "orders", [1; 12], &head, &records).unwrap();
         assert_eq!(open_gossip(&ring, "orders", &sealed).unwrap(), body);
         // Same key, another cluster: not authentic there.
         assert_eq!(
@@ -382,10 +435,24 @@ mod tests {
             cluster_in_body(&PacketSecurity::Plaintext, "orders"),
             "orders"
         );
-        let plain = seal_gossip(&PacketSecurity::Plaintext, "orders", [0; 12], &body).unwrap();
+        let plain = seal_gossip(
+            &PacketSecurity::Plaintext,
+            "orders",
+            [0; 12],
+            &head,
+            &records,
+        )
+        .unwrap();
         assert_eq!(
             plain,
             seal(&PacketSecurity::Plaintext, [0; 12], &body).unwrap()
+        );
+        // No records still counts them: a ping with nothing to piggyback.
+        let none: [&[u8]; 0] = [];
+        let bare = seal_gossip(&ring, "orders", [2; 12], &head, &none).unwrap();
+        assert_eq!(
+            open_gossip(&ring, "orders", &bare).unwrap(),
+            assemble(&head, &none)
         );
     }
 

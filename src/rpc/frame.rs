@@ -18,16 +18,32 @@ pub fn encode_into(out: &mut Vec<u8>, payload: &[u8], max: usize) -> Result<(), 
     if payload.is_empty() {
         return Err(FrameError::Empty);
     }
-    let len = u32::try_from(payload.len())
+    encode_with(out, payload.len(), max, |out| {
+        out.extend_from_slice(payload)
+    })
+}
+
+/// Appends one frame of `len` bytes to `out`, the bytes appended by
+/// `write` (which must append exactly `len`): a frame built in place.
+pub fn encode_with(
+    out: &mut Vec<u8>,
+    len: usize,
+    max: usize,
+    write: impl FnOnce(&mut Vec<u8>),
+) -> Result<(), FrameError> {
+    let prefix = u32::try_from(len)
         .ok()
-        .filter(|&len| len as usize <= max)
-        .ok_or(FrameError::TooLarge {
-            len: payload.len(),
-            max,
-        })?;
-    out.reserve(LEN_PREFIX + payload.len());
-    out.extend_from_slice(&len.to_be_bytes());
-    out.extend_from_slice(payload);
+        .filter(|&prefix| prefix as usize <= max)
+        .ok_or(FrameError::TooLarge { len, max })?;
+    out.reserve(LEN_PREFIX + len);
+    out.extend_from_slice(&prefix.to_be_bytes());
+    let start = out.len();
+    write(out);
+    debug_assert_eq!(
+        out.len() - start,
+        len,
+        "a frame's writer appends its length"
+    );
     Ok(())
 }
 

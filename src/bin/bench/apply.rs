@@ -92,6 +92,61 @@ pub struct ApplyArgs {
     cohort: Option<PathBuf>,
 }
 
+#[derive(clap::Args)]
+pub struct ParseArgs {
+    #[arg(long, default_value_t = 500)]
+    nodes: usize,
+    /// Parses timed.
+    #[arg(long, default_value_t = 50)]
+    reps: usize,
+}
+
+/// What one node's share of an apply costs in parsing: the text `bench
+/// apply` would propose for `--nodes`, parsed and validated as every
+/// participant does at PREPARE (`Topology::parse`), in this process, no
+/// agent running.
+pub fn parse(args: &ParseArgs) -> anyhow::Result<()> {
+    let model = Model {
+        nodes: (1..=args.nodes)
+            .map(|i| {
+                let port = u16::try_from(20_000 + 2 * i).unwrap_or(u16::MAX);
+                (format!("n{i}"), SocketAddr::from(([127, 0, 0, 1], port)))
+            })
+            .collect(),
+        http: (1..=args.nodes)
+            .map(|i| u16::try_from(40_000 + i).unwrap_or(u16::MAX))
+            .collect(),
+        comment: format!("cohort bench parse: {} nodes", args.nodes),
+    };
+    let text = model.text();
+    let file = Path::new("bench-topology.yaml");
+    ::cohort::config::Topology::parse(&text, file)
+        .map_err(|e| anyhow::anyhow!("the bench's own topology does not parse: {e}"))?;
+    let mut ms = Vec::with_capacity(args.reps);
+    for _ in 0..args.reps {
+        let started = Instant::now();
+        let parsed = ::cohort::config::Topology::parse(&text, file);
+        ms.push(started.elapsed().as_secs_f64() * 1000.0);
+        drop(std::hint::black_box(parsed));
+    }
+    let report = json!({
+        "scenario": "parse",
+        "nodes": args.nodes,
+        "text_bytes": text.len(),
+        "parse_ms": spread(&ms),
+        "how_measured": "Topology::parse (serde-saphyr, then validation) of the text `bench apply` proposes at this N, timed in one thread of this process; what every participant does once per PREPARE",
+        "all_nodes_cpu_s_estimate": percentile(&ms, 0.5).map(|m| m * args.nodes as f64 / 1000.0),
+    });
+    println!("{report}");
+    eprintln!(
+        "bench: parse of {} bytes ({} nodes): median {} ms",
+        text.len(),
+        args.nodes,
+        self::ms(percentile(&ms, 0.5))
+    );
+    Ok(())
+}
+
 /// How long the agents get to converge and commit their first version.
 const BOOT_DEADLINE: Duration = Duration::from_secs(300);
 /// Pause between two sweeps while waiting for the gossip to go quiet.

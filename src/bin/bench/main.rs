@@ -6,6 +6,7 @@
 //!   bench/peers/memberlist/build.sh
 //!   target/release/bench memberlist-peer --nodes 100
 //!   target/release/bench apply --nodes 100 --runs 5 --in-a-row 100
+//!   target/release/bench parse --nodes 500
 //!   target/release/bench raft --nodes 50 --voters 5 --kills 20
 //!   target/release/bench ui --agents 100
 //!   target/release/bench compare --nodes 100 --loss 5 --seed 1 --chart-dir docs/benchmarks
@@ -58,6 +59,8 @@ enum Scenario {
     MemberlistPeer(memberlist::MemberlistArgs),
     /// Topology apply (two-phase commit): wall time, phases, time to every node.
     Apply(apply::ApplyArgs),
+    /// Topology parsing: the CPU each node spends parsing the apply model's text.
+    Parse(apply::ParseArgs),
     /// Raft: leader failover and master failover after SIGKILL, seen by every node.
     Raft(raft::RaftArgs),
     /// The web page: load time with N agents, bytes on load and while quiet, a death shown live.
@@ -77,6 +80,7 @@ fn main() -> anyhow::Result<()> {
         Scenario::Membership(args) => cohort::membership(args, &scratch),
         Scenario::MemberlistPeer(args) => memberlist::memberlist_peer(args, &scratch),
         Scenario::Apply(args) => apply::apply(args, &scratch),
+        Scenario::Parse(args) => apply::parse(&args),
         Scenario::Raft(args) => raft::raft(args, &scratch),
         Scenario::Ui(args) => ui::ui(args, &scratch),
         Scenario::Compare(args) => compare::compare(args, &scratch),
