@@ -836,11 +836,13 @@ impl Swim {
         {
             self.events.push_back(MemberEvent::PayloadChanged { id });
         }
-        // An alive member that only published a new payload; a new version
-        // with the same payload is a refutation, spread as widely as the
-        // suspicion it answers.
+        // An alive member that only published a new payload in the same
+        // life; a new version with the same payload is a refutation,
+        // spread as widely as the suspicion it answers, and a new life (a
+        // restart) is news about the member itself.
         let payload_only = record.status == MemberStatus::Alive
             && old.status == MemberStatus::Alive
+            && old.incarnation.generation == record.incarnation.generation
             && old.addr == record.addr
             && self
                 .members
@@ -1071,22 +1073,30 @@ impl Swim {
             }
             Timer::Gossip => {
                 self.gossip_armed = false;
-                if self.has_news() {
-                    for addr in self.random_active(self.config.gossip_fanout, None) {
-                        self.send_datagram(now, addr, Message::Gossip);
-                    }
+                for addr in self.random_active(self.gossip_fanout_now(), None) {
+                    self.send_datagram(now, addr, Message::Gossip);
                 }
             }
         }
     }
 
-    fn has_news(&self) -> bool {
-        !self.broadcasts.is_empty() || !self.event_broadcasts.is_empty()
+    /// Members to send a gossip packet to at this tick: the full fan-out
+    /// for a status change or a user event, the payload fan-out when only
+    /// payloads changed (the updates then mostly ride on probes and acks).
+    fn gossip_fanout_now(&self) -> usize {
+        if self.broadcasts.has_status_news() || !self.event_broadcasts.is_empty() {
+            self.config.gossip_fanout
+        } else if !self.broadcasts.is_empty() {
+            self.config.payload_gossip_fanout
+        } else {
+            0
+        }
     }
 
-    /// Keeps the gossip timer running exactly while there is news.
+    /// Keeps the gossip timer running exactly while there is news to send
+    /// on it.
     fn arm_gossip(&mut self, now: Instant) {
-        if !self.gossip_armed && self.has_news() {
+        if !self.gossip_armed && self.gossip_fanout_now() > 0 {
             self.gossip_armed = true;
             self.timers
                 .insert((now + self.config.gossip_interval, Timer::Gossip));
