@@ -136,6 +136,9 @@ struct Relay {
     requester_seq: u32,
 }
 
+/// The largest read buffer a node keeps between packets: any datagram.
+const KEPT_BODY_CAPACITY: usize = wire::MAX_DATAGRAM;
+
 /// One node's SWIM protocol. See the module doc.
 pub struct Swim {
     config: SwimConfig,
@@ -182,7 +185,8 @@ pub struct Swim {
     /// Estimated wall-clock offsets of the members that answered probes.
     clock_offsets: BTreeMap<NodeId, ClockOffset>,
     /// The body of the packet being read, decrypted here: its capacity is
-    /// kept, so a packet costs no allocation of its size.
+    /// kept (up to `KEPT_BODY_CAPACITY`), so a datagram costs no
+    /// allocation of its size.
     body: Vec<u8>,
 }
 
@@ -535,7 +539,10 @@ impl Swim {
         let mut body = std::mem::take(&mut self.body);
         let opened = wire::open_gossip_into(&self.security, &self.config.cluster, bytes, &mut body);
         let decoded = opened.map(|()| wire::decode_packet(&body));
-        self.body = body;
+        // A push-pull state (or a forged stream) may be megabytes: not kept.
+        if body.capacity() <= KEPT_BODY_CAPACITY {
+            self.body = body;
+        }
         let packet = match decoded {
             Ok(Ok(packet)) => packet,
             Ok(Err(_)) | Err(FrameError::Decode(_)) => return self.stats.dropped.decode += 1,
