@@ -726,7 +726,7 @@ fn agent_like_payload(i: usize, version: u64) -> Payload {
     }
 }
 
-/// Views of `sim` on version `v` of each subject's payload, and their count.
+/// (observer, subject) views in `sim` of a payload older than `version`.
 fn stale_views(sim: &Sim, version: u64) -> usize {
     let ids: Vec<_> = sim.running().filter_map(|i| sim.id(i)).collect();
     sim.running()
@@ -753,16 +753,10 @@ fn all_drained(sim: &Sim) -> bool {
 /// `n` nodes converge with agent-like payloads; then every node publishes
 /// a new config stamp at once, as each does when an apply commits.
 fn payload_wave(config: SimConfig, n: usize, limit: Duration) -> Result<PayloadWave, String> {
-    let mut sim = Sim::new(config);
+    let mut sim = joining_cluster(config, n);
     for i in 0..n {
-        sim.add_node();
         sim.set_payload(i, agent_like_payload(i, 0))
             .map_err(|e| e.to_string())?;
-    }
-    let stagger = PERIOD / u32::try_from(n).unwrap_or(1).max(1);
-    for i in 1..n {
-        sim.join(i, 0);
-        sim.run_for(stagger);
     }
     sim.run_until_true(PERIOD * 120, |s| {
         s.all_running_see_each_other_alive() && all_drained(s)
@@ -833,9 +827,8 @@ fn k_every_nodes_new_payload_reaches_every_view_at_5_percent_loss() {
 
 /// Not a test: the wave of payload updates after an apply, for
 /// docs/benchmarks.md. `SWIM_WAVE_NODES` (default 500), `SWIM_WAVE_LOSS`
-/// (default 0), `SWIM_WAVE_SEEDS` (default 3), `SWIM_WAVE_MULTIPLIER` and
-/// `SWIM_WAVE_FANOUT` (default: the config's λ and fan-out for payloads);
-/// prints one JSON line per seed.
+/// (default 0), `SWIM_WAVE_SEEDS` (default 3), `SWIM_WAVE_MULTIPLIER`
+/// (default: the config's λ for payloads); prints one JSON line per seed.
 /// `cargo test --release --test membership_sim -- --ignored --nocapture payload_wave_figures`
 #[test]
 #[ignore = "a measurement: prints the payload wave as JSON"]
@@ -849,17 +842,12 @@ fn payload_wave_figures() {
     let n = var("SWIM_WAVE_NODES", 500.0) as usize;
     let loss = var("SWIM_WAVE_LOSS", 0.0);
     let multiplier = var("SWIM_WAVE_MULTIPLIER", 0.0) as u32;
-    let fanout = var("SWIM_WAVE_FANOUT", -1.0);
     for seed in 1..=var("SWIM_WAVE_SEEDS", 3.0) as u64 {
         let mut config = config(seed, loss);
         if multiplier > 0 {
             config.swim.payload_retransmit_multiplier = multiplier;
         }
-        if fanout >= 0.0 {
-            config.swim.payload_gossip_fanout = fanout as usize;
-        }
         let lambda = config.swim.payload_retransmit_multiplier;
-        let payload_fanout = config.swim.payload_gossip_fanout;
         let wave = payload_wave(config, n, Duration::from_secs(600))
             .unwrap_or_else(|e| panic!("seed {seed}: {e}"));
         println!(
@@ -870,7 +858,6 @@ fn payload_wave_figures() {
                 "nodes": n,
                 "loss": loss,
                 "payload_retransmit_multiplier": lambda,
-                "payload_gossip_fanout": payload_fanout,
                 "drained_s": wave.drained_s,
                 "stale_views_at_drain": wave.stale_at_drain,
                 "all_views_current_s": wave.current_s,

@@ -311,56 +311,6 @@ fn an_update_is_relayed_exactly_lambda_log2_n_times_with_the_lambda_of_its_kind(
     assert_eq!(relayed_by_first(&mut nodes, &mut now), 3 * 4);
 }
 
-/// Gossip-timer packets (`Message::Gossip`) node 0 sends over 10 s.
-fn gossip_packets_of_first(nodes: &mut [Swim], now: &mut Instant) -> usize {
-    let mut gossips = 0;
-    for _ in 0..100 {
-        *now += Duration::from_millis(100);
-        tick(nodes, *now, |t| {
-            let body = wire::open(&PacketSecurity::Plaintext, &t.bytes).expect("opens");
-            let p = wire::decode_packet(&body).expect("decodes");
-            gossips += usize::from(p.message == Message::Gossip);
-        });
-    }
-    gossips
-}
-
-#[test]
-fn payload_news_without_a_fanout_of_its_own_rides_on_probes_only() {
-    let mut now = Instant::now();
-    let quiet = SwimConfig {
-        anti_entropy_records: 0,
-        payload_gossip_fanout: 0,
-        ..config()
-    };
-    let mut nodes = quiet_five(&mut now, &quiet);
-    nodes[0]
-        .set_payload(
-            now,
-            Payload {
-                roles: vec!["x".into()],
-                ..Payload::default()
-            },
-        )
-        .expect("fits");
-    assert_eq!(gossip_packets_of_first(&mut nodes, &mut now), 0);
-    let version = nodes[0].local().incarnation;
-    assert!(
-        nodes[1..]
-            .iter()
-            .all(|n| n.member(id(1)).is_some_and(|m| m.incarnation == version)),
-        "the new payload reached every node on probes and acks"
-    );
-    // A status change (a refutation) still uses the gossip timer.
-    gossip(
-        &mut nodes[0],
-        now,
-        3,
-        &[record(1, version, MemberStatus::Suspect)],
-    );
-    assert!(gossip_packets_of_first(&mut nodes, &mut now) > 0);
-}
-
 /// Runs every node's timers at `now`, then delivers everything; `sent_by_first`
 /// sees each transmit of node 0.
 fn tick(nodes: &mut [Swim], now: Instant, sent_by_first: impl FnMut(&Transmit)) {

@@ -172,9 +172,10 @@ pub struct Snapshot<'a> {
     pub data_dir: &'a DataDirView,
     /// This node's gossip still has member updates to spread (for under
     /// `GOSSIP_SETTLE_MAX`). After an apply every node publishes its new
-    /// version at once, and at 200 nodes the last views catch up ~18 s
-    /// later (`bench apply`): until the wave is out, a peer seen behind
-    /// may only be seen late, so it is not yet a config mismatch.
+    /// version at once, and at 200 agents every node's queue of updates
+    /// drained only ~18 s later (`bench apply`): until the wave is out, a
+    /// peer seen behind may only be seen late, so it is not yet a config
+    /// mismatch.
     pub gossip_settling: bool,
 }
 

@@ -58,13 +58,6 @@ pub struct SwimConfig {
     /// so news spreads in a few hundred ms rather than a period per hop.
     pub gossip_interval: Duration,
     pub gossip_fanout: usize,
-    /// The gossip timer's fan-out while only payload updates are queued;
-    /// 0 leaves them to ride on probes and acks. 3, as for any news: 0
-    /// saves ~620 datagrams a node per apply at 500 nodes in the simulator
-    /// but leaves the views stale for 188 s instead of ~30, and at 200
-    /// agents it spread the same CPU over 158 s instead of 18.5 without
-    /// measurably less of it (docs/benchmarks.md, eighth look).
-    pub payload_gossip_fanout: usize,
     /// User events older than this are neither forwarded nor accepted.
     pub user_event_ttl: Duration,
     /// User events of this node still being spread at most; more are
@@ -93,7 +86,6 @@ impl Default for SwimConfig {
             leave_fanout: 5,
             gossip_interval: Duration::from_millis(200),
             gossip_fanout: 3,
-            payload_gossip_fanout: 3,
             user_event_ttl: Duration::from_secs(300),
             max_pending_user_events: 64,
         }

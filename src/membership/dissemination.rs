@@ -43,14 +43,6 @@ impl Limits {
         }
     }
 
-    /// One limit for every reach (user events).
-    pub fn uniform(limit: u32) -> Self {
-        Limits {
-            status: limit,
-            payload: limit,
-        }
-    }
-
     fn of(self, reach: Reach) -> u32 {
         match reach {
             Reach::Status => self.status,
@@ -65,8 +57,6 @@ pub struct Dissemination<K = NodeId> {
     /// Sends so far, sequence, reach.
     by_id: BTreeMap<K, (u32, u64, Reach)>,
     next_seq: u64,
-    /// Updates queued with `Reach::Status`.
-    status_queued: usize,
 }
 
 impl<K> Default for Dissemination<K> {
@@ -75,7 +65,6 @@ impl<K> Default for Dissemination<K> {
             queue: BTreeSet::new(),
             by_id: BTreeMap::new(),
             next_seq: 0,
-            status_queued: 0,
         }
     }
 }
@@ -98,20 +87,13 @@ impl<K: Ord + Copy> Dissemination<K> {
         self.next_seq += 1;
         self.queue.insert((0, Reverse(seq), id));
         self.by_id.insert(id, (0, seq, reach));
-        self.status_queued += usize::from(reach == Reach::Status);
     }
 
     /// Stops spreading `id`; returns the reach it was queued with.
     pub fn remove(&mut self, id: K) -> Option<Reach> {
         let (sent, seq, reach) = self.by_id.remove(&id)?;
         self.queue.remove(&(sent, Reverse(seq), id));
-        self.status_queued -= usize::from(reach == Reach::Status);
         Some(reach)
-    }
-
-    /// Whether any queued update has `Reach::Status`.
-    pub fn has_status_news(&self) -> bool {
-        self.status_queued > 0
     }
 
     pub fn len(&self) -> usize {
@@ -140,7 +122,6 @@ impl<K: Ord + Copy> Dissemination<K> {
         let sent = sent + 1;
         if sent >= limits.of(reach) {
             self.by_id.remove(&id);
-            self.status_queued -= usize::from(reach == Reach::Status);
         } else {
             self.queue.insert((sent, Reverse(seq), id));
             self.by_id.insert(id, (sent, seq, reach));
@@ -168,7 +149,10 @@ mod tests {
 
     #[test]
     fn least_sent_then_newest_first_and_limit_enforced() {
-        let two = Limits::uniform(2);
+        let two = Limits {
+            status: 2,
+            payload: 2,
+        };
         let mut d: Dissemination = Dissemination::default();
         d.enqueue(id(1), Reach::Status);
         d.enqueue(id(2), Reach::Status);
@@ -211,12 +195,6 @@ mod tests {
         assert_eq!(sends_until_dropped(&mut d, id(1), limits), 6);
         // Once spread, a payload change is payload news again.
         d.enqueue(id(1), Reach::Payload);
-        assert!(!d.has_status_news());
         assert_eq!(sends_until_dropped(&mut d, id(1), limits), 2);
-        d.enqueue(id(2), Reach::Status);
-        d.enqueue(id(3), Reach::Payload);
-        assert!(d.has_status_news());
-        d.remove(id(2));
-        assert!(!d.has_status_news(), "only payload news left");
     }
 }

@@ -3,7 +3,7 @@
 //! make it first everywhere, then remove the old one).
 
 use aes_gcm::aead::inout::InOutBuf;
-use aes_gcm::aead::{Aead, KeyInit, Payload as AeadPayload};
+use aes_gcm::aead::KeyInit;
 use aes_gcm::{AeadInOut, Aes256Gcm, Nonce, Tag};
 use base64::Engine;
 use std::sync::{Arc, RwLock};
@@ -123,24 +123,19 @@ impl Keyring {
         self.current().is_empty()
     }
 
-    /// Ciphertext with its tag, under the first key. The nonce must never
-    /// repeat under one key: callers draw it from a CSPRNG.
+    /// Ciphertext with its tag, under the first key: `open`'s input. Only
+    /// tests want it allocated; frames are sealed in place.
+    #[cfg(test)]
     pub fn seal(&self, nonce: &[u8; NONCE_LEN], aad: &[u8], plaintext: &[u8]) -> Option<Vec<u8>> {
-        let ciphers = self.current();
-        ciphers
-            .first()?
-            .encrypt(
-                &Nonce::from(*nonce),
-                AeadPayload {
-                    msg: plaintext,
-                    aad,
-                },
-            )
-            .ok()
+        let mut sealed = plaintext.to_vec();
+        let tag = self.seal_in_place(nonce, aad, &mut sealed)?;
+        sealed.extend_from_slice(&tag);
+        Some(sealed)
     }
 
     /// Encrypts `buffer` in place under the first key and returns the tag:
-    /// no allocation, for the packets sent many times a second.
+    /// no allocation, for the packets sent many times a second. The nonce
+    /// must never repeat under one key: callers draw it from a CSPRNG.
     pub fn seal_in_place(
         &self,
         nonce: &[u8; NONCE_LEN],
@@ -175,20 +170,13 @@ impl Keyring {
         })
     }
 
-    /// The plaintext if any key authenticates the ciphertext.
-    pub fn open(&self, nonce: &[u8; NONCE_LEN], aad: &[u8], ciphertext: &[u8]) -> Option<Vec<u8>> {
-        let nonce = Nonce::from(*nonce);
-        self.current().iter().find_map(|cipher| {
-            cipher
-                .decrypt(
-                    &nonce,
-                    AeadPayload {
-                        msg: ciphertext,
-                        aad,
-                    },
-                )
-                .ok()
-        })
+    /// The plaintext of `sealed` (ciphertext, then tag) if any key
+    /// authenticates it.
+    pub fn open(&self, nonce: &[u8; NONCE_LEN], aad: &[u8], sealed: &[u8]) -> Option<Vec<u8>> {
+        let (ciphertext, tag) = sealed.split_last_chunk::<TAG_LEN>()?;
+        let mut plaintext = vec![0; ciphertext.len()];
+        self.open_into(nonce, aad, ciphertext, tag, &mut plaintext)
+            .then_some(plaintext)
     }
 }
 
@@ -211,14 +199,25 @@ mod tests {
     }
 
     #[test]
-    fn in_place_and_allocating_forms_agree_and_rotate_alike() {
+    fn in_place_forms_are_aes_gcm_and_rotate_alike() {
+        use aes_gcm::aead::{Aead, Payload};
         let rotating = Keyring::new(&[[2; KEY_LEN], [1; KEY_LEN]]).unwrap();
         let old_only = Keyring::new(&[[1; KEY_LEN]]).unwrap();
         let new_only = Keyring::new(&[[2; KEY_LEN]]).unwrap();
         let mut buffer = b"hello".to_vec();
         let tag = rotating.seal_in_place(&NONCE, b"hdr", &mut buffer).unwrap();
-        let sealed = rotating.seal(&NONCE, b"hdr", b"hello").unwrap();
-        assert_eq!([buffer.as_slice(), &tag[..]].concat(), sealed);
+        // The one-shot AES-256-GCM of the aead crate, as a reference.
+        let reference = Aes256Gcm::new(&[2; KEY_LEN].into())
+            .encrypt(
+                &Nonce::from(NONCE),
+                Payload {
+                    msg: b"hello",
+                    aad: b"hdr",
+                },
+            )
+            .unwrap();
+        assert_eq!([buffer.as_slice(), &tag[..]].concat(), reference);
+        assert_eq!(new_only.open(&NONCE, b"hdr", &reference).unwrap(), b"hello");
         let mut out = [0u8; 5];
         assert!(new_only.open_into(&NONCE, b"hdr", &buffer, &tag, &mut out));
         assert_eq!(&out, b"hello");

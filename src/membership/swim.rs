@@ -820,6 +820,7 @@ impl Swim {
             return;
         };
         let old = entry.member.clone();
+        let payload_changed = old.payload != record.payload;
         entry.member.incarnation = record.incarnation;
         entry.member.addr = record.addr;
         entry.member.payload = record.payload;
@@ -836,11 +837,7 @@ impl Swim {
                 to: record.addr,
             });
         }
-        if self
-            .members
-            .get(id)
-            .is_some_and(|e| e.member.payload != old.payload)
-        {
+        if payload_changed {
             self.events.push_back(MemberEvent::PayloadChanged { id });
         }
         // An alive member that only published a new payload in the same
@@ -851,10 +848,7 @@ impl Swim {
             && old.status == MemberStatus::Alive
             && old.incarnation.generation == record.incarnation.generation
             && old.addr == record.addr
-            && self
-                .members
-                .get(id)
-                .is_some_and(|e| e.member.payload != old.payload);
+            && payload_changed;
         let accuser = record.suspecter.unwrap_or(via);
         if record.status != old.status {
             self.change_status(now, id, record.status, accuser);
@@ -1080,30 +1074,22 @@ impl Swim {
             }
             Timer::Gossip => {
                 self.gossip_armed = false;
-                for addr in self.random_active(self.gossip_fanout_now(), None) {
-                    self.send_datagram(now, addr, Message::Gossip);
+                if self.has_news() {
+                    for addr in self.random_active(self.config.gossip_fanout, None) {
+                        self.send_datagram(now, addr, Message::Gossip);
+                    }
                 }
             }
         }
     }
 
-    /// Members to send a gossip packet to at this tick: the full fan-out
-    /// for a status change or a user event, the payload fan-out when only
-    /// payloads changed (the updates then mostly ride on probes and acks).
-    fn gossip_fanout_now(&self) -> usize {
-        if self.broadcasts.has_status_news() || !self.event_broadcasts.is_empty() {
-            self.config.gossip_fanout
-        } else if !self.broadcasts.is_empty() {
-            self.config.payload_gossip_fanout
-        } else {
-            0
-        }
+    fn has_news(&self) -> bool {
+        !self.broadcasts.is_empty() || !self.event_broadcasts.is_empty()
     }
 
-    /// Keeps the gossip timer running exactly while there is news to send
-    /// on it.
+    /// Keeps the gossip timer running exactly while there is news.
     fn arm_gossip(&mut self, now: Instant) {
-        if !self.gossip_armed && self.gossip_fanout_now() > 0 {
+        if !self.gossip_armed && self.has_news() {
             self.gossip_armed = true;
             self.timers
                 .insert((now + self.config.gossip_interval, Timer::Gossip));
@@ -1495,8 +1481,8 @@ impl Swim {
             if bytes.len() <= room {
                 room -= bytes.len();
                 items.push(bytes);
-                self.event_broadcasts
-                    .mark_sent(id, Limits::uniform(limits.status));
+                // User events are always queued with `Reach::Status`.
+                self.event_broadcasts.mark_sent(id, limits);
             }
         }
         let len = self.members.len();

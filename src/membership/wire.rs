@@ -192,7 +192,9 @@ pub fn seal_gossip(
     )
 }
 
-/// `open` for a gossip packet of `cluster`.
+/// `open` for a gossip packet of `cluster`, allocated (for tests; a node
+/// opens into its kept buffer with `open_gossip_into`).
+#[cfg(test)]
 pub fn open_gossip(
     security: &PacketSecurity,
     cluster: &str,

@@ -78,9 +78,9 @@ pub struct ApplyArgs {
     /// many seconds (no apply, no status sweep) before the runs; 0 skips it.
     #[arg(long, default_value_t = 10)]
     idle_seconds: u64,
-    /// Before the idle window and before each timed apply, wait up to
-    /// this many seconds for the gossip to go quiet: every agent done
-    /// spreading the last apply's new payloads (its
+    /// After the boot apply (so before the idle window) and after each
+    /// timed apply, wait up to this many seconds for the gossip to go
+    /// quiet: every agent done spreading that apply's new payloads (its
     /// `cohort_gossip_pending_updates` at 0). 0 does not wait.
     #[arg(long, default_value_t = 300)]
     quiet_seconds: u64,
@@ -688,7 +688,8 @@ fn run(args: &ApplyArgs, cohort: &Path, root: &Path) -> anyhow::Result<Value> {
     // before went quiet; the CPU is counted from each request until every
     // node installed it, the gossip wave after it on its own.
     let stride = (args.nodes / args.runs.max(1)).max(1);
-    let mut runs_cpu = ((0, 0, 0), 0.0);
+    // CPU ticks (machine, agents, bench) and seconds, summed over the runs.
+    let (mut runs_ticks, mut runs_seconds) = ((0, 0, 0), 0.0);
     let mut waves = Vec::new();
     let mut wall = Vec::new();
     let (mut resolve, mut prepare, mut commit) = (Vec::new(), Vec::new(), Vec::new());
@@ -718,12 +719,11 @@ fn run(args: &ApplyArgs, cohort: &Path, root: &Path) -> anyhow::Result<Value> {
         let finished = sent.result.as_ref().and_then(|r| r["finished"].as_bool());
         let settled = wait_installed(&apis, &names, version, &sent, args);
         let cpu_after = cpu_ticks(&agents);
-        runs_cpu.0 = (
-            runs_cpu.0 .0 + cpu_after.0.saturating_sub(cpu_before.0),
-            runs_cpu.0 .1 + cpu_after.1.saturating_sub(cpu_before.1),
-            runs_cpu.0 .2 + cpu_after.2.saturating_sub(cpu_before.2),
-        );
-        runs_cpu.1 += started.elapsed().as_secs_f64();
+        let spent = |after: u64, before: u64| after.saturating_sub(before);
+        runs_ticks.0 += spent(cpu_after.0, cpu_before.0);
+        runs_ticks.1 += spent(cpu_after.1, cpu_before.1);
+        runs_ticks.2 += spent(cpu_after.2, cpu_before.2);
+        runs_seconds += started.elapsed().as_secs_f64();
         let (seen_ms, installed_ms, sweeps) = match &settled {
             Some((seen, installed, sweeps, errors)) => {
                 all_seen.push(*seen);
@@ -767,7 +767,7 @@ fn run(args: &ApplyArgs, cohort: &Path, root: &Path) -> anyhow::Result<Value> {
         }
     }
 
-    let runs_cpu = cpu_report((0, 0, 0), runs_cpu.0, runs_cpu.1.max(0.001), wall.len());
+    let runs_cpu = cpu_report((0, 0, 0), runs_ticks, runs_seconds.max(0.001), wall.len());
     let gossip_waves = json!({
         "how_measured": "after the boot apply and after each measured run: every agent's /metrics swept each second until cohort_gossip_pending_updates is 0 on all (quiet_after_s; null when --quiet-seconds passed first); nodes/machine_busy: cores over that wait",
         "after_boot": boot_wave,

@@ -320,22 +320,23 @@ pub fn metric_samples(text: &str) -> impl Iterator<Item = (&str, u64)> {
     })
 }
 
+/// One series of an agent's `/metrics` (labels as written).
+fn metric(api: SocketAddr, series: &str) -> Option<u64> {
+    let text = http_get(api, "/metrics")?;
+    let value = metric_samples(&text).find_map(|(name, value)| (name == series).then_some(value));
+    value
+}
+
 /// How many members an agent lists alive, from `/metrics` (not from the
 /// member table's JSON, a row per member).
 pub fn alive_members(api: SocketAddr) -> Option<u64> {
-    let text = http_get(api, "/metrics")?;
-    let alive = metric_samples(&text)
-        .find_map(|(name, value)| (name == "cohort_members{status=\"alive\"}").then_some(value));
-    alive
+    metric(api, "cohort_members{status=\"alive\"}")
 }
 
 /// How many member updates an agent still has to piggyback (its
 /// `cohort_gossip_pending_updates`): 0 once its news has been spread.
 pub fn pending_updates(api: SocketAddr) -> Option<u64> {
-    let text = http_get(api, "/metrics")?;
-    let pending = metric_samples(&text)
-        .find_map(|(name, value)| (name == "cohort_gossip_pending_updates").then_some(value));
-    pending
+    metric(api, "cohort_gossip_pending_updates")
 }
 
 /// `GET path` on an agent's API (HTTP/1.0, a connection each): the body of
