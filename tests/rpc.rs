@@ -212,6 +212,53 @@ async fn a_connection_is_opened_once_and_reused_for_every_call() {
     assert_eq!(client.connections_opened(), 1);
 }
 
+/// Accepts one connection and forwards it to `target` only once `gate`
+/// opens: a peer too busy to finish a handshake within a call's deadline.
+async fn gated_proxy(target: SocketAddr, gate: Arc<tokio::sync::Notify>) -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("bound");
+    tokio::spawn(async move {
+        let Ok((mut client, _)) = listener.accept().await else {
+            return;
+        };
+        gate.notified().await;
+        let Ok(mut server) = TcpStream::connect(target).await else {
+            return;
+        };
+        let _ = tokio::io::copy_bidirectional(&mut client, &mut server).await;
+    });
+    addr
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_connection_whose_caller_gave_up_is_still_opened_for_the_next_call() {
+    let a = auth("orders", Some(1));
+    let node = serve(a.clone(), echo(Arc::default())).await;
+    let gate = Arc::new(tokio::sync::Notify::new());
+    let addr = gated_proxy(node.addr, gate.clone()).await;
+    let client = client(a);
+    let short = Duration::from_millis(100);
+    // The handshake cannot finish within the call's deadline.
+    assert_eq!(
+        client.call(addr, "echo", b"1", short).await,
+        Err(CallError::Timeout(short))
+    );
+    gate.notify_one();
+    // The attempt goes on without its caller...
+    support::eventually(WAIT, "the connection the first call started", || {
+        client.is_connected(addr).then_some(())
+    })
+    .await;
+    // ...so a call with the same short deadline now gets its answer,
+    // over that connection.
+    assert_eq!(
+        client.call(addr, "echo", b"2", short).await,
+        Ok(b"2".to_vec())
+    );
+    assert_eq!(client.connections_opened(), 1);
+    assert_eq!(node.server.stats().connections, 1);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn an_idle_connection_is_closed_and_the_next_call_opens_another() {
     let a = auth("orders", Some(1));

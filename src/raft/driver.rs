@@ -42,7 +42,8 @@ pub const PROMOTE_METHOD: &str = "raft.promote";
 pub const TRANSFER_METHOD: &str = "raft.transfer";
 /// The rpc method a node outside the group long-polls a member with: the
 /// body is the [`ViewStamp`] the caller has; the member answers its
-/// [`GroupView`] once its own stamp differs, or after [`WATCH_HOLD`].
+/// [`GroupView`] once that is news to the caller (more applied, a later
+/// term, the term's leader found), or empty after [`WATCH_HOLD`].
 pub const WATCH_METHOD: &str = "raft.watch";
 /// The rpc method that answers the replicated state after a linearizable
 /// check on the leader (`--consistent` reads).
@@ -1198,15 +1199,14 @@ impl Driver {
                     // Held off the loop: answered when the published view
                     // moves on (at once for a leader or term change, else
                     // at the next round) or at the hold.
-                    let mut views = self.view.subscribe();
+                    let views = self.view.subscribe();
                     tokio::spawn(async move {
-                        let news = views.wait_for(|view| ViewStamp::of(view) != have);
-                        let answer = match tokio::time::timeout(WATCH_HOLD, news).await {
-                            Ok(Ok(view)) => encode(&*view),
+                        let answer = match news_for(views, have, WATCH_HOLD).await {
+                            Some(view) => encode(&view),
                             // No news: an empty answer, not the whole view
                             // again (167 sets' masters at 500 nodes, to
                             // each of 495 callers every hold).
-                            _ => Ok(Vec::new()),
+                            None => Ok(Vec::new()),
                         };
                         let _ = call.reply.send(answer);
                     });
@@ -1323,7 +1323,7 @@ impl Driver {
 }
 
 /// What a node outside the group has of the group's view; a member
-/// answers [`WATCH_METHOD`] once its own differs.
+/// answers [`WATCH_METHOD`] once its own is news to it.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ViewStamp {
     pub term: u64,
@@ -1339,6 +1339,34 @@ impl ViewStamp {
             last_applied: view.last_applied,
         }
     }
+
+    /// Whether a view with this stamp is news to a caller that has
+    /// `have`: more applied, or as much in a later term, or the leader of
+    /// the same term found. A member that lags (a follower a few entries
+    /// behind the leader the caller heard) has none: answering its older
+    /// view at once sent the caller straight on to the next member, which
+    /// answered at once too, so that during an apply at 500 nodes every
+    /// node outside the group polled the voters in a loop (a tenth of the
+    /// machine's CPU, and voters too busy to heartbeat).
+    fn is_news_to(&self, have: &ViewStamp) -> bool {
+        let key = |s: &ViewStamp| (s.last_applied, s.term, s.leader.is_some());
+        key(self) > key(have)
+    }
+}
+
+/// A member's answer to a [`WATCH_METHOD`] call from a node that has
+/// `have`: its view once that is news to the caller, or nothing after
+/// `hold`.
+async fn news_for(
+    mut views: watch::Receiver<GroupView>,
+    have: ViewStamp,
+    hold: Duration,
+) -> Option<GroupView> {
+    let news = views.wait_for(|view| ViewStamp::of(view).is_news_to(&have));
+    match tokio::time::timeout(hold, news).await {
+        Ok(Ok(view)) => Some(view.clone()),
+        _ => None,
+    }
 }
 
 /// A member's view without what only that member sees (its role, how
@@ -1353,6 +1381,14 @@ fn as_seen_from_outside(view: GroupView) -> GroupView {
         note: None,
         ..view
     }
+}
+
+/// The group's alive members (bar this node) that `watch_group` asks,
+/// as listed `at` from `topology`.
+struct Listed {
+    topology: Arc<Topology>,
+    at: tokio::time::Instant,
+    members: Vec<SocketAddr>,
 }
 
 /// Outside the group: long-polls one alive member after another
@@ -1374,21 +1410,47 @@ async fn watch_group(
     // polled may be the leader just killed, whose connection fails at the
     // kill); a pause only once every member failed.
     let mut failed: usize = 0;
+    // Who to ask, listed again when the topology changes, after a failed
+    // call, or once it is OUTSIDE_ROUND old. Listing looks at every member
+    // of the gossip, and while the group writes (an apply, appointments)
+    // each of its entries is news that starts a round on every node
+    // outside it: listed every round, each entry cost 495 nodes a pass
+    // over 500 members at 500 nodes.
+    let mut listed: Option<Listed> = None;
     loop {
         let current = topology.borrow().clone();
-        let members: Vec<SocketAddr> = match current {
-            None => Vec::new(),
-            Some(topology) => directory
-                .peers_where(Box::new(move |id, name, status| {
-                    id != me
-                        && status == crate::membership::MemberStatus::Alive
-                        && failover::in_group(&topology, name)
-                }))
-                .await
-                .iter()
-                .map(|p| p.addr)
-                .collect(),
-        };
+        let fresh = listed.as_ref().is_some_and(|l| {
+            current
+                .as_ref()
+                .is_some_and(|c| Arc::ptr_eq(&l.topology, c))
+                && l.at.elapsed() < OUTSIDE_ROUND
+                && failed == 0
+                && !l.members.is_empty()
+        });
+        if !fresh {
+            listed = match current {
+                None => None,
+                Some(topology) => {
+                    let seen = topology.clone();
+                    let members = directory
+                        .peers_where(Box::new(move |id, name, status| {
+                            id != me
+                                && status == crate::membership::MemberStatus::Alive
+                                && failover::in_group(&topology, name)
+                        }))
+                        .await
+                        .iter()
+                        .map(|p| p.addr)
+                        .collect();
+                    Some(Listed {
+                        topology: seen,
+                        at: tokio::time::Instant::now(),
+                        members,
+                    })
+                }
+            };
+        }
+        let members = listed.as_ref().map_or(&[][..], |l| l.members.as_slice());
         let pause = topology
             .borrow()
             .as_ref()
@@ -1399,6 +1461,7 @@ async fn watch_group(
         }
         turn = turn.wrapping_add(1);
         let addr = members[turn % members.len()];
+        let members = members.len();
         let have = out.borrow().as_ref().map(ViewStamp::of).unwrap_or_default();
         let answer = match postcard::to_allocvec(&have) {
             Ok(body) => rpc
@@ -1419,7 +1482,7 @@ async fn watch_group(
         match answer {
             Ok(None) => {}
             Ok(Some(view)) if view.initialized => {
-                out.send_if_modified(|kept| {
+                let adopted = out.send_if_modified(|kept| {
                     let newer = kept
                         .as_ref()
                         .is_none_or(|k| view.last_applied >= k.last_applied);
@@ -1429,12 +1492,17 @@ async fn watch_group(
                     }
                     changed
                 });
+                if !adopted {
+                    // An older view (a member of a build that answers
+                    // any change at once): not straight on to the next.
+                    tokio::time::sleep(pause).await;
+                }
             }
             Ok(Some(_)) => tokio::time::sleep(pause).await,
             Err(e) => {
                 debug!(%addr, "no view of the group from this member: {e}");
                 failed += 1;
-                if failed >= members.len() {
+                if failed >= members {
                     failed = 0;
                     tokio::time::sleep(pause).await;
                 }
@@ -1519,6 +1587,59 @@ fn member_view(peer: &crate::agent::apply::Peer) -> MemberView {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A member answers a watch only with news to the caller: a lagging
+    /// member holds the call (answering its older view at once made the
+    /// caller poll the group in a loop), a member that applies more or
+    /// sees a new term or leader answers at once.
+    #[tokio::test(start_paused = true)]
+    async fn a_watch_is_answered_with_news_only() {
+        let view = |term, leader: Option<u128>, applied| GroupView {
+            initialized: true,
+            term,
+            leader: leader.map(|n| NodeId(uuid::Uuid::from_u128(n))),
+            last_applied: Some(applied),
+            ..GroupView::default()
+        };
+        let have = ViewStamp::of(&view(4, Some(1), 108));
+        let hold = Duration::from_secs(2);
+        let answer = |member: GroupView| {
+            let (tx, rx) = watch::channel(member);
+            async move {
+                let started = tokio::time::Instant::now();
+                let answer = news_for(rx, have, hold).await;
+                drop(tx);
+                (answer.map(|v| ViewStamp::of(&v)), started.elapsed())
+            }
+        };
+        // Behind, or the same: held for the whole hold, then nothing.
+        for member in [
+            view(4, Some(1), 107),
+            view(4, Some(1), 108),
+            view(3, Some(2), 108),
+        ] {
+            assert_eq!(answer(member).await, (None, hold));
+        }
+        // Ahead: at once.
+        for member in [
+            view(4, Some(1), 109),
+            view(5, None, 108),
+            view(5, Some(2), 108),
+        ] {
+            let stamp = ViewStamp::of(&member);
+            assert_eq!(answer(member).await, (Some(stamp), Duration::ZERO));
+        }
+        // A member that catches up during the hold answers then.
+        let (tx, rx) = watch::channel(view(4, Some(1), 107));
+        let call = tokio::spawn(news_for(rx, have, hold));
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        tx.send_replace(view(4, Some(1), 108));
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert!(!call.is_finished(), "equal to what the caller has: no news");
+        tx.send_replace(view(4, Some(1), 109));
+        let answer = call.await.unwrap().map(|v| v.last_applied);
+        assert_eq!(answer, Some(Some(109)));
+    }
 
     #[test]
     fn what_only_the_answering_member_sees_is_not_news_outside_the_group() {

@@ -188,31 +188,62 @@ impl RpcClient {
     }
 
     /// The pooled connection to `peer`, opened if there is none usable.
+    ///
+    /// The opening runs on a task of its own, which a caller that gives
+    /// up does not cancel: the next call finds the connection up rather
+    /// than starting over. Raft's heartbeats carry a deadline of a few
+    /// tens of ms, and on a machine running 500 agents a connect and
+    /// handshake took longer, so every attempt was cut off and the peer
+    /// looked unreachable for good.
     async fn connection(&self, peer: SocketAddr) -> Result<Arc<Conn>, CallError> {
         let slot = lock(&self.inner.pool).entry(peer).or_default().clone();
-        let mut pooled = slot.lock().await;
-        if let Some(conn) = pooled.as_ref().filter(|c| c.is_usable()) {
+        if let Some(conn) = slot.lock().await.as_ref().filter(|c| c.is_usable()) {
             return Ok(conn.clone());
         }
-        *pooled = None;
-        match Conn::open(peer, &self.inner).await {
-            Ok(conn) => {
-                self.inner.opened.fetch_add(1, Ordering::Relaxed);
-                *pooled = Some(conn.clone());
-                Ok(conn)
+        let inner = self.inner.clone();
+        tokio::spawn(async move { open_pooled(&inner, peer, slot).await })
+            .await
+            .unwrap_or_else(|e| Err(CallError::Unreachable(format!("{peer}: {e}"))))
+    }
+}
+
+/// How long one attempt to open a connection may take, whoever waits on
+/// it: a peer that drops our SYNs would otherwise hold its slot (and every
+/// call to it) for the kernel's two minutes of retries.
+const OPEN_LIMIT: Duration = Duration::from_secs(4);
+
+/// Opens a connection to `peer` into `slot` unless one usable is there by
+/// the time the slot is ours (another call opened it meanwhile).
+async fn open_pooled(inner: &Inner, peer: SocketAddr, slot: Slot) -> Result<Arc<Conn>, CallError> {
+    let mut pooled = slot.lock().await;
+    if let Some(conn) = pooled.as_ref().filter(|c| c.is_usable()) {
+        return Ok(conn.clone());
+    }
+    *pooled = None;
+    let opened = tokio::time::timeout(OPEN_LIMIT, Conn::open(peer, inner))
+        .await
+        .unwrap_or_else(|_| {
+            Err(CallError::Unreachable(format!(
+                "{peer}: no connection within {OPEN_LIMIT:?}"
+            )))
+        });
+    match opened {
+        Ok(conn) => {
+            inner.opened.fetch_add(1, Ordering::Relaxed);
+            *pooled = Some(conn.clone());
+            Ok(conn)
+        }
+        Err(e) => {
+            drop(pooled);
+            // Forget peers that are gone, unless a call is waiting on the
+            // slot (the map and this task hold the only other references).
+            let mut pool = lock(&inner.pool);
+            if pool.get(&peer).is_some_and(|s| Arc::ptr_eq(s, &slot))
+                && Arc::strong_count(&slot) <= 2
+            {
+                pool.remove(&peer);
             }
-            Err(e) => {
-                drop(pooled);
-                // Forget peers that are gone, unless a call is waiting on
-                // the slot (the map and we hold the only other references).
-                let mut pool = lock(&self.inner.pool);
-                if pool.get(&peer).is_some_and(|s| Arc::ptr_eq(s, &slot))
-                    && Arc::strong_count(&slot) <= 2
-                {
-                    pool.remove(&peer);
-                }
-                Err(e)
-            }
+            Err(e)
         }
     }
 }
