@@ -132,7 +132,7 @@ impl RpcClient {
         // A few attempts at most: a connection that closed under us (the
         // server restarted, or it was idle) before our request was written.
         for _ in 0..3 {
-            let conn = timeout_at(until, self.connection(peer))
+            let conn = timeout_at(until, self.connection(peer, until))
                 .await
                 .map_err(|_| CallError::Timeout(deadline))??;
             match conn.request(method, body, until, deadline).await {
@@ -195,36 +195,44 @@ impl RpcClient {
     /// tens of ms, and on a machine running 500 agents a connect and
     /// handshake took longer, so every attempt was cut off and the peer
     /// looked unreachable for good.
-    async fn connection(&self, peer: SocketAddr) -> Result<Arc<Conn>, CallError> {
+    async fn connection(&self, peer: SocketAddr, until: Instant) -> Result<Arc<Conn>, CallError> {
         let slot = lock(&self.inner.pool).entry(peer).or_default().clone();
         if let Some(conn) = slot.lock().await.as_ref().filter(|c| c.is_usable()) {
             return Ok(conn.clone());
         }
         let inner = self.inner.clone();
-        tokio::spawn(async move { open_pooled(&inner, peer, slot).await })
+        let limit = until.max(Instant::now() + OPEN_AT_LEAST);
+        tokio::spawn(async move { open_pooled(&inner, peer, slot, limit).await })
             .await
             .unwrap_or_else(|e| Err(CallError::Unreachable(format!("{peer}: {e}"))))
     }
 }
 
-/// How long one attempt to open a connection may take, whoever waits on
-/// it: a peer that drops our SYNs would otherwise hold its slot (and every
-/// call to it) for the kernel's two minutes of retries.
-const OPEN_LIMIT: Duration = Duration::from_secs(4);
+/// How long an attempt to open a connection may run at least, when the
+/// call that started it has a shorter deadline. Otherwise it runs until
+/// that call's deadline, as long as the call could have used it: a peer
+/// that drops our SYNs holds its slot (and every call to it) no longer.
+const OPEN_AT_LEAST: Duration = Duration::from_secs(4);
 
-/// Opens a connection to `peer` into `slot` unless one usable is there by
-/// the time the slot is ours (another call opened it meanwhile).
-async fn open_pooled(inner: &Inner, peer: SocketAddr, slot: Slot) -> Result<Arc<Conn>, CallError> {
+/// Opens a connection to `peer` into `slot`, giving up at `limit`, unless
+/// one usable is there by the time the slot is ours (another call opened
+/// it meanwhile).
+async fn open_pooled(
+    inner: &Inner,
+    peer: SocketAddr,
+    slot: Slot,
+    limit: Instant,
+) -> Result<Arc<Conn>, CallError> {
     let mut pooled = slot.lock().await;
     if let Some(conn) = pooled.as_ref().filter(|c| c.is_usable()) {
         return Ok(conn.clone());
     }
     *pooled = None;
-    let opened = tokio::time::timeout(OPEN_LIMIT, Conn::open(peer, inner))
+    let opened = timeout_at(limit, Conn::open(peer, inner))
         .await
         .unwrap_or_else(|_| {
             Err(CallError::Unreachable(format!(
-                "{peer}: no connection within {OPEN_LIMIT:?}"
+                "{peer}: the connection was not up in time"
             )))
         });
     match opened {
