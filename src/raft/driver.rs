@@ -1461,7 +1461,6 @@ async fn watch_group(
         }
         turn = turn.wrapping_add(1);
         let addr = members[turn % members.len()];
-        let members = members.len();
         let have = out.borrow().as_ref().map(ViewStamp::of).unwrap_or_default();
         let answer = match postcard::to_allocvec(&have) {
             Ok(body) => rpc
@@ -1502,7 +1501,7 @@ async fn watch_group(
             Err(e) => {
                 debug!(%addr, "no view of the group from this member: {e}");
                 failed += 1;
-                if failed >= members {
+                if failed >= members.len() {
                     failed = 0;
                     tokio::time::sleep(pause).await;
                 }
